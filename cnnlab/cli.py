@@ -1,0 +1,319 @@
+"""The `cnnlab` command line: the same core functions and configs as the dashboard.
+
+User errors (CnnlabError) print one line on stderr and exit 2; `--json` output is a contract read by
+outside scripts, so its keys are only ever added to, never renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import CnnlabError
+
+EXIT_USER_ERROR = 2
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------- app / demo / inspect
+def _cmd_app(args: argparse.Namespace) -> int:
+    from . import demo
+
+    demo.ensure_demo_digits()  # so the dashboard opens with data ready
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.is_file():
+        raise CnnlabError(
+            f"app.py not found next to the package ({app}); run from a source checkout"
+        )
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
+    cmd += ["--server.address", args.address]
+    print(
+        f"cnnlab dashboard: http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}"
+    )
+    return subprocess.call(cmd, cwd=app.parent)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    writers = {"digits": demo.write_digits, "photos": demo.write_photos}
+    out = writers[args.which](Path(args.out_dir))
+    print(out)
+    return 0
+
+
+def inspect_report(
+    path: str, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict:
+    """What `cnnlab inspect --json` prints: classes, counts, problems, split sizes."""
+    from . import data
+
+    scan = data.scan(path)
+    split = data.split(scan, val_fraction, test_fraction, seed)
+    return {
+        "path": str(Path(path).resolve()),
+        "root": str(scan.root),
+        "classes": scan.classes,
+        "counts": scan.counts,
+        "n_images": scan.n_images,
+        "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
+        "split": split.sizes(),
+        "split_per_class": split.per_class(scan),
+    }
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    report = inspect_report(args.path, args.val_fraction, args.test_fraction, args.seed)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(
+        f"{report['root']}: {report['n_images']} usable images in {len(report['classes'])} classes"
+    )
+    width = max(len(c) for c in report["classes"])
+    for cls, n in report["counts"].items():
+        per = report["split_per_class"].get(cls, {})
+        print(
+            f"  {cls:<{width}}  {n:>6}   train {per.get('train', 0)} / val {per.get('val', 0)} / test {per.get('test', 0)}"
+        )
+    s = report["split"]
+    print(f"split: train {s['train']}, val {s['val']}, test {s['test']}")
+    if report["problems"]:
+        print(f"{len(report['problems'])} file(s) skipped:")
+        for p in report["problems"]:
+            print(f"  {p['path']}: {p['reason']}")
+    return 0
+
+
+# ---------------------------------------------------------------- train / runs
+def _config_from_args(args: argparse.Namespace):
+    from .config import RunConfig
+
+    config = RunConfig.load(args.config) if args.config else RunConfig()
+    config.data.path = str(args.data)
+    overrides = {
+        ("model", "name"): args.model,
+        ("data", "image_size"): args.image_size,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("train", "lr"): args.lr,
+        ("train", "optimizer"): args.optimizer,
+        ("train", "weight_decay"): args.weight_decay,
+        ("model", "dropout"): args.dropout,
+        ("train", "patience"): args.patience,
+        ("train", "seed"): args.seed,
+        ("train", "device"): args.device,
+        ("model", "strategy"): args.strategy,
+        ("model", "weights"): args.weights,
+        ("train", "schedule"): args.schedule,
+        ("name",): args.name,
+    }
+    for keys, value in overrides.items():
+        if value is None:
+            continue
+        if len(keys) == 1:
+            setattr(config, keys[0], value)
+        else:
+            setattr(getattr(config, keys[0]), keys[1], value)
+    return config.validate()
+
+
+class _ProgressPrinter:
+    """A one-line terminal progress bar: epoch, batch, loss, accuracy, ETA."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.epochs = 0
+
+    def __call__(self, event) -> None:
+        from . import train
+
+        if not self.enabled:
+            return
+        if isinstance(event, train.RunStarted):
+            self.epochs = event.epochs
+            print(
+                f"run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
+                f"{event.n_test} test images",
+                file=sys.stderr,
+            )
+        elif isinstance(event, train.Preparing):
+            print(
+                f"\r{event.stage}: {event.done}/{event.total}", end="", file=sys.stderr, flush=True
+            )
+        elif isinstance(event, train.Progress):
+            done = (event.epoch - 1 + event.batch / event.n_batches) / max(self.epochs, 1)
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done, 1e-9) * (1 - done)
+            bar = "#" * int(done * 20)
+            print(
+                f"\r[{bar:<20}] epoch {event.epoch}/{self.epochs} batch {event.batch}/{event.n_batches} "
+                f"loss {event.loss:.4f}  {event.images_per_s:,.0f} img/s  ETA {eta:4.0f}s ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif isinstance(event, train.EpochEnd):
+            mark = " *" if event.is_best else ""
+            print(
+                f"\repoch {event.epoch:>3}/{self.epochs}  train loss {event.train_loss:.4f} acc "
+                f"{event.train_acc:.3f}  val loss {event.val_loss:.4f} acc {event.val_acc:.3f}  "
+                f"{event.seconds:.1f}s{mark}" + " " * 20,
+                file=sys.stderr,
+            )
+
+
+def _print_summary(summary: dict) -> None:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for key in (
+        "run_id",
+        "status",
+        "best_epoch",
+        "epochs_run",
+        "stopped_early",
+        "val_accuracy",
+        "test_accuracy",
+        "train_images_per_s",
+        "seconds",
+        "device",
+        "run_dir",
+    ):
+        print(f"{key:>20}: {fmt(summary.get(key))}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    config = _config_from_args(args)
+    printer = _ProgressPrinter(enabled=not args.json or _is_tty())
+    summary = train.fit(config, callbacks=[printer])
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from . import runs
+
+    rows = runs.list_runs()
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no runs yet: start one with `cnnlab train DATA`")
+        return 0
+    print(
+        f"{'run_id':<22} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
+    )
+    for r in rows:
+        va, te = r.get("val_accuracy"), r.get("test_accuracy")
+        print(
+            f"{r.get('run_id', '?'):<22} {r.get('status', '?'):<12} {str(r.get('model', '?')):<12} "
+            f"{str(r.get('epochs_run', '-')):>6} {va if va is None else f'{va:.4f}':>8} "
+            f"{te if te is None else f'{te:.4f}':>8}"
+        )
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
+
+    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument("--config", help="config.json to start from (e.g. a run's); flags override it")
+    p.add_argument("--model", help="simple_cnn, custom, resnet18, ... (see `cnnlab models`)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--patience", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--strategy", choices=STRATEGIES, help="transfer models: what to train")
+    p.add_argument("--weights", help="imagenet, random, a weights file, or run:<run_id>")
+    p.add_argument("--name", help="a label for the run")
+    p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("app", help="start the dashboard")
+    p.add_argument("--port", type=int, default=int(os.environ.get("CNNLAB_PORT", "8501")))
+    p.add_argument(
+        "--address", default="127.0.0.1", help="interface to bind (see README before changing)"
+    )
+    p.set_defaults(func=_cmd_app)
+
+    p = sub.add_parser("demo", help="write built-in demo data as an image folder")
+    p.add_argument("which", choices=["digits", "photos"])
+    p.add_argument("out_dir")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "inspect", help="classes, counts, problems and split of an image folder or zip"
+    )
+    p.add_argument("path")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("train", help="train a model on an image folder or zip")
+    _add_train_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_runs)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cnnlab` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except CnnlabError as exc:
+        print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
