@@ -326,10 +326,9 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
     if data is None:
         data = prepare(config.data, progress=lambda d, t, s: emit(Preparing(d, t, s)))
-    n_classes = len(data.classes)
-    train_x, train_y = data.subset("train")
-    val_x, val_y = data.subset("val")
-    test_x, test_y = data.subset("test")
+    train_x, _ = data.subset("train")
+    val_x, _ = data.subset("val")
+    test_x, _ = data.subset("test")
     if train_x.shape[0] == 0:
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
