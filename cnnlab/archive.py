@@ -1,0 +1,242 @@
+"""Safe unpacking of uploaded data: zip extraction and browser directory uploads.
+
+Every member name is untrusted. Nothing may land outside the target folder (absolute paths, `..`,
+drive letters, symlinks are refused), and size, compression ratio, member count and nesting depth
+are capped so a zip bomb fails fast with UnsafeArchiveError naming the member. Extraction goes to
+a temporary folder next to the target and is renamed into place at the end, so a failure never
+leaves a half-extracted dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+
+from . import workspace
+from .errors import DataError, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+MAX_TOTAL_BYTES = 2 * 1024**3  # uncompressed size of all members together
+MAX_RATIO = 200.0  # uncompressed/compressed size above which a big member counts as a bomb
+RATIO_MIN_BYTES = 1024**2  # members smaller than this may compress as well as they like
+MAX_MEMBERS = 100_000  # files + folders in one archive or upload
+MAX_DEPTH = 32  # path components of one member name
+_CHUNK = 1024**2
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+Progress = Callable[[int, int, str], None]
+
+
+def _check_member_name(name: str, max_depth: int) -> PurePosixPath:
+    """Refuse names that could escape the target; return the name as a relative POSIX path."""
+    if not name or "\x00" in name:
+        raise UnsafeArchiveError(f"member {name!r} has an empty or NUL-containing name; refused")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or _DRIVE.match(posix):
+        raise UnsafeArchiveError(f"member {name!r} has an absolute path; refused")
+    parts = [p for p in posix.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"member {name!r} points outside the archive ('..'); refused")
+    if len(parts) > max_depth:
+        raise UnsafeArchiveError(
+            f"member {name!r} is nested {len(parts)} folders deep (limit {max_depth}); refused"
+        )
+    return PurePosixPath(*parts) if parts else PurePosixPath(".")
+
+
+def _inside(base: Path, rel: PurePosixPath) -> Path:
+    """The destination of rel under base, after checking its resolved form stays inside base."""
+    dest = (base / rel).resolve()
+    if dest != base and base not in dest.parents:
+        raise UnsafeArchiveError(f"member {str(rel)!r} resolves outside the target folder; refused")
+    return dest
+
+
+def _check_zip_members(
+    infos: list[zipfile.ZipInfo],
+    max_total_bytes: int,
+    max_ratio: float,
+    max_members: int,
+    max_depth: int,
+) -> None:
+    """Check every limit before a single byte is written."""
+    if len(infos) > max_members:
+        raise UnsafeArchiveError(
+            f"the zip holds {len(infos):,} members, more than the limit of {max_members:,}"
+        )
+    total = 0
+    for info in infos:
+        name = info.filename
+        _check_member_name(name, max_depth)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise UnsafeArchiveError(f"member {name!r} is a symbolic link; links are refused")
+        if info.flag_bits & 0x1:
+            raise UnsafeArchiveError(f"member {name!r} is encrypted; upload an unencrypted zip")
+        if info.file_size > RATIO_MIN_BYTES:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > max_ratio:
+                raise UnsafeArchiveError(
+                    f"member {name!r} expands {ratio:.0f}x ({info.file_size:,} bytes); "
+                    f"more than {max_ratio:.0f}x looks like a zip bomb"
+                )
+        total += info.file_size
+        if total > max_total_bytes:
+            raise UnsafeArchiveError(
+                f"the zip expands to more than {max_total_bytes:,} bytes (limit reached at member "
+                f"{name!r}); split the data or raise the limit"
+            )
+
+
+def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
+    """Stream one member, never writing more than its declared size (the header could lie)."""
+    written = 0
+    with zf.open(info) as src, open(dest, "wb") as out:
+        while chunk := src.read(_CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise UnsafeArchiveError(f"member {info.filename!r} is larger than it declares")
+            out.write(chunk)
+
+
+def _move_into_place(tmp: Path, target: Path) -> Path:
+    """Rename the finished temp folder to target; if another session won the race, keep theirs."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def safe_extract_zip(
+    zip_path: str | Path,
+    target: str | Path,
+    *,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_ratio: float = MAX_RATIO,
+    max_members: int = MAX_MEMBERS,
+    max_depth: int = MAX_DEPTH,
+    progress: Progress | None = None,
+) -> Path:
+    """Extract zip_path into the new folder target, all or nothing; UnsafeArchiveError on a breach."""
+    zip_path, target = Path(zip_path), Path(target)
+    if target.exists():
+        raise DataError(f"{target} already exists; remove it or extract somewhere else")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{zip_path.name} is not a readable zip file ({exc})") from exc
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        with zf:
+            infos = zf.infolist()
+            _check_zip_members(infos, max_total_bytes, max_ratio, max_members, max_depth)
+            base = tmp.resolve()
+            for i, info in enumerate(infos):
+                dest = _inside(base, _check_member_name(info.filename, max_depth))
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    _copy_member(zf, info, dest)
+                if progress is not None:
+                    progress(i + 1, len(infos), "extract")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{zip_path.name} is damaged and cannot be extracted ({exc})") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("extracted %d members of %s into %s", len(infos), zip_path.name, target)
+    return _move_into_place(tmp, target)
+
+
+def _safe_stem(name: str) -> str:
+    """A folder-name-safe version of a user-given name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.replace("\\", "/")).stem).strip("._")
+    return stem[:60] or "dataset"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_zip_cached(zip_path: str | Path, progress: Progress | None = None) -> Path:
+    """Extract a zip under workspace datasets/<stem>-<hash>, reusing an earlier extraction of it."""
+    zip_path = Path(zip_path)
+    target = workspace.datasets_dir() / f"{_safe_stem(zip_path.name)}-{_file_sha256(zip_path)[:12]}"
+    if target.is_dir():
+        log.info("reusing %s (extracted earlier)", target)
+        return target
+    return safe_extract_zip(zip_path, target, progress=progress)
+
+
+def save_uploaded_zip(data: bytes, filename: str, progress: Progress | None = None) -> Path:
+    """Store an uploaded zip's bytes and extract them safely; returns the extracted folder."""
+    target_dir = workspace.datasets_dir()
+    target = target_dir / f"{_safe_stem(filename)}-{hashlib.sha256(data).hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=".zip", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return safe_extract_zip(tmp_name, target, progress=progress)
+    finally:
+        os.unlink(tmp_name)
+
+
+def save_uploaded_files(
+    files: list[tuple[str, bytes]],
+    name: str,
+    *,
+    max_total_bytes: int = MAX_TOTAL_BYTES,
+    max_members: int = MAX_MEMBERS,
+    max_depth: int = MAX_DEPTH,
+) -> Path:
+    """Write a directory upload ((relative path, bytes) pairs) into a new dataset folder, safely."""
+    if not files:
+        raise DataError("the upload holds no files; choose a folder with one sub-folder per class")
+    if len(files) > max_members:
+        raise UnsafeArchiveError(f"the upload holds {len(files):,} files, limit {max_members:,}")
+    total = sum(len(data) for _, data in files)
+    if total > max_total_bytes:
+        raise UnsafeArchiveError(f"the upload holds {total:,} bytes, limit {max_total_bytes:,}")
+    # Check every name before writing anything: browser-supplied names are not sanitised.
+    rels = [_check_member_name(rel, max_depth) for rel, _ in files]
+    digest = hashlib.sha256()
+    for rel, (_, data) in sorted(zip(rels, files, strict=True), key=lambda pair: str(pair[0])):
+        digest.update(str(rel).encode() + b"\x00" + hashlib.sha256(data).digest())
+    target_dir = workspace.datasets_dir()
+    target = target_dir / f"{_safe_stem(name)}-{digest.hexdigest()[:12]}"
+    if target.is_dir():
+        return target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target_dir))
+    try:
+        base = tmp.resolve()
+        for rel, (_, data) in zip(rels, files, strict=True):
+            dest = _inside(base, rel)
+            if dest == base:
+                raise UnsafeArchiveError(f"upload member {str(rel)!r} names the folder itself")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _move_into_place(tmp, target)
