@@ -1,0 +1,511 @@
+"""Model registry: custom CNN builder, the guide's SimpleCNN, torchvision transfer backbones.
+
+`create_model(cfg, num_classes, image_size)` is the one entry point; models are registered by a
+decorator (timm style) so tests loop over every one. Pretrained weights never come from the network:
+torchvision's ImageNet files are read from the local torch hub cache, or from a file / one of your
+runs. `summary()` lists per-layer output shapes and parameter counts for the dashboard and the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from .config import ModelConfig, TrainConfig
+from .errors import ConfigError, WeightsError
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[ModelConfig, int, int], nn.Module]
+TRANSFER_INPUT_SIZE = 224  # ImageNet backbones were trained at 224 px
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # registry key (ModelConfig.name)
+    build: Builder  # (cfg, num_classes, image_size) -> nn.Module with freshly initialised weights
+    transfer: bool  # a torchvision backbone: strategies, ImageNet weights, 224 px default
+    imagenet: tvm.WeightsEnum | None = None  # torchvision weights read from the local hub cache
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str, transfer: bool = False, imagenet: tvm.WeightsEnum | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder to MODELS under `name`; a second model with the same name is refused."""
+
+    def decorator(build: Builder) -> Builder:
+        if name in MODELS:
+            raise ConfigError(
+                f"model name {name!r} is already registered by {MODELS[name].build.__qualname__}; "
+                "choose another name"
+            )
+        MODELS[name] = ModelSpec(name, build, transfer, imagenet)
+        return build
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Registered model names in registration order (custom models first)."""
+    return list(MODELS)
+
+
+def is_transfer(name: str) -> bool:
+    """True for torchvision transfer-learning backbones."""
+    return _spec(name).transfer
+
+
+def default_input_size(name: str) -> int | None:
+    """The input size a model was designed for (224 for ImageNet backbones), None when any size fits."""
+    return TRANSFER_INPUT_SIZE if is_transfer(name) else None
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(f"model.name {name!r} is unknown; registered models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def create_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """Build the model named by cfg.name, load cfg.weights and freeze per cfg.strategy (transfer only)."""
+    spec = _spec(cfg.name)
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    model = spec.build(cfg, num_classes, image_size)
+    _load_weights(model, spec, cfg.weights)
+    if spec.transfer:
+        _apply_strategy(model, cfg.strategy)
+    return model
+
+
+# --------------------------------------------------------------------------- custom CNNs
+
+
+class ConvBlock(nn.Module):
+    """`convs` x (Conv -> [BN] -> ReLU), optionally with a residual connection around them.
+
+    Pooling is NOT inside the block, so the block's output (the last conv stage before pooling) is
+    the higher-resolution map Grad-CAM and feature-map views want.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, convs: int, bn: bool, residual: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            # bias is redundant right before a BatchNorm (its shift absorbs it)
+            layers.append(
+                nn.Conv2d(
+                    c_in if i == 0 else c_out, c_out, kernel, padding=kernel // 2, bias=not bn
+                )
+            )
+            if bn:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU())
+        self.residual = residual
+        if residual:
+            layers.pop()  # ResNet order: the last ReLU comes after the addition
+            proj: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1, bias=not bn)]
+            if bn:
+                proj.append(nn.BatchNorm2d(c_out))
+            # 1x1 projection only when the channel count changes; otherwise the identity
+            self.shortcut: nn.Module = nn.Sequential(*proj) if c_in != c_out else nn.Identity()
+            self.act = nn.ReLU()
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)  # (B, c_out, H, W): padding k//2 keeps H, W
+        if self.residual:
+            y = self.act(y + self.shortcut(x))
+        return y
+
+
+class CustomCNN(nn.Module):
+    """Blocks of convolutions, each followed by MaxPool(2), then a flatten -> MLP classifier head."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, image_size: int):
+        super().__init__()
+        blocks = len(cfg.channels)
+        max_blocks = int(math.floor(math.log2(image_size))) if image_size >= 1 else 0
+        if blocks > max_blocks:
+            raise ConfigError(
+                f"model.channels has {blocks} blocks but a {image_size} px image allows at most "
+                f"{max_blocks} (each block halves the size); remove blocks or raise data.image_size"
+            )
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in cfg.channels:
+            conv = ConvBlock(
+                c_in, c_out, cfg.kernel_size, cfg.convs_per_block, cfg.batch_norm, cfg.residual
+            )
+            layers += [conv, nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        side = image_size
+        for _ in cfg.channels:
+            side //= 2  # MaxPool2d(2) floors; the convs keep the size
+        flat = c_in * side * side
+        if cfg.head_units > 0:
+            head: list[nn.Module] = [nn.Flatten()]
+            if cfg.dropout > 0:
+                head.append(nn.Dropout(cfg.dropout))
+            head += [nn.Linear(flat, cfg.head_units), nn.ReLU(), nn.Dropout(cfg.dropout)]
+            head.append(nn.Linear(cfg.head_units, num_classes))
+        else:
+            head = [nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(flat, num_classes)]
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SimpleCNN(nn.Module):
+    """The guide's SimpleCNN, same attribute names so its state_dict keys load as they are."""
+
+    def __init__(self, num_classes: int, image_size: int = 64, dropout: float = 0.5):
+        super().__init__()
+        side = image_size // 2 // 2  # two MaxPool(2) halvings; 16 at the guide's 64 px
+        if side < 1:
+            raise ConfigError(f"simple_cnn needs images of at least 4 px, got {image_size}")
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(64 * side * side, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        return self.fc2(self.dropout(x))
+
+
+@register_model("custom")
+def custom(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """The configurable CNN (channels, kernel, BN, residual, head) from ModelConfig."""
+    return CustomCNN(cfg, num_classes, image_size)
+
+
+@register_model("simple_cnn")
+def simple_cnn(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+    """The guide's two-conv SimpleCNN (dropout from cfg; it has no parameters)."""
+    return SimpleCNN(num_classes, image_size, cfg.dropout)
+
+
+# --------------------------------------------------------------------------- transfer models
+
+
+def _new_head(model: nn.Module, num_classes: int, dropout: float) -> None:
+    """Replace the ImageNet classifier by one for num_classes (dropout in front of it)."""
+    if isinstance(model, tvm.ResNet):
+        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
+        return
+    # MobileNetV3 / EfficientNet: Sequential(..., Dropout, Linear)
+    for m in model.classifier:
+        if isinstance(m, nn.Dropout):
+            m.p = dropout
+    last = model.classifier[-1]
+    model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+
+
+def _transfer(factory: Callable[..., nn.Module]) -> Builder:
+    def build(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Module:
+        model = factory(weights=None)  # never let torchvision download; weights load later
+        _new_head(model, num_classes, cfg.dropout)
+        return model
+
+    build.__qualname__ = factory.__name__
+    return build
+
+
+register_model("resnet18", transfer=True, imagenet=tvm.ResNet18_Weights.DEFAULT)(
+    _transfer(tvm.resnet18)
+)
+register_model("resnet34", transfer=True, imagenet=tvm.ResNet34_Weights.DEFAULT)(
+    _transfer(tvm.resnet34)
+)
+register_model("resnet50", transfer=True, imagenet=tvm.ResNet50_Weights.DEFAULT)(
+    _transfer(tvm.resnet50)
+)
+register_model(
+    "mobilenet_v3_small", transfer=True, imagenet=tvm.MobileNet_V3_Small_Weights.DEFAULT
+)(_transfer(tvm.mobilenet_v3_small))
+register_model("efficientnet_b0", transfer=True, imagenet=tvm.EfficientNet_B0_Weights.DEFAULT)(
+    _transfer(tvm.efficientnet_b0)
+)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the module
+
+
+def _head(model: nn.Module) -> nn.Module | None:
+    """The classifier trained at the head lr (None for custom models: one group)."""
+    model = _unwrap(model)
+    if isinstance(model, tvm.ResNet):
+        return model.fc
+    if isinstance(model, (tvm.MobileNetV3, tvm.EfficientNet)):
+        return model.classifier
+    return None
+
+
+def _last_block(model: nn.Module) -> nn.Module | None:
+    """The backbone block `fine_tune` unfreezes: ResNet layer4; MobileNet/EfficientNet the last
+    two feature stages (the last inverted-residual stage + the final 1x1 conv, which alone is tiny)."""
+    model = _unwrap(model)
+    if isinstance(model, tvm.ResNet):
+        return model.layer4
+    if isinstance(model, (tvm.MobileNetV3, tvm.EfficientNet)):
+        return model.features[-2:]
+    return None
+
+
+def _apply_strategy(model: nn.Module, strategy: str) -> None:
+    model.requires_grad_(False)
+    trainable = [_head(model)]
+    if strategy == "fine_tune":
+        trainable.append(_last_block(model))
+    for part in trainable:
+        part.requires_grad_(True)
+
+
+def freeze_bn_stats(model: nn.Module) -> nn.Module:
+    """Put BatchNorm layers whose parameters are all frozen in eval mode; call after model.train().
+
+    A frozen backbone must keep ImageNet's running mean/var: in train mode BN would use (and
+    overwrite them with) the statistics of small batches of a different data set.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+    return model
+
+
+def param_groups(
+    model: nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """Optimizer groups of trainable params: head at train.lr, unfrozen backbone at train.backbone_lr."""
+    head = _head(model)
+    if head is None or not is_transfer(model_cfg.name):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"name": "all", "params": params, "lr": train_cfg.lr}]
+    head_ids = {id(p) for p in head.parameters()}
+    head_params = [p for p in head.parameters() if p.requires_grad]
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"name": "head", "params": head_params, "lr": train_cfg.lr}]
+    if backbone:
+        groups.append({"name": "backbone", "params": backbone, "lr": train_cfg.backbone_lr})
+    return groups
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The last convolutional stage (Grad-CAM / feature maps): before pooling and the classifier."""
+    model = _unwrap(model)
+    if isinstance(model, tvm.ResNet):
+        return model.layer4
+    if isinstance(model, (tvm.MobileNetV3, tvm.EfficientNet)):
+        return model.features[-1]
+    if isinstance(model, SimpleCNN):
+        return model.conv2
+    if isinstance(model, CustomCNN):
+        return [m for m in model.features if isinstance(m, ConvBlock)][-1]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ConfigError(f"{type(model).__name__} has no convolution layer to visualise")
+    return convs[-1]
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The first nn.Conv2d (its filters see RGB directly, so they can be drawn as images)."""
+    for m in _unwrap(model).modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise ConfigError(f"{type(model).__name__} has no convolution layer")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _hub_file(weights: tvm.WeightsEnum) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def _read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """torch.load(weights_only=True) a raw state dict or one under model/state_dict/model_state."""
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} does not exist; give a .pth/.pt file, or use weights 'random'"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types; all mean "not a plain state dict"
+        raise WeightsError(
+            f"cannot read {what} {path} as a weights-only state dict: {exc}"
+        ) from exc
+    if isinstance(obj, dict):
+        for key in ("model_state", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{what} {path} holds no state dict (a mapping of names to tensors)")
+    # DataParallel / torch.compile prefixes would hide every key
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
+
+
+def _load_weights(model: nn.Module, spec: ModelSpec, source: str) -> None:
+    if source == "random":
+        return
+    if source == "imagenet":
+        if spec.imagenet is None:
+            log.info("model %s has no ImageNet weights; starting from random init", spec.name)
+            return
+        path = _hub_file(spec.imagenet)
+        if not path.is_file():
+            raise WeightsError(
+                f"ImageNet weights for {spec.name} are not in the local torch cache: put the file "
+                f"{path} there (download {spec.imagenet.url} on a machine with internet), "
+                "or set model weights to 'random' or to a .pth file"
+            )
+        _load_state(model, _read_state(path, "ImageNet weights"), str(path))
+        return
+    if source.startswith("run:"):
+        from . import runs  # lazy: runs imports models to rebuild checkpoints
+
+        path = Path(runs.checkpoint_path(source.removeprefix("run:")))
+        _load_state(model, _read_state(path, "run checkpoint"), source)
+        return
+    path = Path(source).expanduser()
+    _load_state(model, _read_state(path, "weights file"), str(path))
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the layers that depend on the class count (or, for flatten heads, on
+    the image size): these may be skipped when a checkpoint's shapes differ."""
+    model = _unwrap(model)
+    if isinstance(model, tvm.ResNet):
+        return ("fc.",)
+    if isinstance(model, (tvm.MobileNetV3, tvm.EfficientNet)):
+        return ("classifier.",)
+    if isinstance(model, SimpleCNN):
+        return ("fc1.", "fc2.")
+    return ("head.",)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load every backbone tensor (all must fit) and the head tensors whose shapes fit."""
+    heads = _head_prefixes(model)
+    own = model.state_dict()
+    # num_batches_tracked is absent from older checkpoints and harmless to leave at 0
+    backbone = [k for k in own if not k.startswith(heads) and not k.endswith("num_batches_tracked")]
+    fits = {k for k in own if k in state and state[k].shape == own[k].shape}
+    misfits = [k for k in backbone if k not in fits]
+    extra = [k for k in state if k not in own and not k.startswith(heads)]
+    if misfits or extra:
+        hint = ", ".join((misfits or extra)[:3])
+        raise WeightsError(
+            f"{origin} does not fit model {type(model).__name__}: "
+            f"{len(backbone) - len(misfits)} of {len(backbone)} backbone tensors match and "
+            f"{len(extra)} are unknown (e.g. {hint}); pick the architecture these weights were saved from"
+        )
+    model.load_state_dict({k: state[k] for k in fits}, strict=False)
+    fresh = [k for k in own if k.startswith(heads) and k not in fits]
+    log.info("loaded %d tensors from %s; %d head tensors kept fresh", len(fits), origin, len(fresh))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclass
+class LayerRow:
+    name: str  # dotted module path, e.g. "features.0.body.0"
+    kind: str  # class name, e.g. "Conv2d"
+    output_shape: tuple[int, ...]  # without the batch dimension
+    params: int  # parameters owned by this layer (0 on a repeated call of the same module)
+    trainable: int  # of which requires_grad
+
+
+@dataclass
+class ModelSummary:
+    rows: list[LayerRow] = field(default_factory=list)
+    total_params: int = 0
+    trainable_params: int = 0
+    frozen_params: int = 0
+
+    def as_records(self) -> list[dict[str, Any]]:
+        """Rows as plain dicts (a table for the dashboard or JSON)."""
+        return [
+            {
+                "layer": r.name,
+                "type": r.kind,
+                "output": "x".join(map(str, r.output_shape)),
+                "params": r.params,
+                "trainable": r.trainable,
+            }
+            for r in self.rows
+        ]
+
+
+_BLOCK_TYPES = (ConvBlock, tvm.resnet.BasicBlock, tvm.resnet.Bottleneck)
+
+
+def summary(model: nn.Module, image_size: int) -> ModelSummary:
+    """Per-layer output shapes and parameter counts from one dummy (1, 3, S, S) forward pass."""
+    rows: list[LayerRow] = []
+    seen: set[int] = set()
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, _inp: Any, out: Any) -> None:
+            own = list(module.parameters(recurse=False)) if id(module) not in seen else []
+            seen.add(id(module))
+            shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
+            rows.append(
+                LayerRow(
+                    name,
+                    type(module).__name__,
+                    shape,
+                    sum(p.numel() for p in own),
+                    sum(p.numel() for p in own if p.requires_grad),
+                )
+            )
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
+        if n
+        and (
+            not list(m.children())
+            or isinstance(m, _BLOCK_TYPES)
+            or list(m.parameters(recurse=False))
+        )
+    ]
+    was_training = model.training
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        model.eval()  # BatchNorm cannot run in train mode on a batch of one 1x1 map
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ModelSummary(rows, total, trainable, total - trainable)
