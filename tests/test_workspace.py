@@ -1,0 +1,24 @@
+"""Workspace paths and the data-roots guard for server-side dataset paths."""
+
+import pytest
+
+from cnnlab import workspace
+from cnnlab.errors import DataError
+
+
+def test_home_and_subfolders_follow_cnnlab_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "ws"))
+    assert workspace.home() == (tmp_path / "ws").resolve()
+    assert workspace.runs_dir().is_dir()
+    assert workspace.studies_url().endswith("ws/studies.db")
+
+
+def test_paths_outside_data_roots_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("CNNLAB_DATA_ROOTS", str(tmp_path / "data"))
+    (tmp_path / "data" / "set").mkdir(parents=True)
+    assert workspace.check_inside_roots(tmp_path / "data" / "set") == (tmp_path / "data" / "set").resolve()
+    with pytest.raises(DataError, match="outside the allowed data folders"):
+        workspace.check_inside_roots(tmp_path / "data" / ".." / "elsewhere")
+    with pytest.raises(DataError):
+        workspace.check_inside_roots("/etc")
