@@ -1,0 +1,303 @@
+"""Background jobs: run `train.fit` (or any callable, e.g. a tuning study) in a daemon thread.
+
+The worker thread only mutates its own `Job` under the job's lock; readers (the dashboard polling
+every second, the CLI, tests) take an immutable `JobSnapshot`. `JobManager` is the process-wide
+registry (the UI holds it with `st.cache_resource`), so a page reload or a second browser tab finds a
+running job again by its job id or by its run id. Memory stays bounded: a job keeps only its last
+Progress/Preparing event and at most `max_events` other events, and only the newest `max_finished`
+finished jobs are kept (running ones are never dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import train
+from .config import RunConfig
+from .data import PreparedData
+from .errors import CnnlabError
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("queued", "running", "completed", "stopped", "failed")
+ACTIVE = ("queued", "running")
+MAX_EVENTS = 1000  # non-progress events kept per job (epoch ends, run started, finished...)
+MAX_FINISHED = 20  # finished jobs kept for the UI; older ones are released
+
+Emit = Callable[[Any], None]
+JobFn = Callable[[threading.Event, Emit], Any]
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    """Events are train.Event dataclasses (with to_dict) or plain dicts from other job kinds."""
+    if hasattr(event, "to_dict"):
+        return event.to_dict()
+    if isinstance(event, dict):
+        return {"kind": "Event", **event}
+    raise TypeError(f"a job event must be a dict or have to_dict(), got {type(event).__name__}")
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A consistent, read-only copy of a job's state for the UI (taken under the job's lock)."""
+
+    job_id: str
+    kind: str
+    status: str
+    name: str
+    run_id: str | None
+    run_info: dict[str, Any] | None  # the RunStarted event (epochs, split sizes, device, classes)
+    epochs: tuple[dict[str, Any], ...]  # one EpochEnd dict per finished epoch, in order
+    progress: dict[str, Any] | None  # the latest Progress event
+    preparing: dict[str, Any] | None  # the latest Preparing event (data scan/decode)
+    events: tuple[dict[str, Any], ...]  # the kept non-progress events, oldest first
+    result: Any  # fit's summary dict (or the callable's return value) once finished
+    error: str | None
+    started_at: float | None  # time.time() stamps
+    finished_at: float | None
+    eta_s: float | None  # estimated seconds left, None when unknown
+
+    @property
+    def active(self) -> bool:
+        """True while queued or running."""
+        return self.status in ACTIVE
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """fit's summary when the result is a dict (training jobs), else None."""
+        return self.result if isinstance(self.result, dict) else None
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the job started (until it finished, once it has)."""
+        if self.started_at is None:
+            return 0.0
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def epochs_planned(self) -> int | None:
+        """Epochs the run was configured for, once the run has started."""
+        return self.run_info.get("epochs") if self.run_info else None
+
+    @property
+    def best_epoch(self) -> int:
+        """Epoch with the lowest validation loss so far (0 before the first epoch)."""
+        return self.epochs[-1]["best_epoch"] if self.epochs else 0
+
+
+@dataclass
+class Job:
+    """One background task. The worker thread writes it under `lock`; others call snapshot()."""
+
+    job_id: str
+    kind: str
+    name: str = ""
+    status: str = "queued"
+    run_id: str | None = None
+    run_info: dict[str, Any] | None = None
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
+    preparing: dict[str, Any] | None = None
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    result: Any = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    training_started: float | None = None  # monotonic time of RunStarted, for the ETA
+    thread: threading.Thread | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def active(self) -> bool:
+        """True while queued or running."""
+        return self.status in ACTIVE
+
+    def record(self, event: Any) -> dict[str, Any]:
+        """Store one event (called from the worker thread); returns its dict form."""
+        d = _event_dict(event)
+        kind = d.get("kind")
+        with self.lock:
+            if kind == "Progress":  # many per epoch: only the latest matters to a reader
+                self.progress = d
+                return d
+            if kind == "Preparing":
+                self.preparing = d
+                return d
+            self.events.append(d)
+            if kind == "RunStarted":
+                self.run_id = d["run_id"]
+                self.run_info = d
+                self.training_started = time.monotonic()
+            elif kind == "EpochEnd":
+                self.epochs.append(d)
+        return d
+
+    def snapshot(self) -> JobSnapshot:
+        """An immutable copy for readers in other threads."""
+        with self.lock:
+            return JobSnapshot(
+                job_id=self.job_id,
+                kind=self.kind,
+                status=self.status,
+                name=self.name,
+                run_id=self.run_id,
+                run_info=dict(self.run_info) if self.run_info else None,
+                epochs=tuple(dict(r) for r in self.epochs),
+                progress=dict(self.progress) if self.progress else None,
+                preparing=dict(self.preparing) if self.preparing else None,
+                events=tuple(dict(e) for e in self.events),
+                result=dict(self.result) if isinstance(self.result, dict) else self.result,
+                error=self.error,
+                started_at=self.started_at,
+                finished_at=self.finished_at,
+                eta_s=self._eta(),
+            )
+
+    def _eta(self) -> float | None:
+        """Seconds left: time so far over the fraction of batches done (lock held by caller)."""
+        if self.status != "running" or self.training_started is None or not self.run_info:
+            return None
+        planned = self.run_info.get("epochs") or 0
+        done = len(self.epochs)
+        p = self.progress
+        if p and p["epoch"] == done + 1 and p["n_batches"]:
+            done += p["batch"] / p["n_batches"]
+        if not planned or done <= 0:
+            return None
+        elapsed = time.monotonic() - self.training_started
+        return max(0.0, elapsed * (planned - done) / done)
+
+
+class JobManager:
+    """Process-wide, thread-safe registry of jobs keyed by job id (and by run id once known)."""
+
+    def __init__(self, max_finished: int = MAX_FINISHED):
+        self.max_finished = max_finished
+        self._jobs: dict[str, Job] = {}
+        self._by_run: dict[str, str] = {}  # run id -> job id
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ starting
+    def start(self, config: RunConfig, data: PreparedData | None = None, name: str = "") -> Job:
+        """Validate config and run train.fit on it in a background thread; returns the Job."""
+        config.validate()  # fail in the caller's thread on a bad form, before any thread starts
+
+        def run_fit(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
+            return train.fit(config, data=data, callbacks=(emit,), stop_event=stop_event)
+
+        return self.start_callable(run_fit, kind="train", name=name or config.name)
+
+    def start_callable(self, fn: JobFn, kind: str = "task", name: str = "") -> Job:
+        """Run fn(stop_event, emit) in a daemon thread; emit takes train events or plain dicts."""
+        job = Job(job_id=uuid.uuid4().hex[:12], kind=kind, name=name)
+        thread = threading.Thread(
+            target=self._work, args=(job, fn), name=f"cnnlab-{kind}-{job.job_id}", daemon=True
+        )
+        job.thread = thread
+        with self._lock:
+            self._jobs[job.job_id] = job
+            self._release_finished()
+        thread.start()
+        return job
+
+    def _work(self, job: Job, fn: JobFn) -> None:
+        with job.lock:
+            job.status = "running"
+            job.started_at = time.time()
+
+        def emit(event: Any) -> None:
+            d = job.record(event)
+            if d.get("kind") == "RunStarted":
+                with self._lock:
+                    self._by_run[d["run_id"]] = job.job_id
+
+        status, result, error = "completed", None, None
+        try:
+            result = fn(job.stop_event, emit)
+        except CnnlabError as exc:
+            status, error = "failed", str(exc)
+            log.warning("job %s (%s) failed: %s", job.job_id, job.kind, exc)
+        except Exception as exc:  # a bug: keep the job's message and the traceback in the log
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("job %s (%s) crashed", job.job_id, job.kind)
+        else:
+            if isinstance(result, dict) and result.get("status") in STATUSES:
+                status = result["status"]  # fit reports 'stopped' when asked to stop
+            elif job.stop_event.is_set():
+                status = "stopped"
+        with job.lock:
+            job.status, job.result, job.error = status, result, error
+            job.finished_at = time.time()
+        with self._lock:
+            self._release_finished()
+
+    # ------------------------------------------------------------------ reading
+    def get(self, job_or_run_id: str) -> Job | None:
+        """The job with this job id or run id, or None when unknown (or already released)."""
+        with self._lock:
+            job_id = self._by_run.get(job_or_run_id, job_or_run_id)
+            return self._jobs.get(job_id)
+
+    def snapshot(self, job_or_run_id: str) -> JobSnapshot | None:
+        """Immutable copy of the job's state, or None when unknown."""
+        job = self.get(job_or_run_id)
+        return job.snapshot() if job else None
+
+    def list(self, kind: str | None = None, active_only: bool = False) -> list[JobSnapshot]:
+        """Snapshots of the kept jobs, newest first (optionally one kind / running ones only)."""
+        with self._lock:
+            jobs = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
+        snaps = [j.snapshot() for j in jobs if kind is None or j.kind == kind]
+        return [s for s in snaps if s.active] if active_only else snaps
+
+    # ------------------------------------------------------------------ control
+    def stop(self, job_or_run_id: str) -> bool:
+        """Ask the job to stop (fit checks before every batch); False when unknown or finished."""
+        job = self.get(job_or_run_id)
+        if job is None or not job.active:
+            return False
+        job.stop_event.set()
+        return True
+
+    def wait(self, job_or_run_id: str, timeout: float | None = None) -> JobSnapshot | None:
+        """Block until the job ends or timeout seconds pass; returns its snapshot (None if unknown)."""
+        job = self.get(job_or_run_id)
+        if job is None:
+            return None
+        if job.thread is not None:
+            job.thread.join(timeout)
+        return job.snapshot()
+
+    def _release_finished(self) -> None:
+        """Drop the oldest finished jobs beyond max_finished (self._lock held by the caller)."""
+        done = [j for j in self._jobs.values() if not j.active]
+        excess = len(done) - self.max_finished
+        if excess <= 0:
+            return
+        done.sort(key=lambda j: j.finished_at or j.created_at)
+        for job in done[:excess]:
+            del self._jobs[job.job_id]
+            if job.run_id is not None:
+                self._by_run.pop(job.run_id, None)
+
+
+_manager: JobManager | None = None
+_manager_lock = threading.Lock()
+
+
+def get_manager() -> JobManager:
+    """The process-wide JobManager (created on first use)."""
+    global _manager
+    with _manager_lock:
+        if _manager is None:
+            _manager = JobManager()
+        return _manager
