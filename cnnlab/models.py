@@ -113,15 +113,15 @@ class ConvBlock(nn.Module):
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU())
         self.residual = residual
-        if residual:
-            layers.pop()  # ResNet order: the last ReLU comes after the addition
+        # ResNet order: with a skip connection the last ReLU comes after the addition
+        self.body = nn.Sequential(*(layers[:-1] if residual else layers))
+        if residual:  # registered after body, so first_conv() finds the body's conv first
             proj: list[nn.Module] = [nn.Conv2d(c_in, c_out, 1, bias=not bn)]
             if bn:
                 proj.append(nn.BatchNorm2d(c_out))
             # 1x1 projection only when the channel count changes; otherwise the identity
             self.shortcut: nn.Module = nn.Sequential(*proj) if c_in != c_out else nn.Identity()
             self.act = nn.ReLU()
-        self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)  # (B, c_out, H, W): padding k//2 keeps H, W
