@@ -1,0 +1,141 @@
+"""Learning-rate range test (Smith 2015, fastai's lr_find): a short sweep that suggests a good lr.
+
+A fresh model (the run's own weights are never touched) is trained for ~100 steps on the training
+split while the learning rate grows exponentially from 1e-6 to 1; the loss is smoothed and the
+suggestion is the lr where it falls fastest. Batches, augmentation, normalisation, loss and
+parameter groups are the ones `train.fit` uses, so the suggestion transfers to the real run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import augment, models, train
+from .config import RunConfig
+from .data import PreparedData, prepare
+from .device import configure_cpu_threads, resolve_device
+from .errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+START_LR = 1e-6
+END_LR = 1.0
+STEPS = 100
+DIVERGE = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
+BETA = 0.98  # exponential smoothing of the loss (with bias correction, as fastai)
+
+
+@dataclass
+class LRFinderResult:
+    lrs: list[float]  # learning rate of each step (the head/main group's)
+    losses: list[float]  # smoothed loss of each step
+    raw_losses: list[float]  # the batch loss as measured
+    suggestion: float  # lr at the steepest descent of the smoothed loss
+    min_loss_lr: float  # lr at the lowest smoothed loss (suggestion's fallback is this / 10)
+    stopped_early: bool  # True when the loss diverged before END_LR
+
+    def to_dict(self) -> dict:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+
+def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
+    """(steepest-descent lr, lowest-loss lr) of a smoothed loss curve.
+
+    The steepest point is searched only before the minimum (after it the loss is diverging); with
+    too few points the fallback is the lowest-loss lr / 10, the classic rule of thumb.
+    """
+    lr = np.asarray(lrs, dtype=np.float64)
+    loss = np.asarray(losses, dtype=np.float64)
+    i_min = int(np.argmin(loss))
+    min_lr = float(lr[i_min])
+    if i_min < 3:
+        return min_lr / 10, min_lr
+    slope = np.gradient(loss[: i_min + 1], np.log10(lr[: i_min + 1]))
+    skip = max(1, i_min // 10)  # the first steps are noisy (smoothing still warming up)
+    i_steep = skip + int(np.argmin(slope[skip:]))
+    return float(lr[i_steep]), min_lr
+
+
+def find_lr(
+    config: RunConfig,
+    data: PreparedData | None = None,
+    steps: int = STEPS,
+    start_lr: float = START_LR,
+    end_lr: float = END_LR,
+) -> LRFinderResult:
+    """Sweep the learning rate on the training split of `config`'s data; see the module docstring."""
+    config.validate()
+    tc = config.train
+    device = resolve_device(tc.device)
+    if device.type == "cpu":
+        configure_cpu_threads()
+    data = data if data is not None else prepare(config.data)
+    train_x, train_y = data.subset("train")
+    if train_x.shape[0] == 0:
+        raise TrainingError("the training split is empty: the LR finder needs training images")
+    torch.manual_seed(tc.seed)
+    model = models.create_model(config.model, len(data.classes), config.data.image_size)
+    model = model.to(device)
+    mean, std = augment.normalization(config.augment, config.model.name, train_x)
+    groups = models.param_groups(model, config.model, tc)
+    # Keep each group's ratio to train.lr (e.g. a fine-tuned backbone at backbone_lr).
+    ratios = [g["lr"] / tc.lr for g in groups]
+    optimizer = train.build_optimizer(groups, tc)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(tc.seed)
+    bs = min(tc.batch_size, train_x.shape[0])
+    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    lrs, smooth, raw = [], [], []
+    avg, best = 0.0, math.inf
+    cpu_gen = torch.Generator().manual_seed(tc.seed)  # the uint8 images stay on the host here
+    perm, pos = torch.randperm(train_x.shape[0], generator=cpu_gen), 0
+    stopped = False
+    model.train()
+    models.freeze_bn_stats(model)
+    for step in range(steps):
+        lr = start_lr * factor**step
+        for g, ratio in zip(optimizer.param_groups, ratios, strict=True):
+            g["lr"] = lr * ratio
+        if pos + bs > perm.numel():  # next epoch: a new permutation, as fit does
+            perm, pos = torch.randperm(train_x.shape[0], generator=cpu_gen), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        x = augment.prepare_batch(
+            train_x[idx].to(device), mean, std, cfg=config.augment, train=True, generator=gen
+        )
+        y = train_y[idx].to(device)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()  # one host sync per step is fine for a 100-step sweep
+        if not math.isfinite(value):
+            stopped = True
+            break
+        avg = BETA * avg + (1 - BETA) * value
+        smoothed = avg / (1 - BETA ** (step + 1))
+        lrs.append(lr)
+        raw.append(value)
+        smooth.append(smoothed)
+        best = min(best, smoothed)
+        if step > 10 and smoothed > DIVERGE * best:
+            stopped = True
+            break
+    if len(lrs) < 5:
+        raise TrainingError(
+            f"the loss diverged after {len(lrs)} LR-finder steps even at lr {start_lr:g}: check the "
+            "data and the model (or lower the start lr)"
+        )
+    suggestion, min_lr = suggest_lr(lrs, smooth)
+    log.info(
+        "LR finder: %d steps, suggestion %.3g (min loss at %.3g)", len(lrs), suggestion, min_lr
+    )
+    return LRFinderResult(lrs, smooth, raw, suggestion, min_lr, stopped)
