@@ -234,6 +234,94 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluate / predict / export / lr-find
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate, runs
+
+    run = runs.load_run(args.run)
+    if args.folder:
+        result = evaluate.evaluate_folder(run, args.folder, device=args.device)
+    else:
+        result = evaluate.evaluate_run(run, args.split, device=args.device)
+    diagnosis = evaluate.diagnose_run(run)
+    report = {"run_id": run.run_id, **result.to_dict(), "diagnosis": diagnosis.to_dict()}
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"run {run.run_id}, {result.split}: {result.n} images")
+    print(f"accuracy {result.accuracy:.4f}   loss {result.loss:.4f}")
+    width = max(len(c) for c in result.classes)
+    print(f"  {'class':<{width}}  precision  recall      f1  support")
+    for cls, m in result.per_class.items():
+        print(
+            f"  {cls:<{width}}  {m['precision']:>9.3f}  {m['recall']:>6.3f}  {m['f1']:>6.3f}  "
+            f"{m['support']:>7}"
+        )
+    if report["most_confused"]:
+        pairs = ", ".join(
+            f"{p['true']}->{p['predicted']} ({p['count']})" for p in report["most_confused"][:5]
+        )
+        print(f"most confused (true->predicted): {pairs}")
+    for f in diagnosis.findings:
+        print(f"[{f.kind}] {f.message}\n    try: {f.suggestion}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from . import predict
+
+    predictor = predict.Predictor.from_run(args.run, device=args.device)
+    rows = predictor.predict_files(args.paths, args.top_k)
+    if not rows:
+        print(f"cnnlab predict: no image files found in {' '.join(args.paths)}", file=sys.stderr)
+    if args.csv:
+        predict.write_csv(rows, args.csv, args.top_k)
+        print(f"{len(rows)} row(s) written to {args.csv}", file=sys.stderr)
+    elif args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            if "error" in r:
+                print(f"{r['path']}: error: {r['error']}")
+            else:
+                tops = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top"])
+                print(f"{r['path']}: {tops}")
+    n_bad = sum("error" in r for r in rows)
+    if n_bad:
+        print(f"cnnlab predict: {n_bad} file(s) could not be read", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import export
+
+    result = export.export_run(args.run, args.format, args.out)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    for f in result.files:
+        print(f)
+    print(
+        f"verified: top-1 matches the run on {result.n_checked} images ({result.checked_on}); "
+        f"max logit difference {result.max_abs_diff:.2g}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from . import lr_finder
+
+    config = _config_from_args(args)
+    result = lr_finder.find_lr(config, steps=args.steps)
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    print(f"suggested learning rate: {result.suggestion:.3g}")
+    print(f"lowest loss at lr {result.min_loss_lr:.3g} after {len(result.lrs)} steps")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
@@ -293,6 +381,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser("evaluate", help="test metrics, confusion matrix and diagnosis of a run")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--folder", help="evaluate on this labelled folder instead of a split")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k classes of images or folders with a run's model")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", metavar="FILE", help="write one CSV row per image")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a run to ONNX or torch.export (.pt2), verified")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    p.add_argument("--out", help="output folder (default: RUN_DIR/exports)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggest a learning rate")
+    _add_train_args(p)
+    p.add_argument("--steps", type=int, default=100)
+    p.set_defaults(func=_cmd_lr_find)
 
     return parser
 
