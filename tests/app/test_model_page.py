@@ -1,0 +1,88 @@
+"""AppTest of the Model page: controls drive the live summary; SimpleCNN in one click."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cnnlab.config import RunConfig
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def model_page(workspace: Path) -> AppTest:
+    """The dashboard switched to the Model page, with fresh caches."""
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, int]:
+    return {m.label: int(m.value.replace(",", "")) for m in at.metric}
+
+
+def test_controls_change_the_summary(model_page: AppTest) -> None:
+    at = model_page
+    rows = at.dataframe[0].value
+    assert list(rows.columns) == ["layer", "type", "output", "params", "trainable"]
+    before = metrics(at)
+    assert before["Parameters"] == rows["params"].sum() == before["Trainable"]
+
+    at.number_input(key="m_blocks").set_value(2).run()
+    at.number_input(key="m_ch_1").set_value(24).run()
+    assert not at.exception
+    after = metrics(at)
+    assert after["Parameters"] != before["Parameters"]
+    assert at.session_state["run_config"].model.channels == [32, 24]
+    assert "24x8x8" in set(at.dataframe[0].value["output"])  # 32 px input, two 2x poolings
+
+    at.checkbox(key="m_bn").uncheck().run()
+    assert "BatchNorm2d" not in set(at.dataframe[0].value["type"])
+    assert at.session_state["run_config"].model.batch_norm is False
+
+
+def test_input_size_is_written_back_to_the_data_config(model_page: AppTest) -> None:
+    at = model_page
+    at.number_input(key="m_image_size").set_value(48).run()
+    assert at.session_state["data_config"].image_size == 48
+    assert at.session_state["run_config"].data.image_size == 48
+
+
+def test_simple_cnn_button(model_page: AppTest) -> None:
+    at = model_page
+    next(b for b in at.button if "SimpleCNN" in b.label).click().run()
+    assert not at.exception
+    cfg: RunConfig = at.session_state["run_config"]
+    assert cfg.model.name == "simple_cnn" and cfg.data.image_size == 64
+    rows = at.dataframe[0].value
+    assert list(rows["layer"]) == ["conv1", "pool", "conv2", "pool", "fc1", "dropout", "fc2"]
+    assert rows.loc[rows["layer"] == "fc1", "params"].item() == 64 * 16 * 16 * 128 + 128
+
+
+def test_transfer_without_cached_weights_warns(
+    model_page: AppTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # an empty torch hub: the ImageNet file is surely missing, whatever this machine has cached
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    at = model_page
+    at.radio(key="m_family").set_value("Transfer learning").run()
+    at.selectbox(key="m_backbone").set_value("resnet18").run()
+    at.radio(key="m_strategy").set_value("feature_extraction").run()
+    assert not at.exception
+    assert any("torch cache" in w.value for w in at.warning)
+    m = metrics(at)
+    assert m["Frozen"] > 0 and m["Trainable"] == 512 * 10 + 10  # only the new head trains
+    cfg: RunConfig = at.session_state["run_config"]
+    assert cfg.model.name == "resnet18" and cfg.model.strategy == "feature_extraction"
+
+    at.radio(key="m_weights_kind").set_value("random").run()
+    assert not at.warning
+    assert at.session_state["run_config"].model.weights == "random"
