@@ -322,6 +322,72 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- tune
+def _fmt_param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _trial_line(event) -> str:
+    """One row of the live trials table."""
+    value = "-" if event.value is None else f"{event.value:.4f}"
+    params = " ".join(f"{k}={_fmt_param(v)}" for k, v in event.params.items())
+    return f"{event.number:>5}  {event.state:<8}  {value:>7}  {event.duration:>7.1f}s  {params}"
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from . import tune
+    from .search_space import SearchSpace
+
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table replaces its INFO lines
+    base = tune.base_config(args.data, args.model, args.image_size, args.epochs)
+    space = SearchSpace.load(args.space) if args.space else None
+    study_name = args.study or tune.default_study_name(base)
+    # --json keeps stdout for the one JSON object; the live table then goes to a terminal only.
+    table = sys.stderr if args.json else sys.stdout
+    live = not args.json or _is_tty()
+    if live:
+        print(f"study {study_name}: up to {args.trials} trials", file=table)
+        print(f"{'trial':>5}  {'state':<8}  {'val_acc':>7}  {'time':>8}  params", file=table)
+
+    def show(event) -> None:
+        if live:
+            print(_trial_line(event), file=table, flush=True)
+
+    study = tune.tune(
+        base,
+        space,
+        study_name=study_name,
+        storage=args.storage,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        seed=args.seed,
+        on_trial=show,
+    )
+    summary = tune.tune_summary(study)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(
+        f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
+        f"{summary['n_pruned']} pruned, {summary['n_failed']} failed"
+    )
+    if summary["best_value"] is None:
+        print("no trial completed: widen the search space or give more trials")
+        return 0
+    print(
+        f"best trial {summary['best_trial']}: val_acc {summary['best_value']:.4f} "
+        f"(run {summary['best_run_id']})"
+    )
+    for key, value in summary["best_params"].items():
+        print(f"  {key:>14}: {_fmt_param(value)}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
@@ -411,6 +477,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p)
     p.add_argument("--steps", type=int, default=100)
     p.set_defaults(func=_cmd_lr_find)
+
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna (pruning, shared storage)")
+    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="trials the study should hold: a rerun continues up to N; workers split them",
+    )
+    p.add_argument("--timeout", type=float, help="stop asking for new trials after S seconds")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "none"], default="median")
+    p.add_argument("--study", help="study name (default: <data folder>-<model>)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite in the workspace)")
+    p.add_argument("--space", help="search space JSON (see assets/search_space.example.json)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per trial")
+    p.add_argument("--image-size", type=int, default=16, help="image side in pixels")
+    p.add_argument("--model", default="custom", help="model to tune (see `cnnlab models`)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--json", action="store_true", help="print only the study summary as JSON")
+    p.set_defaults(func=_cmd_tune)
 
     return parser
 

@@ -65,6 +65,12 @@ def base_config(
     return cfg.validate()
 
 
+def default_study_name(base: RunConfig) -> str:
+    """<data folder>-<model>: reruns on the same data and model resume the same study."""
+    folder = Path(base.data.path).expanduser().resolve().name or "data"
+    return f"{folder}-{base.model.name}"
+
+
 # ---------------------------------------------------------------- storage and study
 @lru_cache(maxsize=8)
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
