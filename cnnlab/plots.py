@@ -140,3 +140,51 @@ def lr_finder_figure(result) -> go.Figure:
     fig.update_xaxes(type="log", title="learning rate")
     fig.update_layout(title="Learning-rate finder", yaxis_title="loss", **_LAYOUT)
     return fig
+
+
+# ---------------------------------------------------------------- tuning (Optuna studies)
+# Optuna's own plotly builders, given one look; optuna is imported lazily so the other figures
+# do not pay for it.
+def _tune_layout(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(title=title, **_LAYOUT)
+    return fig
+
+
+def tune_history_figure(study) -> go.Figure:
+    """Each finished trial's val accuracy and the best so far, by trial number."""
+    from optuna.visualization import plot_optimization_history
+
+    fig = plot_optimization_history(study, target_name="val accuracy")
+    return _tune_layout(fig, "Optimization history")
+
+
+def tune_intermediate_figure(study) -> go.Figure:
+    """Val accuracy per epoch of every trial; pruned trials end early (that is the pruning)."""
+    from optuna.visualization import plot_intermediate_values
+
+    fig = plot_intermediate_values(study)
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title="val accuracy")
+    return _tune_layout(fig, "Val accuracy per epoch (pruned trials stop early)")
+
+
+def tune_importance_figure(study) -> go.Figure | None:
+    """fANOVA importance of each searched parameter; None until 2 trials completed."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator
+    from optuna.visualization import plot_param_importances
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    varied = {k for t in complete for k in t.params if t.params[k] != complete[0].params.get(k)}
+    if len(complete) < 2 or not varied:
+        return None  # importances need at least two complete trials that differ
+    fig = plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    return _tune_layout(fig, "Parameter importance")
+
+
+def tune_parallel_figure(study) -> go.Figure:
+    """Parallel coordinates: one line per complete trial through its parameter values."""
+    from optuna.visualization import plot_parallel_coordinate
+
+    fig = plot_parallel_coordinate(study, target_name="val accuracy")
+    return _tune_layout(fig, "Parallel coordinates")
