@@ -137,6 +137,7 @@ class _ProgressPrinter:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
+        self.live = enabled and _is_tty()  # \r-redrawn lines only make sense on a terminal
         self.t0 = time.perf_counter()
         self.epochs = 0
 
@@ -152,11 +153,11 @@ class _ProgressPrinter:
                 f"{event.n_test} test images",
                 file=sys.stderr,
             )
-        elif isinstance(event, train.Preparing):
+        elif isinstance(event, train.Preparing) and self.live:
             print(
                 f"\r{event.stage}: {event.done}/{event.total}", end="", file=sys.stderr, flush=True
             )
-        elif isinstance(event, train.Progress):
+        elif isinstance(event, train.Progress) and self.live:
             done = (event.epoch - 1 + event.batch / event.n_batches) / max(self.epochs, 1)
             elapsed = time.perf_counter() - self.t0
             eta = elapsed / max(done, 1e-9) * (1 - done)

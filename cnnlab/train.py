@@ -314,6 +314,7 @@ def fit(
     it raises ends the run with status 'pruned' if it is optuna's TrialPruned, else propagates).
     """
     config.validate()
+    models.is_transfer(config.model.name)  # an unknown model name fails before any data work
 
     def emit(event: Event) -> None:
         for cb in callbacks:
@@ -523,7 +524,7 @@ def _fit_loop(
         emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
         if epoch_hook is not None:
             epoch_hook(epoch, row)
-        if tc.patience and bad_epochs >= tc.patience:
+        if tc.patience and bad_epochs >= tc.patience and epoch < tc.epochs:
             stopped_early = True
             log.info("early stop at epoch %d: no better val loss for %d epochs", epoch, bad_epochs)
             break

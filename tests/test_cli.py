@@ -1,0 +1,108 @@
+"""The `cnnlab` command line as outside scripts use it: real subprocesses, JSON contracts, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+TRAIN_KEYS = {
+    "run_id",
+    "run_dir",
+    "status",
+    "best_epoch",
+    "epochs_run",
+    "stopped_early",
+    "val_accuracy",
+    "test_accuracy",
+    "train_images_per_s",
+    "seconds",
+    "device",
+}
+
+
+def cnnlab(*args: str, home, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CNNLAB_HOME": str(home)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_train_json_then_runs_json(digits_dir, workspace):
+    proc = cnnlab(
+        "train", str(digits_dir), "--epochs", "2", "--image-size", "16", "--json", home=workspace
+    )
+    summary = json.loads(proc.stdout)  # stdout holds only the JSON object
+    assert set(summary) >= TRAIN_KEYS
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert summary["test_accuracy"] > 0.5
+    listed = json.loads(cnnlab("runs", "--json", home=workspace).stdout)
+    assert [r["run_id"] for r in listed] == [summary["run_id"]]
+    text = cnnlab("runs", home=workspace).stdout
+    assert summary["run_id"] in text and "completed" in text
+
+
+def test_train_config_file_and_flag_override(digits_dir, workspace, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        json.dumps({"model": {"name": "custom", "channels": [8]}, "train": {"epochs": 5}})
+    )
+    proc = cnnlab(
+        "train",
+        str(digits_dir),
+        "--config",
+        str(cfg),
+        "--epochs",
+        "1",
+        "--image-size",
+        "12",
+        "--json",
+        home=workspace,
+    )
+    summary = json.loads(proc.stdout)
+    saved = json.loads((workspace / "runs" / summary["run_id"] / "config.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["model"]["channels"] == [8]
+    assert saved["data"]["image_size"] == 12
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "{missing}", "--epochs", "1"], "does not exist"),
+        (["train", "{digits}", "--lr", "99"], "train.lr must be between"),
+        (["train", "{digits}", "--model", "vgg99"], "registered models"),
+        (["inspect", "{onefolder}"], "needs at least 2"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, needle, digits_dir, workspace, tmp_path):
+    (tmp_path / "one" / "cats").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "cats" / "a.png")
+    fill = {
+        "{missing}": str(tmp_path / "nope"),
+        "{digits}": str(digits_dir),
+        "{onefolder}": str(tmp_path / "one"),
+    }
+    proc = cnnlab(*[fill.get(a, a) for a in args], home=workspace, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_demo_and_inspect_json(workspace, tmp_path):
+    out = tmp_path / "digits"
+    cnnlab("demo", "digits", str(out), home=workspace)
+    report = json.loads(cnnlab("inspect", str(out), "--json", home=workspace).stdout)
+    assert report["n_images"] == 1797 and len(report["classes"]) == 10
+    assert sum(report["split"].values()) == 1797 and report["problems"] == []

@@ -1,0 +1,67 @@
+"""Run folders: atomic writes, torn metrics lines, listing, interrupted detection, delete."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from cnnlab import runs
+from cnnlab.config import RunConfig
+from cnnlab.errors import RunNotFoundError, TrainingError
+
+
+def _config():
+    cfg = RunConfig()
+    cfg.data.path = "/data"
+    return cfg
+
+
+def test_create_list_load_delete(workspace):
+    run = runs.create_run(_config(), ["a", "b"], {"train": ["a/1.png"], "val": [], "test": []})
+    assert json.loads(run.config_path.read_text())["data"]["path"] == "/data"
+    assert runs.read_split(run)["classes"] == ["a", "b"]
+    listed = runs.list_runs()
+    assert listed[0]["run_id"] == run.run_id and listed[0]["status"] == "running"
+    assert runs.load_run(run.run_id) == runs.load_run(str(run.run_dir))
+    runs.delete_run(run.run_id)
+    assert not run.run_dir.exists()
+    with pytest.raises(RunNotFoundError, match="cnnlab runs"):
+        runs.load_run(run.run_id)
+
+
+def test_metrics_survive_a_torn_last_line(workspace):
+    run = runs.create_run(_config(), ["a", "b"])
+    runs.append_metrics(run, {"epoch": 1, "val_loss": 0.5})
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 2, "val_lo')  # what a kill mid-write would leave without fsync+append
+    assert runs.read_metrics(run) == [{"epoch": 1, "val_loss": 0.5}]
+
+
+def test_a_dead_running_process_reads_as_interrupted(workspace):
+    run = runs.create_run(_config(), ["a", "b"])
+    runs.update_summary(run, pid=2**22 + 12345)  # no such pid
+    assert runs.list_runs()[0]["status"] == "interrupted"
+    runs.update_summary(run, pid=os.getpid())
+    assert runs.list_runs()[0]["status"] == "running"
+
+
+def test_checkpoint_write_is_atomic_and_weights_only(workspace, tmp_path):
+    path = tmp_path / "ck.pt"
+    runs.save_checkpoint_atomic(path, {"model_state": {"w": torch.ones(2)}, "epoch": 3})
+    assert torch.load(path, weights_only=True)["epoch"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp files left behind
+
+
+def test_unwritable_folder_is_a_clear_error_and_keeps_the_old_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    path = tmp_path / "ck.pt"
+    runs.save_checkpoint_atomic(path, {"epoch": 1})
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(TrainingError, match="could not write"):
+            runs.save_checkpoint_atomic(path, {"epoch": 2})
+    finally:
+        tmp_path.chmod(0o700)
+    assert torch.load(path, weights_only=True)["epoch"] == 1

@@ -1,0 +1,153 @@
+"""fit(): learning on real digits, best-checkpoint restore, early stop, user stop, NaN, determinism."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from cnnlab import data, models, runs, train
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cnnlab.errors import TrainingError
+
+
+def tiny_config(path, **train_kw) -> RunConfig:
+    """A seconds-fast config: digits at 16 px, a two-block CNN."""
+    kw = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "patience": 0}
+    kw.update(train_kw)
+    return RunConfig(
+        data=DataConfig(path=str(path), image_size=16),
+        model=ModelConfig(channels=[8, 16], head_units=32),
+        train=TrainConfig(**kw),
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(digits_dir, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNLAB_HOME", str(tmp_path_factory.mktemp("train-home")))
+    yield data.prepare(DataConfig(path=str(digits_dir), image_size=16))
+    mp.undo()
+
+
+def test_fit_learns_digits_and_writes_a_complete_run(digits_dir, prepared, workspace):
+    events = []
+    summary = train.fit(tiny_config(digits_dir, epochs=4), data=prepared, callbacks=[events.append])
+    assert summary["status"] == "completed"
+    assert summary["test_accuracy"] > 0.85, summary
+    assert summary["epochs_run"] == 4
+    for key in (
+        "run_id",
+        "run_dir",
+        "best_epoch",
+        "stopped_early",
+        "val_accuracy",
+        "train_images_per_s",
+        "seconds",
+        "device",
+    ):
+        assert key in summary
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "Finished"
+    assert kinds.count("EpochEnd") == 4 and "Progress" in kinds
+    run = runs.load_run(summary["run_id"])
+    rows = runs.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert run.best_path.is_file() and run.last_path.is_file()
+    split = runs.read_split(run)
+    assert sum(len(v) for v in split["files"].values()) == prepared.images.shape[0]
+
+
+def test_checkpoint_reloads_and_reproduces_test_accuracy(digits_dir, prepared, workspace):
+    summary = train.fit(tiny_config(digits_dir), data=prepared)
+    model, config, classes, ckpt = runs.load_checkpoint(summary["run_id"])
+    assert classes == prepared.classes and config.data.image_size == 16
+    ctx = train._Ctx(
+        torch.device("cpu"), tuple(ckpt["mean"]), tuple(ckpt["std"]), None, False, False
+    )
+    test_x, test_y = prepared.subset("test")
+    _, acc = train.evaluate(model, test_x, test_y, ctx)
+    assert acc == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_best_epoch_is_restored_after_early_stopping(digits_dir, prepared, workspace):
+    # A huge constant lr with SGD makes val loss worsen after the first epochs, so patience fires.
+    cfg = tiny_config(
+        digits_dir, epochs=12, patience=2, schedule="constant", lr=0.5, optimizer="sgd"
+    )
+    try:
+        summary = train.fit(cfg, data=prepared)
+    except TrainingError:
+        pytest.skip("diverged to NaN before early stopping on this platform")
+    rows = runs.read_metrics(runs.load_run(summary["run_id"]))
+    best = min(rows, key=lambda r: r["val_loss"])
+    assert summary["best_epoch"] == best["epoch"]
+    if summary["stopped_early"]:
+        assert summary["epochs_run"] == summary["best_epoch"] + 2
+    assert summary["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+
+
+def test_same_seed_gives_the_same_metrics_on_cpu(digits_dir, prepared, workspace):
+    a = train.fit(tiny_config(digits_dir, epochs=2, seed=7), data=prepared)
+    b = train.fit(tiny_config(digits_dir, epochs=2, seed=7), data=prepared)
+    ra = runs.read_metrics(runs.load_run(a["run_id"]))
+    rb = runs.read_metrics(runs.load_run(b["run_id"]))
+    assert [r["val_loss"] for r in ra] == [r["val_loss"] for r in rb]
+    assert a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_stop_request_is_honoured_within_a_batch(digits_dir, prepared, workspace):
+    stop = threading.Event()
+    seen = []
+
+    def on_event(event):
+        seen.append(event)
+        if isinstance(event, train.Progress):
+            stop.set()
+
+    cfg = tiny_config(digits_dir, epochs=50, batch_size=8)
+    summary = train.fit(cfg, data=prepared, callbacks=[on_event], stop_event=stop)
+    assert summary["status"] == "stopped"
+    progress = [e for e in seen if isinstance(e, train.Progress)]
+    assert len(progress) == 1  # nothing trained after the stop was seen
+    assert summary["epochs_run"] < 50
+
+
+@pytest.fixture
+def exploding_model():
+    """A registered model whose activations overflow after a few steps, as a diverging net does."""
+
+    class Exploding(torch.nn.Module):
+        def __init__(self, n_classes):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, n_classes)
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x):
+            if self.training:
+                self.steps += 1
+            scale = 1e30 ** self.steps.clamp(max=20).float()  # inf from the 2nd step on
+            return self.fc(x.mean((2, 3))) * scale
+
+    models.register_model("test_exploding")(lambda cfg, n, size: Exploding(n))
+    yield "test_exploding"
+    models.MODELS.pop("test_exploding")
+
+
+def test_nan_loss_stops_with_a_clear_error(digits_dir, prepared, workspace, exploding_model):
+    cfg = tiny_config(digits_dir, epochs=3)
+    cfg.model.name = exploding_model
+    events = []
+    with pytest.raises(TrainingError, match="learning rate is most likely too high"):
+        train.fit(cfg, data=prepared, callbacks=[events.append])
+    assert events[-1].kind == "Failed"
+    failed = [r for r in runs.list_runs() if r["status"] == "failed"]
+    assert failed and "NaN" in failed[0]["error"]
+
+
+def test_class_weights_balance_inverse_frequency():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    w = train.class_weights(labels, 2)
+    assert w[1] / w[0] == pytest.approx(9.0)
+    assert w.mean() == pytest.approx(1.0)
