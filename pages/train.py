@@ -221,7 +221,7 @@ def _current_job() -> str | None:
             s.job_id: f"{s.run_id or 'starting'} ({len(s.epochs)} epochs done)" for s in running
         }
         st.info("Training is running in the background.", icon=":material/sync:")
-        pick = st.selectbox("Running jobs", list(labels), format_func=labels.get)
+        pick = st.selectbox("Running jobs", list(labels), format_func=labels.get, key="t_attach")
         if st.button("Attach", icon=":material/link:"):
             st.session_state[JOB_ID] = pick
             st.rerun()

@@ -1,0 +1,40 @@
+"""cnnlab dashboard entry point: page navigation and the shared sidebar.
+
+Run with `cnnlab app` (or `streamlit run app.py`). Pages live in pages/; pages/ui.py holds the
+helpers and the session-state keys they share.
+"""
+
+import streamlit as st
+
+from cnnlab import workspace
+from cnnlab.device import describe_device
+from pages import ui
+
+st.set_page_config(page_title="cnnlab", page_icon=":material/neurology:", layout="wide")
+
+
+@st.cache_resource(show_spinner=False)
+def _device_label() -> str:
+    return describe_device("auto")
+
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/data.py", title="Data", icon=":material/dataset:"),
+    st.Page("pages/augment.py", title="Augment", icon=":material/auto_fix_high:"),
+    st.Page("pages/model.py", title="Model", icon=":material/account_tree:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/tune.py", title="Tune", icon=":material/tune:"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+]
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    st.caption(f"**Device:** {_device_label()}")
+    st.caption(f"**Workspace:** `{workspace.home()}`")
+    dataset = st.session_state.get(ui.DATASET_PATH)
+    st.caption(f"**Data set:** {dataset.rsplit('/', 1)[-1] if dataset else 'none chosen'}")
+
+page.run()

@@ -1,0 +1,170 @@
+"""Data page: choose a data set (demo, zip, folder upload, server path), check it, split it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from cnnlab import archive, data, demo, workspace
+from cnnlab.config import DataConfig
+from cnnlab.errors import CnnlabError
+from pages import ui
+
+SOURCES = ("Demo digits", "Upload a zip", "Upload a folder", "Path on this server")
+IMAGE_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224)
+SAMPLES_PER_CLASS = 6
+MAX_CLASSES_SHOWN = 30
+IMBALANCE_RATIO = 1.5  # largest / smallest class above this is flagged
+
+
+def _uploaded_once(key: str, make) -> str:
+    """Extract an upload once per session (hashing a big upload on every rerun is slow)."""
+    memo = st.session_state.setdefault("_data_uploads", {})
+    if key not in memo:
+        with st.status("Unpacking the upload…") as status:
+            _, progress = ui.progress_bar("Unpacking")
+            memo[key] = str(make(progress))
+            status.update(label="Upload unpacked", state="complete")
+    return memo[key]
+
+
+def _choose_source() -> str | None:
+    """Render the source picker; returns a newly chosen path or None."""
+    source = st.radio("Source", SOURCES, horizontal=True, key="data_source")
+    if source == "Demo digits":
+        st.caption("scikit-learn's 1,797 handwritten digits, 10 classes, written as PNGs.")
+        if st.button("Use the demo digits", icon=":material/bolt:"):
+            return str(demo.ensure_demo_digits())
+    elif source == "Upload a zip":
+        up = st.file_uploader("A .zip with one folder per class", type=["zip"])
+        if up is not None:
+            return _uploaded_once(
+                up.file_id, lambda p: archive.save_uploaded_zip(up.getvalue(), up.name, p)
+            )
+    elif source == "Upload a folder":
+        ups = st.file_uploader(
+            "A folder with one sub-folder per class", accept_multiple_files="directory"
+        )
+        if ups:
+            top = ups[0].name.replace("\\", "/").split("/", 1)[0] or "upload"
+            return _uploaded_once(
+                "|".join(sorted(u.file_id for u in ups)),
+                lambda _p: archive.save_uploaded_files([(u.name, u.getvalue()) for u in ups], top),
+            )
+    else:
+        roots = ", ".join(f"`{r}`" for r in workspace.data_roots())
+        st.caption(f"Allowed folders: {roots} (set CNNLAB_DATA_ROOTS to change).")
+        raw = st.text_input("Folder or .zip on this server", key="data_server_path")
+        if st.button("Use this path", disabled=not raw.strip()):
+            checked = workspace.check_inside_roots(raw.strip())
+            with st.status("Reading…"):
+                return str(data.resolve_dataset(checked))  # a server-side .zip is extracted
+    return None
+
+
+def _balance_chart(counts: dict[str, int]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), marker_color="#3b6fd4"))
+    fig.update_layout(
+        title="Images per class", xaxis_title="class", yaxis_title="usable images",
+        xaxis_type="category", height=320, margin=dict(l=10, r=10, t=40, b=10),
+    )  # fmt: skip
+    return fig
+
+
+def _show_samples(result: data.ScanResult) -> None:
+    st.subheader("Samples")
+    firsts: dict[int, list[Path]] = {}
+    for f, label in zip(result.files, result.labels, strict=True):
+        firsts.setdefault(label, [])
+        if len(firsts[label]) < SAMPLES_PER_CLASS:
+            firsts[label].append(f)
+    for label, name in enumerate(result.classes[:MAX_CLASSES_SHOWN]):
+        thumbs = [data.decode_image(f, 96).permute(1, 2, 0).numpy() for f in firsts[label]]
+        st.image(thumbs, caption=[name] * len(thumbs), width=72)
+    if len(result.classes) > MAX_CLASSES_SHOWN:
+        st.caption(f"… and {len(result.classes) - MAX_CLASSES_SHOWN} more classes.")
+
+
+def _show_dataset(path: str) -> None:
+    bar, progress = ui.progress_bar("Checking every image")
+    try:
+        result = ui.scan_dataset(path, progress)
+    except CnnlabError:
+        st.session_state.pop(ui.DATASET_PATH, None)  # unusable: later pages must not use it
+        st.session_state.pop(ui.DATA_CONFIG, None)
+        raise
+    finally:
+        bar.empty()
+    counts = result.counts
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Classes", len(result.classes))
+    c2.metric("Usable images", f"{result.n_images:,}")
+    c3.metric("Problems", len(result.problems))
+
+    st.plotly_chart(_balance_chart(counts))
+    ratio = max(counts.values()) / min(counts.values())
+    if ratio >= IMBALANCE_RATIO:
+        small = min(counts, key=counts.get)
+        st.warning(
+            f"Classes are imbalanced: the largest has {ratio:.1f}x the images of the smallest "
+            f"({small!r}, {counts[small]}). Consider class weights on the Train page."
+        )
+    _show_samples(result)
+
+    st.subheader("Problems")
+    if result.problems:
+        st.dataframe(
+            [{"file": p.path, "reason": p.reason} for p in result.problems],
+            hide_index=True, width="stretch",
+        )  # fmt: skip
+    else:
+        st.success("Every file is a usable image.")
+
+    st.subheader("Split")
+    c1, c2, c3, c4 = st.columns(4)
+    val = c1.slider("Validation fraction", 0.0, 0.4, 0.15, 0.05, key="data_val")
+    test = c2.slider("Test fraction", 0.0, 0.4, 0.15, 0.05, key="data_test")
+    size = c3.select_slider("Image size (px)", IMAGE_SIZES, value=32, key="data_size")
+    seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, key="data_seed"))
+    cfg = DataConfig(path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed)
+    try:
+        cfg.validate()
+        parts = data.split(result, val, test, seed)
+    except CnnlabError:
+        st.session_state.pop(ui.DATA_CONFIG, None)
+        raise
+    rows = [{"class": c, **row, "total": sum(row.values())} for c, row in
+            parts.per_class(result).items()]  # fmt: skip
+    rows.append({"class": "all", **parts.sizes(), "total": result.n_images})
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.session_state[ui.DATA_CONFIG] = cfg
+
+    if st.button(f"Decode and cache at {size} px", icon=":material/memory:"):
+        bar, progress = ui.progress_bar("Decoding")
+        start = time.perf_counter()
+        images = data.load_tensors(result.files, size, progress)
+        bar.empty()
+        st.success(
+            f"{tuple(images.shape)} uint8 tensor ready in {time.perf_counter() - start:.1f} s; "
+            "training will read it from the cache."
+        )
+
+
+st.title("Data")
+st.caption("An image folder with one sub-folder per class (or a .zip of one).")
+try:
+    chosen = _choose_source()
+    if chosen:  # store the folder that holds the class folders (past a lone wrapper folder)
+        st.session_state[ui.DATASET_PATH] = str(data.resolve_dataset(chosen))
+    current = st.session_state.get(ui.DATASET_PATH)
+    if current:
+        st.divider()
+        st.markdown(f"**Data set:** `{current}`")
+        _show_dataset(current)
+    else:
+        st.info("Pick a source above to load a data set.", icon=":material/info:")
+except CnnlabError as exc:
+    ui.show_error(exc)

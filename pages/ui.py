@@ -1,0 +1,93 @@
+"""Shared helpers for the dashboard pages (a helper module, not a page: app.py does not list it).
+
+Session state conventions — the only keys pages share:
+- st.session_state["dataset_path"]: str, resolved folder holding the chosen data set's class
+  folders (set by the Data page; zips and uploads are already extracted by then).
+- st.session_state["data_config"]: cnnlab.config.DataConfig chosen on the Data page (path,
+  image_size, val/test fractions, seed); later pages copy it into their RunConfig.
+- st.session_state["run_config"]: cnnlab.config.RunConfig being assembled by Augment/Model/Train.
+- st.session_state["active_run_id"]: str, the run that Train/Evaluate/Predict show.
+Pages import these names instead of spelling the strings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import streamlit as st
+
+from cnnlab import data
+from cnnlab.errors import CnnlabError
+
+DATASET_PATH = "dataset_path"
+DATA_CONFIG = "data_config"
+RUN_CONFIG = "run_config"
+ACTIVE_RUN_ID = "active_run_id"
+DATA_PAGE = "pages/data.py"
+_SCAN_CACHE_SIZE = 8
+
+
+def show_error(exc: CnnlabError) -> None:
+    """Render a user error as a message (never a traceback)."""
+    st.error(str(exc), icon=":material/error:")
+
+
+def require_dataset() -> str:
+    """The chosen data set's folder; otherwise point to the Data page and stop this page."""
+    path = st.session_state.get(DATASET_PATH)
+    if path and Path(path).is_dir():
+        return path
+    st.info("Choose a data set first.", icon=":material/info:")
+    st.page_link(DATA_PAGE, label="Go to the Data page", icon=":material/dataset:")
+    st.stop()
+
+
+class _ScanStore:
+    """A small LRU of ScanResults shared by every session (treat results as read-only)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: OrderedDict[tuple, data.ScanResult] = OrderedDict()
+
+
+@st.cache_resource(show_spinner=False)
+def _scan_store() -> _ScanStore:
+    return _ScanStore()
+
+
+def _scan_key(path: str) -> tuple:
+    """The folder and its class folders' mtimes: adding or removing files there changes the key."""
+    root = Path(path)
+    stamps = [(p.name, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_dir()]
+    return (str(root.resolve()), root.stat().st_mtime_ns, tuple(stamps))
+
+
+def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanResult:
+    """data.scan with a process-wide cache keyed by path + mtimes.
+
+    Not st.cache_data: that would copy the result per call and could not report progress.
+    """
+    store = _scan_store()
+    key = _scan_key(path)
+    with store.lock:
+        if key in store.items:
+            store.items.move_to_end(key)
+            return store.items[key]
+    result = data.scan(path, progress)
+    with store.lock:
+        store.items[key] = result
+        while len(store.items) > _SCAN_CACHE_SIZE:
+            store.items.popitem(last=False)
+    return result
+
+
+def progress_bar(label: str):
+    """A st.progress bar and a data.Progress callback that drives it."""
+    bar = st.progress(0.0, text=label)
+
+    def update(done: int, total: int, stage: str) -> None:
+        bar.progress(done / max(total, 1), text=f"{label}: {stage} {done:,}/{total:,}")
+
+    return bar, update
