@@ -267,7 +267,7 @@ def evaluate_folder(
 LOW_ACCURACY = 0.6  # both accuracies under this at the end: the model has not learnt the task
 MIN_RISE_EPOCHS = 2  # val loss must rise this many epochs after its best to call it overfitting
 GAP_GROWTH = 0.05  # train/val accuracy gap growth (absolute) that also signals overfitting
-STILL_FALLING = 0.02  # relative train-loss drop over the last epochs that means "not converged"
+STILL_FALLING = 0.03  # mean relative train-loss drop per epoch (last 3) that means "not converged"
 
 SUGGESTIONS = {
     "overfitting": (
@@ -381,7 +381,8 @@ def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
         )
     underfit = max(tr_acc[last], va_acc[last]) < LOW_ACCURACY
     window = tr[max(0, last - 2) :]
-    still_falling = (window[0] - window[-1]) / max(abs(window[0]), 1e-9) > STILL_FALLING
+    drop_per_epoch = (window[0] - window[-1]) / max(abs(window[0]), 1e-9) / max(len(window) - 1, 1)
+    still_falling = drop_per_epoch > STILL_FALLING
     if underfit:
         findings.append(
             Finding(
