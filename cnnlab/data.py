@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 IGNORED_NAMES = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini"})
-MAX_PIXELS = 90_000_000  # width x height above which a file counts as a decompression bomb
+MAX_PIXELS = 89_478_485  # width x height above which a file is refused as a decompression bomb
+# (PIL's own default, ~90 MP: PIL warns above it and raises above twice it)
 RAM_FRACTION = 0.25  # decode into a memory-mapped file instead of RAM above this share of RAM
 CACHE_VERSION = 1  # bump when decode_image changes, so old caches are not reused
 _WHITE = (255, 255, 255)
@@ -341,11 +342,13 @@ def decode_image(source: Path | bytes, size: int) -> torch.Tensor:
 
 
 def _fingerprint(files: Sequence[Path], size: int) -> str:
-    """sha256 over each file's resolved path, size and mtime, plus the image size."""
+    """sha256 over each file's absolute path, size and mtime, plus the image size."""
     digest = hashlib.sha256(f"cnnlab-cache-v{CACHE_VERSION}:{size}\n".encode())
     for f in files:
-        p = Path(f).resolve()
-        st = p.stat()
+        # abspath, not resolve(): scan already returns resolved paths, and resolve() costs a
+        # syscall per path component (it dominated the warm load); stat() follows links anyway.
+        p = os.path.abspath(f)
+        st = os.stat(p)
         digest.update(f"{p}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 

@@ -82,7 +82,7 @@ def _show_samples(result: data.ScanResult) -> None:
         if len(firsts[label]) < SAMPLES_PER_CLASS:
             firsts[label].append(f)
     for label, name in enumerate(result.classes[:MAX_CLASSES_SHOWN]):
-        thumbs = [data.decode_image(f, 96).permute(1, 2, 0).numpy() for f in firsts[label]]
+        thumbs = [ui.thumbnail(str(f), f.stat().st_mtime_ns) for f in firsts[label]]
         st.image(thumbs, caption=[name] * len(thumbs), width=72)
     if len(result.classes) > MAX_CLASSES_SHOWN:
         st.caption(f"… and {len(result.classes) - MAX_CLASSES_SHOWN} more classes.")

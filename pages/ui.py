@@ -16,6 +16,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from cnnlab import data
@@ -91,3 +92,9 @@ def progress_bar(label: str):
         bar.progress(done / max(total, 1), text=f"{label}: {stage} {done:,}/{total:,}")
 
     return bar, update
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str, mtime_ns: int, size: int = 96) -> np.ndarray:
+    """(size, size, 3) uint8 preview through the training preprocessing; mtime_ns keys the cache."""
+    return data.decode_image(Path(path), size).permute(1, 2, 0).numpy()
