@@ -212,6 +212,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from . import train
+
+    printer = _ProgressPrinter(enabled=not args.json or _is_tty())
+    summary = train.resume(args.run, callbacks=[printer])
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_summary(summary)
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from . import runs
 
@@ -444,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on an image folder or zip")
     _add_train_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("resume", help="continue an interrupted or stopped run from its last epoch")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME)")
     p.add_argument("--json", action="store_true")

@@ -151,6 +151,12 @@ def append_metrics(run: Run, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def rewrite_metrics(run: Run, rows: list[dict[str, Any]]) -> None:
+    """Replace metrics.jsonl with these rows, atomically (used when resuming)."""
+    text = "".join(json.dumps(r, default=float) + "\n" for r in rows)
+    _write_atomic(run.metrics_path, lambda f: f.write(text.encode()))
+
+
 def read_metrics(run: Run) -> list[dict[str, Any]]:
     """Every whole line of metrics.jsonl; a torn last line (crash mid-write) is ignored."""
     if not run.metrics_path.exists():

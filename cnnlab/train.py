@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -307,11 +308,13 @@ def fit(
     stop_event: threading.Event | None = None,
     run: runs.Run | None = None,
     epoch_hook: Callable[[int, dict[str, Any]], None] | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train per config, keep the best-val-loss checkpoint, test once; returns summary.json's content.
 
     `epoch_hook(epoch, metrics)` runs after each epoch (tuning reports/prunes there; an exception
     it raises ends the run with status 'pruned' if it is optuna's TrialPruned, else propagates).
+    `resume_state` (a last.pt checkpoint, with `run`) continues that run; see resume().
     """
     config.validate()
     models.is_transfer(config.model.name)  # an unknown model name fails before any data work
@@ -338,6 +341,9 @@ def fit(
     t_start = time.perf_counter()
     summary: dict[str, Any] = runs.read_summary(run)
     summary.update(
+        status="running",
+        pid=os.getpid(),
+        host=socket.gethostname(),
         device=describe_device(device),
         epochs_planned=config.train.epochs,
         n_train=int(train_x.shape[0]),
@@ -358,7 +364,9 @@ def fit(
         )
     )
     try:
-        result = _fit_loop(config, data, run, device, emit, stop_event, epoch_hook, t_start)
+        result = _fit_loop(
+            config, data, run, device, emit, stop_event, epoch_hook, t_start, resume_state
+        )
     except CnnlabError as exc:
         _fail(run, summary, str(exc), t_start, emit)
         raise
@@ -400,6 +408,7 @@ def _fit_loop(
     stop_event: threading.Event | None,
     epoch_hook,
     t_start: float,
+    resume_state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     tc = config.train
     _seed_everything(tc.seed)
@@ -449,8 +458,22 @@ def _fit_loop(
         "mean": list(mean),
         "std": list(std),
     }
-    epoch = 0
-    for epoch in range(1, tc.epochs + 1):
+    start_epoch = 1
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model_state"])
+        optimizer.load_state_dict(resume_state["optimizer_state"])
+        scheduler.load_state_dict(resume_state["scheduler_state"])
+        torch.set_rng_state(resume_state["torch_rng"])
+        generator.set_state(resume_state["generator_rng"])
+        best_loss = resume_state["best_loss"]
+        best_epoch, bad_epochs = resume_state["best_epoch"], resume_state["bad_epochs"]
+        start_epoch = resume_state["epoch"] + 1
+        # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
+        history = [r for r in runs.read_metrics(run) if r["epoch"] < start_epoch]
+        runs.rewrite_metrics(run, history)
+        log.info("resuming run %s at epoch %d", run.run_id, start_epoch)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, tc.epochs + 1):
         t0 = time.perf_counter()
         try:
             tr_loss, tr_acc, seen = train_one_epoch(
@@ -519,6 +542,8 @@ def _fit_loop(
                 "best_loss": best_loss,
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
+                "torch_rng": torch.get_rng_state(),
+                "generator_rng": generator.get_state(),
             },
         )
         emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
@@ -541,7 +566,8 @@ def _fit_loop(
         seconds=time.perf_counter() - t_start,
         train_images_per_s=_steady_rate(history),
     )
-    if best_epoch:
+    by_epoch = {r["epoch"]: r for r in history}
+    if best_epoch in by_epoch:
         # Restore the best weights (lowest val loss) and evaluate the held-out test split once.
         best = torch.load(run.best_path, map_location=device, weights_only=True)
         model.load_state_dict(best["model_state"])
@@ -553,8 +579,8 @@ def _fit_loop(
             val_accuracy=va_acc,
             test_loss=te_loss,
             test_accuracy=te_acc,
-            best_train_loss=history[best_epoch - 1]["train_loss"],
-            best_train_accuracy=history[best_epoch - 1]["train_acc"],
+            best_train_loss=by_epoch[best_epoch]["train_loss"],
+            best_train_accuracy=by_epoch[best_epoch]["train_acc"],
         )
     summary = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -572,3 +598,38 @@ def _steady_rate(history: list[dict[str, Any]]) -> float | None:
     seconds = sum(r["train_seconds"] for r in rows)
     images = sum(r["images_per_s"] * r["train_seconds"] for r in rows)
     return images / max(seconds, 1e-9)
+
+
+RESUMABLE = ("interrupted", "stopped", "failed")
+
+
+def resume(
+    run: str | runs.Run,
+    callbacks: Sequence[Callback] = (),
+    stop_event: threading.Event | None = None,
+    data: PreparedData | None = None,
+) -> dict[str, Any]:
+    """Continue an interrupted/stopped run from last.pt: weights, optimizer, schedule, RNG, patience."""
+    r = runs.load_run(run)
+    status = runs.effective_status(runs.read_summary(r))
+    if status not in RESUMABLE:
+        raise TrainingError(
+            f"run {r.run_id} is {status}; only {', '.join(RESUMABLE)} runs can be resumed"
+        )
+    if not r.last_path.is_file():
+        raise TrainingError(
+            f"run {r.run_id} has no last.pt (it stopped before finishing an epoch): start it again "
+            f"with `cnnlab train DATA --config {r.config_path}`"
+        )
+    config = runs.read_config(r)
+    state = torch.load(r.last_path, map_location="cpu", weights_only=True)
+    if data is None:
+        data = prepare(config.data)
+    saved = runs.read_split(r).get("files") or {}
+    if saved and saved != _split_files(data):
+        raise TrainingError(
+            f"the data set at {config.data.path} changed since run {r.run_id} started (its split "
+            "differs), so it cannot be resumed faithfully; train a new run instead"
+        )
+    runs.update_summary(r, resumed=runs.read_summary(r).get("resumed", 0) + 1, error=None)
+    return fit(config, data, callbacks, stop_event, run=r, resume_state=state)
