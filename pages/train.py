@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -228,10 +229,8 @@ def _current_job() -> str | None:
     return None
 
 
-def main() -> None:
-    """Render the page."""
-    st.title("Train")
-    dataset = ui.require_dataset()
+def _controls(dataset: str, running: bool) -> RunConfig:
+    """Hyperparameters and the LR tools; returns the RunConfig that Start would train."""
     base = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
     data_cfg = st.session_state.get(ui.DATA_CONFIG) or base.data or DataConfig()
     data_cfg = dataclasses.replace(data_cfg, path=dataset)
@@ -239,20 +238,34 @@ def main() -> None:
         f"Model **{base.model.name}** · {data_cfg.image_size} px · data `{dataset}` "
         "(change them on the Data, Augment and Model pages)"
     )
-
-    job_id = _current_job()
-    snap = _jobs().snapshot(job_id) if job_id else None
-    running = snap is not None and snap.active
-
     with st.expander("Hyperparameters", expanded=not running):
         tc = _hyperparameters(base.train)
         st.button("Reset to defaults", on_click=_reset_defaults)
         cfg = dataclasses.replace(base, data=data_cfg, train=tc)
         st.session_state[ui.RUN_CONFIG] = cfg  # other pages (and a return visit) see these values
         _lr_tools(cfg)
+    return cfg
 
+
+def main() -> None:
+    """Render the page."""
+    st.title("Train")
+    # the job comes first: a reload (fresh session, no data chosen) must still find a running job
+    job_id = _current_job()
+    snap = _jobs().snapshot(job_id) if job_id else None
+    running = snap is not None and snap.active
+    if snap is None:
+        dataset: str | None = ui.require_dataset()
+    else:  # watching a job needs no data; starting another one does
+        dataset = st.session_state.get(ui.DATASET_PATH)
+        dataset = dataset if dataset and Path(dataset).is_dir() else None
+
+    cfg = _controls(dataset, running) if dataset else None
     c1, c2 = st.columns(2)
-    if c1.button("Start", type="primary", icon=":material/play_arrow:", disabled=running):
+    start = c1.button(
+        "Start", type="primary", icon=":material/play_arrow:", disabled=running or cfg is None
+    )
+    if start and cfg is not None:
         _start(cfg)
     if c2.button("Stop", icon=":material/stop:", disabled=not running):
         _jobs().stop(job_id)

@@ -1,0 +1,151 @@
+"""AppTest of the Train page: start a real job on tiny digits, poll until done, stop, re-attach.
+
+AppTest never fires `run_every` timers, so the tests poll the page with `at.run()`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cnnlab import jobs
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+def open_train_page(data_dir: Path | None, epochs: int = 2, batch_size: int = 64) -> AppTest:
+    """The dashboard on the Train page with a tiny 16 px config (and data when given)."""
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if data_dir is not None:
+        at.session_state["dataset_path"] = str(data_dir)
+        at.session_state["data_config"] = DataConfig(path=str(data_dir), image_size=16)
+        at.session_state["run_config"] = RunConfig(
+            model=ModelConfig(channels=[8, 16], head_units=0),
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu"),
+        )
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def poll_until(at: AppTest, done, timeout: float = 60.0) -> None:
+    """Rerun the page every 0.2 s (as the fragment's timer would) until done(at) holds."""
+    end = time.monotonic() + timeout
+    while not done(at):
+        if time.monotonic() > end:
+            pytest.fail(f"page did not reach the expected state in {timeout} s")
+        time.sleep(0.2)
+        at.run()
+        assert not at.exception
+
+
+def finished(at: AppTest) -> bool:
+    return bool(at.metric) or bool(at.error) or bool(at.warning)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs():
+    """Stop whatever a test left running, so later tests see only their own jobs."""
+    yield
+    manager = jobs.get_manager()
+    for snap in manager.list(active_only=True):
+        manager.stop(snap.job_id)
+        manager.wait(snap.job_id, timeout=10)
+
+
+def test_without_data_points_to_the_data_page(workspace: Path) -> None:
+    at = open_train_page(None)
+    assert "Choose a data set first." in [i.value for i in at.info]
+    assert not [b for b in at.button if b.label == "Start"]
+
+
+def test_hyperparameters_show_the_config_defaults(workspace: Path, digits_dir: Path) -> None:
+    at = open_train_page(digits_dir, epochs=2)
+    assert at.number_input(key="t_epochs").value == 2  # from the session's run config
+    assert at.selectbox(key="t_optimizer").value == TrainConfig().optimizer
+    assert at.number_input(key="t_patience").value == TrainConfig().patience
+    at.number_input(key="t_epochs").set_value(7).run()
+    assert at.session_state["run_config"].train.epochs == 7
+    button(at, "Reset to defaults").click().run()
+    assert at.number_input(key="t_epochs").value == TrainConfig().epochs
+
+
+def test_start_shows_progress_then_curves_and_summary(workspace: Path, digits_dir: Path) -> None:
+    at = open_train_page(digits_dir, epochs=2)
+    button(at, "Start").click().run()
+    assert not at.exception
+    assert button(at, "Start").disabled and not button(at, "Stop").disabled
+    assert at.get("progress")  # the live fragment draws a progress bar straight away
+
+    poll_until(at, finished)
+    assert not at.error, at.error
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Best epoch"] in ("1", "2")
+    assert labels["Test accuracy"].endswith("%")
+    assert len(at.get("plotly_chart")) == 2  # loss and accuracy
+    links = {link.proto.page for link in at.get("page_link")}
+    assert any("evaluate" in p for p in links) and any("predict" in p for p in links)
+    run_id = at.session_state["active_run_id"]
+    assert jobs.get_manager().snapshot(run_id).status == "completed"
+    assert not button(at, "Start").disabled
+
+
+def test_stop_button_ends_the_job(workspace: Path, digits_dir: Path) -> None:
+    at = open_train_page(digits_dir, epochs=200, batch_size=8)
+    button(at, "Start").click().run()
+    poll_until(at, lambda a: "active_run_id" in a.session_state and len(a.get("plotly_chart")) == 2)
+    button(at, "Stop").click().run()
+    poll_until(at, finished, timeout=10)
+    assert any("Stopped by you" in w.value for w in at.warning)
+
+
+def test_failed_job_shows_its_message(workspace: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = open_train_page(empty)
+    button(at, "Start").click().run()
+    poll_until(at, finished, timeout=20)
+    assert at.error and "Training failed" in at.error[0].value
+
+
+def test_a_fresh_session_reattaches_to_a_running_job(workspace: Path, digits_dir: Path) -> None:
+    cfg = RunConfig(
+        data=DataConfig(path=str(digits_dir), image_size=16),
+        model=ModelConfig(channels=[8, 16], head_units=0),
+        train=TrainConfig(epochs=200, batch_size=8, device="cpu"),
+    )
+    job = jobs.get_manager().start(cfg)  # e.g. started in another tab
+    at = open_train_page(digits_dir)
+    assert at.selectbox(key="t_attach").value == job.job_id
+    button(at, "Attach").click().run()
+    assert not at.exception
+    assert at.session_state["train_job_id"] == job.job_id
+    assert not button(at, "Stop").disabled
+    poll_until(at, lambda a: "active_run_id" in a.session_state)
+    run_id = at.session_state["active_run_id"]
+    assert run_id == job.snapshot().run_id
+
+    # a reload that only knows the run id finds the job too
+    again = open_train_page(digits_dir)
+    again.session_state["active_run_id"] = run_id
+    again.run()
+    assert again.session_state["train_job_id"] == job.job_id
+    assert again.get("progress")
+
+    # a reload with no session state at all (no data chosen) still offers the running job
+    bare = open_train_page(None)
+    assert bare.selectbox(key="t_attach").value == job.job_id
+    button(bare, "Attach").click().run()
+    assert not bare.exception and bare.get("progress")
+    assert not button(bare, "Stop").disabled and button(bare, "Start").disabled
