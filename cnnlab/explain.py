@@ -1,8 +1,8 @@
 """Look inside a trained CNN: Grad-CAM saliency, first-layer filters, feature maps of any layer.
 
-Grad-CAM is written here with two hooks (~30 lines) rather than taken from `grad-cam` or `captum`:
-`grad-cam` pulls in OpenCV, matplotlib, scipy, ttach and tqdm, `captum` pulls in matplotlib, and
-both would be used for one function; the algorithm itself is short and fully tested here.
+Grad-CAM is written here (a forward hook + autograd.grad, ~25 lines) rather than taken from
+`grad-cam` or `captum`: `grad-cam` pulls in OpenCV, matplotlib, scipy, ttach and tqdm, `captum`
+pulls in matplotlib, and either would serve one function; the algorithm is short and tested here.
 """
 
 from __future__ import annotations
@@ -53,26 +53,20 @@ def grad_cam(
     """
     layer = layer if layer is not None else models.target_layer(model)
     store: dict[str, torch.Tensor] = {}
-
-    def fwd_hook(_m, _inp, out):
-        store["act"] = out
-        out.register_hook(lambda g: store.__setitem__("grad", g))
-
-    handle = layer.register_forward_hook(fwd_hook)
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.update(act=out))
     was_training = model.training
     model.eval()
     try:
-        # Gradients w.r.t. the activations are needed even if the weights are frozen.
+        # autograd.grad w.r.t. the activation only: no .grad is left on the model's parameters,
+        # and it works when the weights are frozen because the input requires a gradient.
         with torch.enable_grad():
-            inp = x.detach().requires_grad_(True)
-            logits = model(inp)
+            logits = model(x.detach().requires_grad_(True))
             cls = int(logits.argmax(1)[0]) if target is None else int(target)
-            model.zero_grad(set_to_none=True)
-            logits[0, cls].backward()
+            (grad,) = torch.autograd.grad(logits[0, cls], store["act"])
     finally:
         handle.remove()
         model.train(was_training)
-    act, grad = store["act"].detach(), store["grad"].detach()  # (1, K, h, w) each
+    act, grad = store["act"].detach(), grad.detach()  # (1, K, h, w) each
     weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, K, 1, 1): global-average-pooled gradients
     cam = F.relu((weights * act).sum(1, keepdim=True))  # (1, 1, h, w)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
