@@ -172,14 +172,24 @@ def train_one_epoch(
     epoch: int = 1,
     emit: Callback | None = None,
     stop_event: threading.Event | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training images (uint8 on the device). Returns (loss, accuracy, n_seen)."""
+    """One pass over the training images (uint8). Returns (loss, accuracy, n_seen).
+
+    With `rows`, batches are gathered from `images[rows]` lazily, so a memory-mapped cache larger
+    than RAM streams from disk instead of being copied whole.
+    """
     model.train()
     models.freeze_bn_stats(model)
-    n = images.shape[0]
+    n = images.shape[0] if rows is None else rows.shape[0]
     bs = min(batch_size, n)
     n_batches = n // bs  # drop_last: fixed shapes keep cudnn.benchmark and BatchNorm happy
-    perm = torch.randperm(n, device=images.device, generator=ctx.generator)
+    perm = torch.randperm(
+        n, device=ctx.generator.device if ctx.generator else "cpu", generator=ctx.generator
+    )
+    perm = perm.to(images.device)
+    if rows is not None:
+        perm = rows.to(images.device)[perm]
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     t0 = last_tick = time.perf_counter()
@@ -330,10 +340,8 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
     if data is None:
         data = prepare(config.data, progress=lambda d, t, s: emit(Preparing(d, t, s)))
-    train_x, _ = data.subset("train")
-    val_x, _ = data.subset("val")
-    test_x, _ = data.subset("test")
-    if train_x.shape[0] == 0:
+    n_train, n_val, n_test = (len(getattr(data.split, s)) for s in ("train", "val", "test"))
+    if n_train == 0:
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
     if run is None:
@@ -346,9 +354,9 @@ def fit(
         host=socket.gethostname(),
         device=describe_device(device),
         epochs_planned=config.train.epochs,
-        n_train=int(train_x.shape[0]),
-        n_val=int(val_x.shape[0]),
-        n_test=int(test_x.shape[0]),
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
     )
     runs.write_summary(run, summary)
     emit(
@@ -356,9 +364,9 @@ def fit(
             run.run_id,
             str(run.run_dir),
             config.train.epochs,
-            int(train_x.shape[0]),
-            int(val_x.shape[0]),
-            int(test_x.shape[0]),
+            n_train,
+            n_val,
+            n_test,
             describe_device(device),
             list(data.classes),
         )
@@ -413,7 +421,7 @@ def _fit_loop(
     tc = config.train
     _seed_everything(tc.seed)
     n_classes = len(data.classes)
-    train_x, train_y = data.subset("train")
+    train_rows = torch.as_tensor(data.split.train, dtype=torch.long)
     val_x, val_y = data.subset("val")
     test_x, test_y = data.subset("test")
 
@@ -422,7 +430,9 @@ def _fit_loop(
     model = model.to(
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
-    mean, std = augment.normalization(config.augment, config.model.name, train_x)
+    # Stats from (at most) 20k training images: exact for small sets, cheap for huge memory maps.
+    sample = train_rows[torch.randperm(len(train_rows))[:20_000]].sort().values
+    mean, std = augment.normalization(config.augment, config.model.name, data.images[sample])
     generator = torch.Generator(device=device)
     generator.manual_seed(tc.seed)
     amp = tc.amp and device.type == "cuda"
@@ -437,15 +447,17 @@ def _fit_loop(
         generator=generator,
         scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
     )
-    train_x = _to_device_if_fits(train_x, device)
-    train_y = train_y.to(train_x.device)
+    images = _to_device_if_fits(data.images, device)  # the whole uint8 cache, gathered by rows
+    labels = data.labels.to(images.device)
     val_x, test_x = _to_device_if_fits(val_x, device), _to_device_if_fits(test_x, device)
 
-    weight = class_weights(train_y.cpu(), n_classes).to(device) if tc.class_weights else None
+    weight = (
+        class_weights(data.labels[train_rows], n_classes).to(device) if tc.class_weights else None
+    )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
     optimizer = build_optimizer(models.param_groups(model, config.model, tc), tc)
-    bs = min(tc.batch_size, train_x.shape[0])
-    steps_per_epoch = train_x.shape[0] // bs
+    bs = min(tc.batch_size, len(train_rows))
+    steps_per_epoch = len(train_rows) // bs
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
 
     best_loss, best_epoch, bad_epochs = math.inf, 0, 0
@@ -478,8 +490,8 @@ def _fit_loop(
         try:
             tr_loss, tr_acc, seen = train_one_epoch(
                 model,
-                train_x,
-                train_y,
+                images,
+                labels,
                 optimizer,
                 scheduler,
                 loss_fn,
@@ -488,6 +500,7 @@ def _fit_loop(
                 epoch,
                 emit,
                 stop_event,
+                rows=train_rows,
             )
         except _Stop:
             stopped_by_user = True
