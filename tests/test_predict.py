@@ -1,0 +1,184 @@
+"""predict + explain: the Predictor on real images of a real run, bad files, CSV, Grad-CAM, maps."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import cli, evaluate, explain, models, predict, train
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cnnlab.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home)."""
+    home = tmp_path_factory.mktemp("predict-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_HOME", str(home))
+        config = RunConfig(
+            data=DataConfig(path=str(digits_dir), image_size=16),
+            model=ModelConfig(channels=[8, 16], head_units=32),
+            train=TrainConfig(epochs=2, device="cpu"),
+        )
+        yield train.fit(config), home
+
+
+@pytest.fixture
+def predictor(trained, monkeypatch: pytest.MonkeyPatch) -> predict.Predictor:
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
+    return predict.Predictor.from_run(trained[0]["run_id"])
+
+
+@pytest.fixture
+def bad_files(tmp_path: Path) -> dict[str, Path]:
+    """A text file named .png, a truncated PNG and an empty .jpg."""
+    good = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(good, format="PNG")
+    files = {
+        "text": tmp_path / "notes.png",
+        "truncated": tmp_path / "cut.png",
+        "empty": tmp_path / "empty.jpg",
+    }
+    files["text"].write_text("this is not an image")
+    files["truncated"].write_bytes(good.getvalue()[:60])
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def test_predictor_matches_evaluate_on_every_test_image(trained, predictor, digits_dir) -> None:
+    result = evaluate.evaluate_run(trained[0]["run_id"])
+    tops = predictor.predict([digits_dir / p for p in result.paths], k=3)
+    assert len(tops) == result.n
+    top1 = np.array([predictor.classes.index(t[0][0]) for t in tops])
+    probs = np.array([t[0][1] for t in tops])
+    # Same decode + normalisation as training; only the memory layout (channels_last) differs.
+    assert np.allclose(probs, result.probs.max(1), atol=1e-4)
+    assert (top1 == result.y_pred).mean() == 1.0
+    assert all(len(t) == 3 and t[0][1] >= t[1][1] >= t[2][1] for t in tops)
+
+
+def test_bytes_and_paths_give_the_same_answer(predictor, digits_dir: Path) -> None:
+    path = sorted((digits_dir / "7").iterdir())[0]
+    by_path = predictor.predict([path], k=10)[0]
+    by_bytes = predictor.predict([path.read_bytes()], k=10)[0]
+    assert by_path == by_bytes
+    assert sum(p for _, p in by_path) == pytest.approx(1.0, abs=1e-5)
+    assert predictor.predict([path], k=99)[0] == by_path  # k is capped at the class count
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "empty"])
+def test_a_bad_file_raises_data_error_naming_it(predictor, bad_files, kind) -> None:
+    with pytest.raises(DataError, match=bad_files[kind].name):
+        predictor.predict([bad_files[kind]])
+
+
+def test_predict_files_reports_bad_files_and_missing_ones(predictor, bad_files, digits_dir):
+    folder = digits_dir / "5"
+    rows = predictor.predict_files([bad_files["text"], folder, "/no/such/file.png"], k=2)
+    n_folder = len([f for f in folder.iterdir() if f.suffix == ".png"])
+    assert len(rows) == 2 + n_folder
+    assert "not a readable image" in rows[0]["error"] and "top" not in rows[0]
+    assert "no such file" in rows[-1]["error"]
+    good = rows[1:-1]
+    assert all(len(r["top"]) == 2 and set(r["top"][0]) == {"class", "probability"} for r in good)
+    assert np.mean([r["top"][0]["class"] == "5" for r in good]) > 0.5
+
+
+def test_predict_folder_writes_a_csv(predictor, digits_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "preds.csv"
+    rows = predictor.predict_folder(digits_dir / "2", out, k=3)
+    with out.open() as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == len(rows) > 100
+    first = lines[0]
+    assert first["prediction"] == first["top1_class"] == rows[0]["top"][0]["class"]
+    assert float(first["probability"]) == pytest.approx(rows[0]["top"][0]["probability"], abs=1e-6)
+    assert first["error"] == "" and "top3_class" in first
+
+
+def test_cli_predict_json_with_a_corrupt_file(trained, bad_files, digits_dir, capsys, monkeypatch):
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
+    good = sorted((digits_dir / "1").iterdir())[0]
+    code = cli.main(["predict", trained[0]["run_id"], str(bad_files["truncated"]), str(good),
+                     "--top-k", "2", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0  # a bad file is reported, not fatal
+    rows = json.loads(captured.out)
+    assert rows[0]["path"] == str(bad_files["truncated"]) and "cut.png" in rows[0]["error"]
+    assert "top" not in rows[0] and len(rows[1]["top"]) == 2
+    assert "Traceback" not in captured.err and "1 file(s) could not be read" in captured.err
+
+
+def test_cli_predict_csv_and_bad_run(trained, digits_dir, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
+    out = tmp_path / "p.csv"
+    assert (
+        cli.main(["predict", trained[0]["run_dir"], str(digits_dir / "0"), "--csv", str(out)]) == 0
+    )
+    assert len(out.read_text().splitlines()) > 100
+    capsys.readouterr()
+    assert cli.main(["predict", "missing-run", str(out)]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert "no run 'missing-run'" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- explain
+def test_grad_cam_heatmap_and_overlay(predictor, digits_dir: Path) -> None:
+    image = predictor.load(sorted((digits_dir / "0").iterdir())[0])
+    x = predictor.preprocess(image[None])
+    heat, cls = explain.grad_cam(predictor.model, x)
+    assert heat.shape == (16, 16) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    assert cls == int(predictor.probabilities(image[None]).argmax())
+    other, cls2 = explain.grad_cam(predictor.model, x, target=(cls + 1) % 10)
+    assert cls2 == (cls + 1) % 10 and not np.allclose(heat, other)
+    assert all(p.grad is None for p in predictor.model.parameters())  # no stray gradients kept
+
+    over, name, prob = explain.saliency(predictor, image, size=64)
+    assert over.shape == (64, 64, 3) and over.dtype == np.uint8
+    assert name == predictor.classes[cls] and 0 < prob <= 1
+    plain = explain.overlay(image, np.zeros((16, 16)), alpha=0.0)
+    assert np.array_equal(plain, image.permute(1, 2, 0).numpy())  # alpha 0 = the image itself
+
+
+def test_grad_cam_on_a_transfer_model() -> None:
+    cfg = ModelConfig(name="resnet18", weights="random")
+    model = models.create_model(cfg, num_classes=3, image_size=64)
+    heat, cls = explain.grad_cam(model, torch.randn(1, 3, 64, 64))
+    assert heat.shape == (64, 64) and 0 <= cls < 3
+    assert np.isfinite(heat).all() and heat.max() <= 1.0
+
+
+def test_colormap_ends() -> None:
+    cm = explain.colormap(np.array([[0.0, 1.0, 2.0, np.nan]]))
+    assert cm.shape == (1, 4, 3) and cm.dtype == np.uint8
+    assert tuple(cm[0, 1]) == tuple(cm[0, 2])  # clipped above 1
+    assert tuple(cm[0, 0]) == tuple(cm[0, 3])  # NaN treated as 0
+
+
+def test_first_layer_filters_and_feature_maps(predictor, digits_dir: Path) -> None:
+    filters = explain.first_layer_filters(predictor.model)
+    assert filters.shape == (8, 3, 3, 3) and filters.dtype == np.uint8
+    assert (filters.reshape(8, -1).min(1) == 0).all() and (
+        filters.reshape(8, -1).max(1) == 255
+    ).all()
+
+    names = explain.layer_names(predictor.model)
+    assert names[0].startswith("features.0") and len(names) == 4
+    x = predictor.preprocess(predictor.load(sorted((digits_dir / "4").iterdir())[0])[None])
+    shallow = explain.feature_maps(predictor.model, x, "features.0")
+    deep = explain.feature_maps(predictor.model, x, "features.2", max_maps=5)
+    assert shallow.shape == (8, 16, 16) and deep.shape == (5, 8, 8)
+    assert shallow.dtype == np.uint8
+    with pytest.raises(ConfigError, match="no layer 'nope'; choose one of features.0"):
+        explain.feature_maps(predictor.model, x, "nope")
+    with pytest.raises(ConfigError, match="'head.3' does not output feature maps"):
+        explain.feature_maps(predictor.model, x, "head.3")
