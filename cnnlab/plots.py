@@ -65,6 +65,27 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+_METRIC_TITLES = {
+    "val_loss": "Validation loss",
+    "train_loss": "Training loss",
+    "val_acc": "Validation accuracy",
+    "train_acc": "Training accuracy",
+}
+
+
+def overlay_figure(runs_rows: dict[str, Sequence[dict[str, Any]]], metric: str) -> go.Figure:
+    """One line per run of one per-epoch metric (e.g. val_acc), to compare runs on one chart."""
+    fig = go.Figure()
+    for run_id, rows in runs_rows.items():
+        x, y = _series(rows, metric)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=str(run_id)))
+    title = _METRIC_TITLES.get(metric, metric)
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
+    if metric.endswith("_acc"):
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
 def confusion_figure(
     matrix: np.ndarray | list[list[int]], classes: Sequence[str], normalized: bool = False
 ) -> go.Figure:

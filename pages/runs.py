@@ -1,8 +1,300 @@
-"""Runs page: placeholder until its issue lands."""
+"""Runs page: every saved run in a table, curves of several overlaid, one run opened in detail.
+
+A run is a folder in the workspace (cnnlab.runs); this page reads them fresh on every rerun, so
+runs started from the CLI show up too. Training jobs of this server process (cnnlab.jobs) can be
+re-attached on the Train page; interrupted or stopped runs can be resumed when train.resume exists.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
-st.title("Runs")
-st.info(
-    "Coming soon: browse, compare, export and delete saved runs.", icon=":material/construction:"
-)
+from cnnlab import evaluate, jobs, plots, runs, train, workspace
+from cnnlab.config import RunConfig
+from cnnlab.errors import CnnlabError
+from pages import ui
+
+TRAIN_PAGE = "pages/train.py"
+COMPARE_DEFAULT = 3  # newest runs with curves preselected for the overlay
+RESUMABLE = ("interrupted", "stopped")
+STATUS_LABELS = {
+    "running": "🔵 running",
+    "completed": "🟢 completed",
+    "stopped": "🟡 stopped",
+    "interrupted": "🟠 interrupted",
+    "failed": "🔴 failed",
+    "pruned": "⚪ pruned",
+}
+CONFIRM_DELETE = "runs_confirm_delete"  # session key: the run whose deletion awaits a yes
+OPEN_RUN = "runs_open"  # session key (the selectbox): the run shown in detail
+
+
+def _config(run_id: str) -> RunConfig | None:
+    """A run's config.json, or None when it cannot be read (shown as blanks in the table)."""
+    try:
+        return runs.read_config(runs.load_run(run_id))
+    except CnnlabError:
+        return None
+
+
+def _duration(summary: dict[str, Any]) -> float | None:
+    if isinstance(summary.get("seconds"), (int, float)):
+        return float(summary["seconds"])
+    if summary.get("status") == "running" and isinstance(summary.get("created"), (int, float)):
+        return time.time() - summary["created"]
+    return None
+
+
+def _pct(value: Any) -> float | None:
+    return round(100 * value, 1) if isinstance(value, (int, float)) else None
+
+
+def _table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: status, model, key hyperparameters, accuracies, duration."""
+    rows = []
+    for s in summaries:
+        cfg = _config(s["run_id"])
+        tc = cfg.train if cfg else None
+        created = s.get("created")
+        rows.append(
+            {
+                "run": s["run_id"],
+                "name": s.get("name") or "",
+                "status": STATUS_LABELS.get(s.get("status", ""), s.get("status", "?")),
+                "model": s.get("model") or (cfg.model.name if cfg else ""),
+                "lr": tc.lr if tc else None,
+                "batch": tc.batch_size if tc else None,
+                "optimizer": tc.optimizer if tc else "",
+                "epochs": f"{s.get('epochs_run', '–')}/{tc.epochs if tc else '?'}",
+                "best val acc %": _pct(s.get("val_accuracy")),
+                "test acc %": _pct(s.get("test_accuracy")),
+                "duration s": _duration(s),
+                "created": datetime.fromtimestamp(created) if isinstance(created, float) else None,
+            }
+        )
+    return rows
+
+
+def _table(summaries: list[dict[str, Any]]) -> None:
+    st.dataframe(
+        _table_rows(summaries),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "lr": st.column_config.NumberColumn(format="%.1e"),
+            "best val acc %": st.column_config.NumberColumn(format="%.1f"),
+            "test acc %": st.column_config.NumberColumn(format="%.1f"),
+            "duration s": st.column_config.NumberColumn(format="%.1f"),
+            "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        },
+    )
+
+
+def _metrics(run_id: str) -> list[dict[str, Any]]:
+    try:
+        return runs.read_metrics(runs.load_run(run_id))
+    except CnnlabError:
+        return []
+
+
+def _compare(summaries: list[dict[str, Any]]) -> None:
+    """Overlay the loss and accuracy curves of the runs the user picks."""
+    st.subheader("Compare")
+    with_curves = [
+        s["run_id"] for s in summaries if runs.load_run(s["run_id"]).metrics_path.exists()
+    ]
+    if not with_curves:
+        st.caption("Runs get curves once they finish an epoch.")
+        return
+    st.session_state.setdefault("runs_compare", with_curves[:COMPARE_DEFAULT])
+    st.session_state["runs_compare"] = [
+        r for r in st.session_state["runs_compare"] if r in with_curves
+    ]
+    picked = st.multiselect("Runs to compare", with_curves, key="runs_compare")
+    split = st.radio("Curves of", ["validation", "train"], horizontal=True, key="runs_split")
+    if not picked:
+        return
+    prefix = "val" if split == "validation" else "train"
+    rows = {run_id: _metrics(run_id) for run_id in picked}
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(plots.overlay_figure(rows, f"{prefix}_loss"), key="runs_overlay_loss")
+    c2.plotly_chart(plots.overlay_figure(rows, f"{prefix}_acc"), key="runs_overlay_acc")
+
+
+def _live_job(run_id: str) -> jobs.JobSnapshot | None:
+    """This server's job training run_id, if it is still going."""
+    snap = jobs.get_manager().snapshot(run_id)
+    return snap if snap is not None and snap.active else None
+
+
+def _follow_on_train_page(job_id: str, run_id: str, cfg: RunConfig | None) -> None:
+    """Make the Train page show this job (and its data set, which that page requires)."""
+    st.session_state[ui.TRAIN_JOB_ID] = job_id
+    st.session_state[ui.ACTIVE_RUN_ID] = run_id
+    if (
+        cfg is not None
+        and Path(cfg.data.path).is_dir()
+        and not st.session_state.get(ui.DATASET_PATH)
+    ):
+        st.session_state[ui.DATASET_PATH] = cfg.data.path
+    st.switch_page(TRAIN_PAGE)
+
+
+def _resume(run_id: str, cfg: RunConfig | None) -> None:
+    """Start train.resume for run_id as a background job and follow it on the Train page."""
+
+    def work(stop_event, emit):
+        return train.resume(run_id, callbacks=(emit,), stop_event=stop_event)
+
+    job = jobs.get_manager().start_callable(work, kind="train", name=f"resume {run_id}")
+    _follow_on_train_page(job.job_id, run_id, cfg)
+
+
+def _delete(run_id: str) -> None:
+    """The delete button, then a confirmation step; refuses a run that is still training here."""
+    if st.session_state.get(CONFIRM_DELETE) != run_id:
+        if st.button("Delete run…", icon=":material/delete:", key="runs_delete"):
+            st.session_state[CONFIRM_DELETE] = run_id
+            st.rerun()
+        return
+    if _live_job(run_id) is not None:
+        st.error("This run is still training: stop it on the Train page first, then delete it.")
+        st.session_state.pop(CONFIRM_DELETE, None)
+        return
+    st.warning(
+        f"Delete run `{run_id}` with its checkpoints and metrics? This cannot be undone.",
+        icon=":material/warning:",
+    )
+    c1, c2 = st.columns(2)
+    if c1.button("Yes, delete it", type="primary", key="runs_delete_yes"):
+        runs.delete_run(run_id)
+        st.session_state.pop(CONFIRM_DELETE, None)
+        if st.session_state.get(ui.ACTIVE_RUN_ID) == run_id:
+            st.session_state.pop(ui.ACTIVE_RUN_ID)
+        st.session_state.pop(OPEN_RUN, None)
+        st.toast(f"Deleted run {run_id}")
+        st.rerun()
+    if c2.button("Cancel", key="runs_delete_no"):
+        st.session_state.pop(CONFIRM_DELETE, None)
+        st.rerun()
+
+
+def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
+    """Use / watch / resume buttons for the opened run."""
+    c1, c2, c3 = st.columns(3)
+    if c1.button("Make it the active run", icon=":material/check_circle:", key="runs_use"):
+        st.session_state[ui.ACTIVE_RUN_ID] = run_id
+        st.toast(f"Evaluate and Predict now show {run_id}")
+    live = _live_job(run_id)
+    if live is not None:
+        if c2.button("Watch it train", icon=":material/monitoring:", key="runs_attach"):
+            _follow_on_train_page(live.job_id, run_id, cfg)
+    elif status == "running":
+        c2.caption("Running in another process (e.g. the CLI): its curves grow here on refresh.")
+    if status in RESUMABLE:
+        if hasattr(train, "resume"):
+            if c3.button("Resume training", icon=":material/resume:", key="runs_resume"):
+                _resume(run_id, cfg)
+        else:
+            c3.caption("Resuming needs a newer cnnlab (train.resume).")
+
+
+def _diagnosis_text(diagnosis: evaluate.Diagnosis) -> None:
+    for f in diagnosis.findings:
+        st.markdown(f"**{f.kind.replace('_', ' ').capitalize()}:** {f.message}  \n→ {f.suggestion}")
+
+
+def _repeat(run_id: str, cfg: RunConfig | None) -> None:
+    """The config as JSON, a download button, and the CLI line that repeats the run."""
+    st.markdown("**Repeat it from the command line**")
+    if cfg is None:
+        st.caption("This run's config.json cannot be read.")
+        return
+    text = cfg.to_json()
+    st.download_button(
+        "Download config.json",
+        text,
+        file_name="config.json",
+        mime="application/json",
+        icon=":material/download:",
+        key="runs_download",
+    )
+    st.code(f"cnnlab train {shlex.quote(cfg.data.path or 'DATA')} --config config.json", "bash")
+    with st.expander("config.json"):
+        st.json(json.loads(text))
+
+
+def _open(summaries: list[dict[str, Any]]) -> None:
+    """The detail view of one run: summary, actions, curves, diagnosis, config."""
+    st.subheader("Open a run")
+    ids = [s["run_id"] for s in summaries]
+    active = st.session_state.get(ui.ACTIVE_RUN_ID)
+    if st.session_state.get(OPEN_RUN) not in ids:
+        st.session_state[OPEN_RUN] = active if active in ids else ids[0]
+    labels = {
+        s["run_id"]: f"{s['run_id']} · {s.get('model', '?')} · {s.get('status')}" for s in summaries
+    }
+    run_id = st.selectbox("Run", ids, format_func=labels.get, key=OPEN_RUN)
+    summary = next(s for s in summaries if s["run_id"] == run_id)
+    status = summary.get("status", "?")
+    cfg = _config(run_id)
+
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.metric("Status", status)
+    c2.metric("Best epoch", summary.get("best_epoch") or "–")
+    for col, key, label in (
+        (c3, "val_accuracy", "Val accuracy"),
+        (c4, "test_accuracy", "Test accuracy"),
+    ):
+        value = summary.get(key)
+        col.metric(label, f"{value:.1%}" if isinstance(value, float) else "–")
+    seconds = _duration(summary)
+    c5.metric("Duration", f"{seconds:,.1f} s" if seconds is not None else "–")
+    if summary.get("error"):
+        st.error(f"This run failed: {summary['error']}", icon=":material/error:")
+    _actions(run_id, status, cfg)
+
+    rows = _metrics(run_id)
+    if rows:
+        diagnosis = evaluate.diagnose(rows)
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(plots.loss_figure(rows, diagnosis), key="runs_loss")
+        c2.plotly_chart(plots.accuracy_figure(rows), key="runs_acc")
+        st.markdown("**Diagnosis**")
+        _diagnosis_text(diagnosis)
+    else:
+        st.caption("No finished epoch yet: no curves to show.")
+    _repeat(run_id, cfg)
+    with st.expander("summary.json"):
+        st.json(summary)
+    _delete(run_id)
+
+
+def main() -> None:
+    """Render the page."""
+    st.title("Runs")
+    summaries = runs.list_runs()
+    if not summaries:
+        st.info("No runs yet: train a model and it appears here.", icon=":material/info:")
+        st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")
+        st.page_link(
+            "pages/home.py", label="Or try the demo digits from Home", icon=":material/home:"
+        )
+        return
+    st.caption(f"{len(summaries)} run(s) in `{workspace.runs_dir()}`, newest first.")
+    _table(summaries)
+    _compare(summaries)
+    _open(summaries)
+
+
+try:
+    main()
+except CnnlabError as exc:
+    ui.show_error(exc)

@@ -7,6 +7,8 @@ Session state conventions — the only keys pages share:
   image_size, val/test fractions, seed); later pages copy it into their RunConfig.
 - st.session_state["run_config"]: cnnlab.config.RunConfig being assembled by Augment/Model/Train.
 - st.session_state["active_run_id"]: str, the run that Train/Evaluate/Predict show.
+- st.session_state["train_job_id"]: str, the cnnlab.jobs job the Train page shows (Home clears
+  it for a fresh start; Runs sets it to re-attach to a running or resumed job).
 Pages import these names instead of spelling the strings.
 """
 
@@ -26,8 +28,28 @@ DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
 RUN_CONFIG = "run_config"
 ACTIVE_RUN_ID = "active_run_id"
+TRAIN_JOB_ID = "train_job_id"
 DATA_PAGE = "pages/data.py"
 _SCAN_CACHE_SIZE = 8
+
+
+def use_app_navigation() -> None:
+    """Make a deep link (e.g. /data) on a fresh server go through app.py; call first on every page.
+
+    Streamlit keeps its old multipage mode (run pages/*.py directly, list every file in the
+    sidebar) while a `pages/` folder exists and no st.navigation call has run yet in the process,
+    so the first visit to /data would skip app.py. Turning that mode off and rerunning goes
+    through app.py's st.navigation, which finds the same page by its URL.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        # Once per session: AppTest resets the flag before every run, and a rerun on each
+        # would swallow the button click that triggered the run.
+        if not st.session_state.get("_app_navigation_fixed"):
+            st.session_state["_app_navigation_fixed"] = True
+            st.rerun()
 
 
 def show_error(exc: CnnlabError) -> None:
