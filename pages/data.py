@@ -153,12 +153,16 @@ def _show_dataset(path: str) -> None:
         )
 
 
+ui.use_app_navigation()
 st.title("Data")
 st.caption("An image folder with one sub-folder per class (or a .zip of one).")
 try:
     chosen = _choose_source()
     if chosen:  # store the folder that holds the class folders (past a lone wrapper folder)
-        st.session_state[ui.DATASET_PATH] = str(data.resolve_dataset(chosen))
+        resolved = str(data.resolve_dataset(chosen))
+        if resolved != st.session_state.get(ui.DATASET_PATH):
+            st.session_state[ui.DATASET_PATH] = resolved
+            st.rerun()  # app.py drew the sidebar before this page ran: redraw it with the name
     current = st.session_state.get(ui.DATASET_PATH)
     if current:
         st.divider()

@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from pages import ui
+
+ui.use_app_navigation()
 st.title("Predict")
 st.info(
     "Coming soon: classify new images with a saved run, with saliency maps.",
