@@ -116,10 +116,12 @@ class SearchSpace:
     def from_dict(cls, raw: dict[str, Any]) -> SearchSpace:
         """Parse {"lr": {"low":..,"high":..,"log":true}, "optimizer": {"choices": [..]}, "dropout": 0.2}.
 
-        A key left out keeps the default; null means "use the base config's value".
+        A key left out keeps the default; null means "use the base config's value"; keys starting
+        with "_" are comments.
         """
         if not isinstance(raw, dict):
             raise ConfigError("search space must be a JSON object mapping dimension -> spec")
+        raw = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys
         unknown = set(raw) - set(_DIMS)
         if unknown:
             raise ConfigError(

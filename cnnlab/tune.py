@@ -76,11 +76,14 @@ def default_study_name(base: RunConfig) -> str:
 def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
     # One engine per URL per process: the dashboard re-reads the study every second.
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    lock_path = ask_lock_path(url)
+    if lock_path is not None:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         # Wait up to 30 s for another worker's write instead of failing with "database is locked".
         kwargs = {"connect_args": {"timeout": 30}}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    # Two workers creating a fresh SQLite file at once race on its schema: take turns.
+    with FileLock(lock_path, timeout=60) if lock_path else contextlib.nullcontext():
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
@@ -235,8 +238,9 @@ def _next_trial(
 ) -> optuna.Trial | None:
     lock = FileLock(lock_path, timeout=60) if lock_path else contextlib.nullcontext()
     with lock:
-        held = len(study.get_trials(deepcopy=False))  # every state: running trials count too
-        if n_trials is not None and held >= n_trials:
+        trials = study.get_trials(deepcopy=False)  # every state: running trials count too
+        waiting = any(t.state == TrialState.WAITING for t in trials)  # enqueued: run them first
+        if n_trials is not None and len(trials) >= n_trials and not waiting:
             return None
         return study.ask()
 
