@@ -204,6 +204,7 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
 
 def main() -> None:
     """Render the page."""
+    ui.use_app_navigation()
     st.title("Model")
     cfg = _state_config()
     st.button("Use the guide's SimpleCNN", on_click=_use_simple_cnn, help="simple_cnn at 64 px")

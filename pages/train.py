@@ -249,6 +249,7 @@ def _controls(dataset: str, running: bool) -> RunConfig:
 
 def main() -> None:
     """Render the page."""
+    ui.use_app_navigation()
     st.title("Train")
     # the job comes first: a reload (fresh session, no data chosen) must still find a running job
     job_id = _current_job()
