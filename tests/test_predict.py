@@ -178,7 +178,7 @@ def test_first_layer_filters_and_feature_maps(predictor, digits_dir: Path) -> No
     deep = explain.feature_maps(predictor.model, x, "features.2", max_maps=5)
     assert shallow.shape == (8, 16, 16) and deep.shape == (5, 8, 8)
     assert shallow.dtype == np.uint8
-    with pytest.raises(ConfigError, match="no layer 'nope'; choose one of features.0"):
+    with pytest.raises(ConfigError, match="no layer 'nope' in the model; choose one of features.0"):
         explain.feature_maps(predictor.model, x, "nope")
     with pytest.raises(ConfigError, match="'head.3' does not output feature maps"):
         explain.feature_maps(predictor.model, x, "head.3")
