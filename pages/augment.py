@@ -176,6 +176,7 @@ def _grid(images: np.ndarray, names: list[str], cfg: AugmentConfig, compare: boo
 
 def main() -> None:
     """Render the page."""
+    ui.use_app_navigation()
     st.title("Augment")
     st.caption(
         "Random changes applied to each training image, a new draw every epoch, so the model "

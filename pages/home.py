@@ -111,6 +111,7 @@ def _recent(run_list: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     """Render the page."""
+    ui.use_app_navigation()
     st.title("cnnlab")
     st.markdown(
         "Train image classifiers on your own labelled images, in your browser, on this machine.  \n"

@@ -279,6 +279,7 @@ def _open(summaries: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     """Render the page."""
+    ui.use_app_navigation()
     st.title("Runs")
     summaries = runs.list_runs()
     if not summaries:

@@ -63,7 +63,7 @@ def colours_dir(workspace: Path) -> Path:
     return write_colours(workspace / "colours")
 
 
-def tiny_config(data_dir: Path, epochs: int = 3, name: str = "") -> RunConfig:
+def _tiny_config(data_dir: Path, epochs: int = 3, name: str = "") -> RunConfig:
     """A config that trains on the colour folder in about a second."""
     return RunConfig(
         data=DataConfig(path=str(data_dir), image_size=16),
@@ -74,6 +74,12 @@ def tiny_config(data_dir: Path, epochs: int = 3, name: str = "") -> RunConfig:
 
 
 @pytest.fixture
+def tiny_config() -> Callable[..., RunConfig]:
+    """tiny_config(data_dir, epochs=3, name=""): a RunConfig that trains in about a second."""
+    return _tiny_config
+
+
+@pytest.fixture
 def finished_run(colours_dir: Path) -> dict:
     """A completed run (summary dict) trained for real on the colour folder."""
-    return train.fit(tiny_config(colours_dir, name="tiny"))
+    return train.fit(_tiny_config(colours_dir, name="tiny"))
