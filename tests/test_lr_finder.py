@@ -1,0 +1,57 @@
+"""lr_finder: the sweep on real digits, the suggestion rule on known curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnlab import data, lr_finder
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+
+@pytest.fixture
+def config(digits_dir: Path, workspace: Path) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(path=str(digits_dir), image_size=16),
+        model=ModelConfig(channels=[8, 16], head_units=32),
+        train=TrainConfig(device="cpu", lr=3e-3),
+    )
+
+
+def test_sweep_on_real_digits(config: RunConfig) -> None:
+    result = lr_finder.find_lr(config, steps=60)
+    lrs = np.array(result.lrs)
+    assert lrs[0] == pytest.approx(lr_finder.START_LR)
+    assert np.all(np.diff(lrs) > 0)  # exponentially increasing
+    assert np.allclose(np.diff(np.log(lrs)), np.log(lrs[1] / lrs[0]))
+    assert len(result.losses) == len(result.raw_losses) == len(lrs) <= 60
+    assert lr_finder.START_LR < result.suggestion < lr_finder.END_LR
+    # The loss must have come down on the way: the model learns at some lr in the sweep.
+    assert min(result.losses) < result.losses[0] - 0.2
+    assert config.train.lr == 3e-3  # the config is not modified
+
+
+def test_sweep_stops_when_the_loss_diverges(config: RunConfig) -> None:
+    prepared = data.prepare(config.data)
+    config.train.optimizer = "sgd"
+    result = lr_finder.find_lr(config, prepared, steps=80, start_lr=1e-3, end_lr=1e4)
+    assert result.stopped_early and len(result.lrs) < 80
+    assert result.suggestion < result.lrs[-1]
+
+
+def test_suggestion_is_the_steepest_descent_before_the_minimum() -> None:
+    lrs = list(np.logspace(-6, 0, 100))
+    x = np.log10(lrs)
+    # loss falls fastest at lr 1e-3 (a tanh step), bottoms at 1e-1, then shoots up
+    loss = 2 - np.tanh((x + 3) * 2) + np.where(x > -1, (x + 1) * 20, 0)
+    suggestion, min_lr = lr_finder.suggest_lr(lrs, list(loss))
+    assert 5e-4 < suggestion < 2e-3
+    assert 5e-2 < min_lr < 2e-1
+
+
+def test_suggestion_falls_back_to_min_over_ten() -> None:
+    lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    suggestion, min_lr = lr_finder.suggest_lr(lrs, [1.0, 0.9, 1.5, 3.0, 9.0])
+    assert min_lr == 1e-4 and suggestion == pytest.approx(1e-5)

@@ -1,0 +1,76 @@
+"""plots (evaluation/prediction figures): traces, annotations and shapes, without a browser."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnnlab import evaluate, lr_finder, plots
+
+
+def _rows(n: int = 7):
+    train_loss = np.linspace(1.5, 0.1, n)
+    val_loss = [1.4, 0.95, 0.8, 0.85, 0.95, 1.1, 1.3][:n]
+    return [
+        {"epoch": i + 1, "train_loss": float(a), "val_loss": b, "train_acc": 0.5 + i / 20,
+         "val_acc": 0.5 + i / 40}
+        for i, (a, b) in enumerate(zip(train_loss, val_loss, strict=True))
+    ]  # fmt: skip
+
+
+def test_loss_figure_marks_best_epoch_and_overfitting() -> None:
+    rows = _rows()
+    diagnosis = evaluate.diagnose(rows)
+    fig = plots.loss_figure(rows, diagnosis)
+    assert [t.name for t in fig.data] == ["train", "validation"]
+    assert list(fig.data[1].x) == [1, 2, 3, 4, 5, 6, 7]  # one point per epoch
+    shapes = fig.layout.shapes
+    rect = [s for s in shapes if s.type == "rect"][0]
+    line = [s for s in shapes if s.type == "line"][0]
+    assert (rect.x0, rect.x1) == (3.5, 7.5)  # overfitting from epoch 4 to the end
+    assert line.x0 == line.x1 == 3  # best epoch
+    texts = [a.text for a in fig.layout.annotations]
+    assert "overfitting" in texts and "best epoch 3" in texts
+
+
+def test_loss_figure_without_diagnosis_and_gaps() -> None:
+    rows = _rows(3)
+    rows[1]["val_loss"] = None  # e.g. an empty validation split
+    fig = plots.loss_figure(rows)
+    assert not fig.layout.shapes
+    assert list(fig.data[1].y) == [1.4, None, 0.8]
+
+
+def test_accuracy_figure() -> None:
+    fig = plots.accuracy_figure(_rows())
+    assert len(fig.data) == 2 and tuple(fig.layout.yaxis.range) == (0, 1.02)
+
+
+def test_confusion_figure_counts_and_normalised() -> None:
+    m = [[5, 1, 0], [2, 2, 0], [0, 0, 0]]
+    fig = plots.confusion_figure(m, ["a", "b", "c"])
+    assert np.array_equal(np.array(fig.data[0].z), m)
+    assert list(fig.data[0].x) == ["a", "b", "c"]
+    norm = plots.confusion_figure(m, ["a", "b", "c"], normalized=True)
+    z = np.array(norm.data[0].z)
+    assert np.allclose(z.sum(axis=1), [1, 1, 0])  # an empty row stays 0, no NaN
+    assert norm.data[0].text[0][1] == "0.17"
+
+
+def test_per_class_and_topk_figures() -> None:
+    per_class = {"cat": {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 10},
+                 "dog": {"precision": 0.7, "recall": 0.6, "f1": 0.65, "support": 12}}  # fmt: skip
+    fig = plots.per_class_figure(per_class)
+    assert [t.name for t in fig.data] == ["precision", "recall", "f1"]
+    assert list(fig.data[2].y) == [0.85, 0.65]
+    top = plots.topk_figure([("cat", 0.7), ("dog", 0.2), ("cow", 0.1)])
+    assert list(top.data[0].y) == ["cow", "dog", "cat"]  # most likely drawn on top
+    assert top.data[0].text[-1] == "70.0%"
+
+
+def test_lr_finder_figure() -> None:
+    lrs = list(np.logspace(-6, 0, 50))
+    losses = list(np.linspace(2.3, 1.0, 50))
+    result = lr_finder.LRFinderResult(lrs, losses, losses, lrs[20], lrs[40], False)
+    fig = plots.lr_finder_figure(result)
+    assert fig.layout.xaxis.type == "log"
+    assert fig.data[1].x[0] == lrs[20] and fig.data[1].y[0] == losses[20]
