@@ -149,3 +149,14 @@ def test_a_fresh_session_reattaches_to_a_running_job(workspace: Path, digits_dir
     button(bare, "Attach").click().run()
     assert not bare.exception and bare.get("progress")
     assert not button(bare, "Stop").disabled and button(bare, "Start").disabled
+
+
+def test_lr_finder_suggestion_can_be_used(workspace: Path, digits_dir: Path) -> None:
+    at = open_train_page(digits_dir)
+    button(at, "Find a learning rate").click().run()
+    assert not at.exception and not at.error
+    suggested = at.session_state["suggested_lr"]
+    assert 1e-6 <= suggested <= 1.0
+    button(at, f"Use suggested lr {suggested:.1e}").click().run()
+    assert at.number_input(key="t_lr").value == pytest.approx(suggested)
+    assert at.session_state["run_config"].train.lr == pytest.approx(suggested)
