@@ -1,0 +1,72 @@
+"""AppTest of the Tune page: empty state, then a tiny real study polled until done, best -> Train.
+
+AppTest never fires `run_every` timers, so the test polls the page with `at.run()`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cnnlab.config import RunConfig
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_without_data_points_to_the_data_page(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/tune.py")
+    assert not at.exception
+    assert at.title[0].value == "Tune"
+    assert "Choose a data set first." in [i.value for i in at.info]
+    assert not [b for b in at.button if b.label == "Start"]
+
+
+def test_bad_range_is_reported_with_its_field(workspace, digits_dir, fresh_app) -> None:
+    at = fresh_app("pages/tune.py", dataset_path=str(digits_dir))
+    at.number_input(key="tn_dropout_lo").set_value(0.9)
+    at.number_input(key="tn_dropout_hi").set_value(0.1).run()
+    assert any("search.dropout" in e.value for e in at.error)
+    assert _button(at, "Start").disabled
+
+
+def test_tiny_study_runs_live_and_hands_the_best_to_train(
+    workspace: Path, digits_dir: Path, fresh_app, no_leftover_jobs
+) -> None:
+    at = fresh_app("pages/tune.py", dataset_path=str(digits_dir))
+    assert not at.exception and not at.error
+    at.number_input(key="tn_epochs").set_value(2)
+    at.number_input(key="tn_size").set_value(12)
+    at.number_input(key="tn_trials").set_value(3)
+    for name in ("batch_size", "optimizer", "weight_decay", "n_blocks", "base_width"):
+        at.checkbox(key=f"tn_{name}_on").uncheck()  # fixed values: only lr and dropout searched
+    at.run()
+    at.selectbox(key="tn_base_width_fix").set_value(8)
+    at.number_input(key="tn_n_blocks_fix").set_value(1)
+    at.text_input(key="tn_study").input("page-study")
+    _button(at, "Start").click().run()
+    assert not at.exception and not at.error
+    assert _button(at, "Stop").disabled is False  # running
+
+    end = time.monotonic() + 120
+    while not [b for b in at.button if b.label == "Train the best configuration"]:
+        if time.monotonic() > end:
+            pytest.fail("the study did not finish in 120 s")
+        time.sleep(0.3)
+        at.run()
+        assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Trials"] == "3" and metrics["Failed"] == "0"
+    assert len(at.dataframe[0].value) == 3
+    assert len(at.get("plotly_chart")) >= 3  # history, per epoch, parallel (+ importance)
+
+    _button(at, "Train the best configuration").click().run()
+    assert not at.exception
+    cfg = at.session_state["run_config"]
+    assert isinstance(cfg, RunConfig) and cfg.data.image_size == 12
+    assert cfg.model.channels == [8] and cfg.train.epochs == 2
+    assert at.title[0].value == "Train"
