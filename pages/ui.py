@@ -22,7 +22,7 @@ import numpy as np
 import streamlit as st
 
 from cnnlab import data
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, DataError
 
 DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
@@ -92,6 +92,8 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
 
     Not st.cache_data: that would copy the result per call and could not report progress.
     """
+    if not Path(path).is_dir():  # e.g. deleted since it was chosen, in another tab or shell
+        raise DataError(f"{path} is not a folder (any more): choose the data set again on the Data page.")
     store = _scan_store()
     key = _scan_key(path)
     with store.lock:
