@@ -93,7 +93,9 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
     Not st.cache_data: that would copy the result per call and could not report progress.
     """
     if not Path(path).is_dir():  # e.g. deleted since it was chosen, in another tab or shell
-        raise DataError(f"{path} is not a folder (any more): choose the data set again on the Data page.")
+        raise DataError(
+            f"{path} is not a folder (any more): choose the data set again on the Data page."
+        )
     store = _scan_store()
     key = _scan_key(path)
     with store.lock:
