@@ -97,6 +97,24 @@ def prepare_run_data(loaded: LoadedRun) -> data_mod.PreparedData:
     return prepared
 
 
+def usable_runs() -> list[dict[str, Any]]:
+    """Summaries of runs that have a best checkpoint (so can be evaluated), newest first."""
+    return [
+        r
+        for r in runs.list_runs()
+        if r.get("run_dir") and (Path(r["run_dir"]) / "best.pt").is_file()
+    ]
+
+
+def default_run(summaries: list[dict[str, Any]], active: str | None = None) -> str | None:
+    """The run to show first: the active one if usable, else the newest completed, else newest."""
+    ids = [r["run_id"] for r in summaries]
+    if active in ids:
+        return active
+    done = [r["run_id"] for r in summaries if r.get("status") == "completed"]
+    return (done or ids or [None])[0]
+
+
 # ---------------------------------------------------------------- results
 @dataclass
 class EvalResult:

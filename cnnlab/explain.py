@@ -43,6 +43,16 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return rgb.round().astype(np.uint8)
 
 
+def display_image(image: np.ndarray | torch.Tensor, size: int = 96) -> np.ndarray:
+    """A small uint8 image (3, H, W), (H, W, 3) or (H, W) enlarged to about `size` px, crisp pixels."""
+    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
+        img = img.transpose(1, 2, 0)
+    factor = max(1, size // max(img.shape[0], 1))
+    # nearest-neighbour: a 16 px digit or a 3x3 filter stays readable instead of a blur
+    return img.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def grad_cam(
     model: nn.Module, x: torch.Tensor, target: int | None = None, layer: nn.Module | None = None
 ) -> tuple[np.ndarray, int]:

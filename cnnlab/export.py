@@ -10,8 +10,10 @@ every one, or the export folder is marked bad and ExportError is raised.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,15 @@ class ExportResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items()} | {
             "files": [str(f) for f in self.files]
         }
+
+
+def bundle_zip(result: ExportResult) -> bytes:
+    """The model, labels.json and preprocess.json in one zip (for a browser download)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in (result.model_path, result.labels_path, result.preprocess_path):
+            zf.write(f, arcname=f.name)
+    return buf.getvalue()
 
 
 def preprocess_spec(predictor: Predictor, dynamic_batch: bool) -> dict[str, Any]:

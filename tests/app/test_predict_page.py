@@ -1,0 +1,77 @@
+"""AppTest of the Predict page: upload real digits and a corrupt file to a real tiny run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from cnnlab import train
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home)."""
+    home = tmp_path_factory.mktemp("predpage-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_HOME", str(home))
+        config = RunConfig(
+            data=DataConfig(path=str(digits_dir), image_size=16),
+            model=ModelConfig(channels=[8, 16], head_units=32),
+            train=TrainConfig(epochs=2, device="cpu"),
+        )
+        yield train.fit(config), home
+
+
+@pytest.fixture
+def page(trained, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    assert not at.exception
+    return at
+
+
+def test_no_runs_points_to_the_train_page(workspace: Path) -> None:
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    assert not at.exception
+    assert "No trained run yet" in at.info[0].value
+
+
+def test_upload_good_and_corrupt_images(page: AppTest, trained, digits_dir: Path) -> None:
+    at = page
+    assert at.selectbox(key="pr_run").value == trained[0]["run_id"]
+    assert "Drop one or more images" in at.info[0].value
+    good = sorted((digits_dir / "0").iterdir())[0]
+    at.file_uploader(key="pr_files").set_value(
+        [
+            (good.name, good.read_bytes(), "image/png"),
+            ("broken.png", b"\x89PNG\r\n\x1a\n definitely not the rest", "image/png"),
+        ]
+    ).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "broken.png" in at.error[0].value
+    assert "Traceback" not in at.error[0].value
+    assert at.subheader[0].value.startswith(f"{good.name}: ")
+    assert len(at.get("plotly_chart")) == 1
+    captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
+    assert captions[0] == "model input" and captions[1].startswith("Grad-CAM for ")
+
+
+def test_top_k_and_camera_toggle(page: AppTest) -> None:
+    at = page
+    at.number_input(key="pr_k").set_value(5).run()
+    at.toggle(key="pr_cam").set_value(True).run()
+    assert not at.exception
+    assert at.session_state["pr_k"] == 5
