@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -229,7 +230,7 @@ def scan(path: str | Path, progress: Progress | None = None) -> ScanResult:
         )
     candidates = {d.name: _class_files(d, root, problems) for d in class_dirs}
     flat = [f for files in candidates.values() for f in files]
-    reasons = _verify_all(flat, progress)
+    reasons = _verify_cached(flat, progress)
     classes, files, labels = [], [], []
     for name, paths in candidates.items():
         good = [f for f in paths if reasons[f] is None]
@@ -263,6 +264,27 @@ def _verify_all(paths: list[Path], progress: Progress | None) -> dict[Path, str 
             reasons[path] = reason
             if progress is not None and (i % step == 0 or i == len(paths)):
                 progress(i, len(paths), "verify")
+    return reasons
+
+
+def _verify_cached(paths: list[Path], progress: Progress | None) -> dict[Path, str | None]:
+    """_verify_all, remembered per file fingerprint: re-scanning unchanged data decodes nothing."""
+    cache = workspace.cache_dir() / f"verify-{_fingerprint(paths, 0)[:32]}.json"
+    try:
+        bad = json.loads(cache.read_text())
+        if progress is not None:
+            progress(len(paths), len(paths), "verify")
+        return {p: bad.get(str(i)) for i, p in enumerate(paths)}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:  # damaged cache: verify again and overwrite it
+        log.warning("ignoring unreadable verification cache %s (%s)", cache, exc)
+    reasons = _verify_all(paths, progress)
+    bad = {str(i): reasons[p] for i, p in enumerate(paths) if reasons[p]}
+    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".json", dir=cache.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(bad, f)
+    os.replace(tmp, cache)
     return reasons
 
 
@@ -348,8 +370,12 @@ def _fingerprint(files: Sequence[Path], size: int) -> str:
         # abspath, not resolve(): scan already returns resolved paths, and resolve() costs a
         # syscall per path component (it dominated the warm load); stat() follows links anyway.
         p = os.path.abspath(f)
-        st = os.stat(p)
-        digest.update(f"{p}\x00{st.st_size}\x00{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}\x00{st.st_mtime_ns}"
+        except OSError:  # a broken link or vanished file: fingerprinted as such, reported by scan
+            stamp = "missing"
+        digest.update(f"{p}\x00{stamp}\n".encode())
     return digest.hexdigest()
 
 
