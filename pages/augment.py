@@ -22,7 +22,7 @@ from pages import ui
 IMAGE_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224)
 N_IMAGES = 4  # rows of the grid: one image per class (the first classes)
 N_COPIES = 5  # augmented copies of each image
-DISPLAY_PX = 112  # small images are blown up (nearest) to about this width to stay visible
+DISPLAY_PX = 80  # small images are blown up (nearest) to about this width to stay visible
 PHOTOS_DIR = "demo-photos"
 # AugmentConfig field -> widget key; the crop range is one two-handled slider
 KEYS = {
@@ -91,15 +91,14 @@ def _controls(aug: AugmentConfig) -> tuple[AugmentConfig, int]:
         on_change=_apply_preset,
         help="Fills the controls below; change any control afterwards to customise.",
     )
-    c1, c2 = st.columns(2)
-    size = c1.select_slider(
+    size = st.select_slider(
         "Resize to (px)",
         IMAGE_SIZES,
         key="a_size",
         help="Every image is squashed to this square size once, when the data is decoded "
         "(training and validation alike). Same setting as the Data page's image size.",
     )
-    c2.slider(
+    st.slider(
         "Random resized crop: share of the area kept",
         0.05,
         1.0,
@@ -108,7 +107,7 @@ def _controls(aug: AugmentConfig) -> tuple[AugmentConfig, int]:
         help="Each training image is cropped to a random share of its area in this range "
         "(aspect 3:4 to 4:3) and resized back. (1.0, 1.0) turns it off.",
     )
-    c1.slider(
+    st.slider(
         "Horizontal flip probability",
         0.0,
         1.0,
@@ -116,11 +115,11 @@ def _controls(aug: AugmentConfig) -> tuple[AugmentConfig, int]:
         key="a_hflip",
         help="0.5 for photos; 0 for digits and text, which a mirror turns into other symbols.",
     )
-    c2.slider("Rotation (± degrees)", 0.0, 180.0, step=1.0, key="a_rotation")
-    c1.slider("Brightness jitter", 0.0, 1.0, step=0.05, key="a_brightness")
-    c2.slider("Contrast jitter", 0.0, 1.0, step=0.05, key="a_contrast")
-    c1.slider("Saturation jitter", 0.0, 1.0, step=0.05, key="a_saturation")
-    c2.selectbox(
+    st.slider("Rotation (± degrees)", 0.0, 180.0, step=1.0, key="a_rotation")
+    st.slider("Brightness jitter", 0.0, 1.0, step=0.05, key="a_brightness")
+    st.slider("Contrast jitter", 0.0, 1.0, step=0.05, key="a_contrast")
+    st.slider("Saturation jitter", 0.0, 1.0, step=0.05, key="a_saturation")
+    st.selectbox(
         "Normalise with",
         NORMALIZE,
         key="a_normalize",
@@ -174,30 +173,8 @@ def _grid(images: np.ndarray, names: list[str], cfg: AugmentConfig, compare: boo
         st.image(shown, caption=captions, width=DISPLAY_PX)
 
 
-def main() -> None:
-    """Render the page."""
-    ui.use_app_navigation()
-    st.title("Augment")
-    st.caption(
-        "Random changes applied to each training image, a new draw every epoch, so the model "
-        "learns what matters rather than memorising pixels. Validation and test images are only "
-        "resized and normalised."
-    )
-    cfg = _run_config()
-    st.session_state.setdefault("a_size", cfg.data.image_size)
-    if st.session_state["a_size"] not in IMAGE_SIZES:
-        st.session_state["a_size"] = min(IMAGE_SIZES, key=lambda s: abs(s - cfg.data.image_size))
-    aug, size = _controls(cfg.augment)
-    try:
-        aug.validate()
-    except CnnlabError as exc:
-        ui.show_error(exc)
-        return
-    cfg = dataclasses.replace(cfg, augment=aug, data=dataclasses.replace(cfg.data, image_size=size))
-    st.session_state[ui.RUN_CONFIG] = cfg
-    if isinstance(st.session_state.get(ui.DATA_CONFIG), DataConfig):
-        st.session_state[ui.DATA_CONFIG] = cfg.data
-
+def _preview(aug: AugmentConfig, size: int) -> None:
+    """The toggle, the reshuffle button and the grid of augmented samples."""
     st.subheader("Preview")
     try:
         with st.spinner("Reading sample images…"):
@@ -206,7 +183,7 @@ def main() -> None:
     except CnnlabError as exc:
         ui.show_error(exc)
         return
-    c1, c2 = st.columns([3, 1])
+    c1, c2 = st.columns([3, 2])
     compare = c1.toggle(
         "Compare with the validation transform",
         value=True,
@@ -222,6 +199,35 @@ def main() -> None:
     if not aug.enabled:
         st.info("Every transform is off: training images are used as they are.")
     _grid(images, names, aug, compare)
+
+
+def main() -> None:
+    """Render the page."""
+    ui.use_app_navigation()
+    st.title("Augment")
+    st.caption(
+        "Random changes applied to each training image, a new draw every epoch, so the model "
+        "learns what matters rather than memorising pixels. Validation and test images are only "
+        "resized and normalised."
+    )
+    cfg = _run_config()
+    st.session_state.setdefault("a_size", cfg.data.image_size)
+    if st.session_state["a_size"] not in IMAGE_SIZES:
+        st.session_state["a_size"] = min(IMAGE_SIZES, key=lambda s: abs(s - cfg.data.image_size))
+    left, right = st.columns([2, 3], gap="large")
+    with left:
+        aug, size = _controls(cfg.augment)
+    try:
+        aug.validate()
+    except CnnlabError as exc:
+        ui.show_error(exc)
+        return
+    cfg = dataclasses.replace(cfg, augment=aug, data=dataclasses.replace(cfg.data, image_size=size))
+    st.session_state[ui.RUN_CONFIG] = cfg
+    if isinstance(st.session_state.get(ui.DATA_CONFIG), DataConfig):
+        st.session_state[ui.DATA_CONFIG] = cfg.data
+    with right:
+        _preview(aug, size)
 
 
 main()

@@ -73,7 +73,7 @@ def _steps(run_list: list[dict[str, Any]]) -> None:
          f"run `{active}`" if active else "pick a run"),
         ("pages/predict.py", "6. Predict", bool(active), "classify new images"),
     ]  # fmt: skip
-    cols = st.columns(len(steps))
+    cols = st.columns(3) + st.columns(3)  # two rows of three: labels stay whole on a laptop
     for col, (page, label, done, detail) in zip(cols, steps, strict=True):
         with col.container(border=True):
             icon = ":material/check_circle:" if done else ":material/radio_button_unchecked:"

@@ -27,10 +27,13 @@ def fresh_app() -> Callable[..., AppTest]:
         at = AppTest.from_file(APP, default_timeout=60)
         for key, value in state.items():
             at.session_state[key] = value
+        # Two runs: ui.use_app_navigation reruns once per session, on the second AppTest run
+        # (AppTest re-arms Streamlit's pages-folder flag after the first), and that rerun would
+        # swallow a click made right after a single run.
         at.run()
         if page is not None:
-            at.switch_page(page).run()
-        return at
+            at.switch_page(page)
+        return at.run()
 
     yield open_page
     st.cache_data.clear()
