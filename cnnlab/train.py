@@ -430,8 +430,8 @@ def _fit_loop(
     model = model.to(
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
-    # Stats from (at most) 20k training images: exact for small sets, cheap for huge memory maps.
-    sample = train_rows[torch.randperm(len(train_rows))[:20_000]].sort().values
+    # Stats from (at most) 5k training images: exact for small sets, cheap for huge memory maps.
+    sample = train_rows[torch.randperm(len(train_rows))[:5_000]].sort().values
     mean, std = augment.normalization(config.augment, config.model.name, data.images[sample])
     generator = torch.Generator(device=device)
     generator.manual_seed(tc.seed)
