@@ -26,7 +26,7 @@ from . import data as data_mod
 from . import runs, train
 from .config import RunConfig
 from .device import resolve_device
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,19 @@ class LoadedRun:
     ctx: train._Ctx  # validation preprocessing: device, mean/std, channels_last, amp
 
 
+def _device(device: str | None, config: RunConfig) -> torch.device:
+    """The asked-for device; else the run's own (same numerics as its test pass) if present here."""
+    if device:
+        return resolve_device(device)
+    try:
+        return resolve_device(config.train.device)
+    except ConfigError:  # e.g. trained with device="cuda", evaluated on a laptop
+        return resolve_device("auto")
+
+
 def eval_context(config: RunConfig, ckpt: dict[str, Any], device: str | None = None) -> train._Ctx:
     """The evaluation-only context (no augmentation) from a checkpoint's mean/std and config."""
-    dev = resolve_device(device or config.train.device)
+    dev = _device(device, config)
     return train._Ctx(
         device=dev,
         mean=tuple(float(v) for v in ckpt["mean"]),
@@ -64,8 +74,7 @@ def eval_context(config: RunConfig, ckpt: dict[str, Any], device: str | None = N
 def load_for_eval(run: str | Path | runs.Run, device: str | None = None) -> LoadedRun:
     """Best checkpoint of a run, on the device, with its evaluation context."""
     r = runs.load_run(run)
-    probe_cfg = runs.read_config(r)
-    dev = resolve_device(device or probe_cfg.train.device)
+    dev = _device(device, runs.read_config(r))
     model, config, classes, ckpt = runs.load_checkpoint(r, "best", device=dev)
     ctx = eval_context(config, ckpt, str(dev.type))
     if ctx.channels_last:
