@@ -22,7 +22,7 @@ from pages import ui
 IMAGE_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224)
 N_IMAGES = 4  # rows of the grid: one image per class (the first classes)
 N_COPIES = 5  # augmented copies of each image
-DISPLAY_PX = 80  # small images are blown up (nearest) to about this width to stay visible
+DISPLAY_PX = 72  # small images are blown up (nearest) to about this width to stay visible
 PHOTOS_DIR = "demo-photos"
 # AugmentConfig field -> widget key; the crop range is one two-handled slider
 KEYS = {
@@ -166,10 +166,11 @@ def _grid(images: np.ndarray, names: list[str], cfg: AugmentConfig, compare: boo
     copies = augment.preview(torch.from_numpy(images), cfg, n=N_COPIES, seed=seed).numpy()
     for img, row, name in zip(images, copies, names, strict=True):
         shown = [_for_display(c) for c in row]
-        captions = [f"{name}: train #{i + 1}" for i in range(len(shown))]
+        captions = [f"train #{i + 1}" for i in range(len(shown))]
         if compare:
             shown.insert(0, _for_display(img))
-            captions.insert(0, f"{name}: validation")
+            captions.insert(0, "validation")
+        st.markdown(f"**{name}**")
         st.image(shown, caption=captions, width=DISPLAY_PX)
 
 
@@ -185,7 +186,7 @@ def _preview(aug: AugmentConfig, size: int) -> None:
         return
     c1, c2 = st.columns([3, 2])
     compare = c1.toggle(
-        "Compare with the validation transform",
+        "Show the validation view",
         value=True,
         key="a_compare",
         help="The first image of each row is what validation and test see: resize + normalise.",
@@ -214,7 +215,7 @@ def main() -> None:
     st.session_state.setdefault("a_size", cfg.data.image_size)
     if st.session_state["a_size"] not in IMAGE_SIZES:
         st.session_state["a_size"] = min(IMAGE_SIZES, key=lambda s: abs(s - cfg.data.image_size))
-    left, right = st.columns([2, 3], gap="large")
+    left, right = st.columns([1, 2], gap="large")
     with left:
         aug, size = _controls(cfg.augment)
     try:

@@ -24,14 +24,6 @@ from pages import ui
 TRAIN_PAGE = "pages/train.py"
 COMPARE_DEFAULT = 3  # newest runs with curves preselected for the overlay
 RESUMABLE = ("interrupted", "stopped")
-STATUS_LABELS = {
-    "running": "🔵 running",
-    "completed": "🟢 completed",
-    "stopped": "🟡 stopped",
-    "interrupted": "🟠 interrupted",
-    "failed": "🔴 failed",
-    "pruned": "⚪ pruned",
-}
 CONFIRM_DELETE = "runs_confirm_delete"  # session key: the run whose deletion awaits a yes
 OPEN_RUN = "runs_open"  # session key (the selectbox): the run shown in detail
 
@@ -67,7 +59,7 @@ def _table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "run": s["run_id"],
                 "name": s.get("name") or "",
-                "status": STATUS_LABELS.get(s.get("status", ""), s.get("status", "?")),
+                "status": s.get("status", "?"),
                 "model": s.get("model") or (cfg.model.name if cfg else ""),
                 "lr": tc.lr if tc else None,
                 "batch": tc.batch_size if tc else None,

@@ -19,7 +19,11 @@ def test_without_data_it_previews_the_demo_photos(workspace: Path, fresh_app) ->
     at = fresh_app(PAGE)
     assert not at.exception and not at.error
     rows = grid(at)
-    assert [r[0][0] for r in rows] == ["china: validation", "flower: validation"]
+    assert [m.value for m in at.markdown if m.value in ("**china**", "**flower**")] == [
+        "**china**",
+        "**flower**",
+    ]
+    assert [r[0][0] for r in rows] == ["validation", "validation"]
     assert all(len(r) == 6 for r in rows)  # the validation view + 5 augmented draws
     assert any("demo photos" in c.value for c in at.caption)
     # the page creates the run config and stores the augmentation in it
@@ -52,7 +56,9 @@ def test_grid_uses_the_chosen_data_and_follows_the_controls(
     assert not at.exception
     assert at.select_slider(key="a_size").value == 24  # seeded from the Data page's choice
     rows = grid(at)
-    assert [r[0][0] for r in rows] == [f"{c}: validation" for c in ("blue", "green", "red")]
+    assert [r[0][0] for r in rows] == ["validation"] * 3
+    names = [m.value for m in at.markdown if m.value.startswith("**")]
+    assert names == ["**blue**", "**green**", "**red**"]
 
     # preset "none": every training draw is the unchanged image (same bytes, same url)
     at.selectbox(key="a_preset").set_value("none").run()
@@ -64,7 +70,7 @@ def test_grid_uses_the_chosen_data_and_follows_the_controls(
     assert all(len({url for _, url in row[1:]}) > 1 for row in strong)  # draws differ per copy
 
     at.toggle(key="a_compare").set_value(False).run()
-    assert all(len(r) == 5 and "train #1" in r[0][0] for r in grid(at))
+    assert all(len(r) == 5 and r[0][0] == "train #1" for r in grid(at))
 
     next(b for b in at.button if b.label == "New random draws").click().run()
     assert grid(at)[0] != [p for p in strong[0][1:]]
