@@ -1,0 +1,162 @@
+"""The dashboard in a real browser: a newcomer's two paths, end to end.
+
+1. Own data: upload a zip of a small image folder on the Data page, see the class chart, preview
+   the augmentation, set a small model, train 2 epochs watching the live chart, evaluate, and
+   predict an uploaded image.
+2. The Home page's demo path: "Try it on the demo digits" -> Train -> Start -> live curve.
+A screenshot of every page lands in test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.e2e
+
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+TRAIN_TIMEOUT_MS = 120_000
+# number of <img> in the main area that finished loading, at least arg of them
+LOADED_IMAGES = """n => Array.from(document.querySelectorAll("[data-testid='stMain'] img"))
+    .filter(i => i.complete && i.naturalWidth > 0).length >= n"""
+SHAPES = {"red_circles": (210, 40, 40), "green_squares": (40, 170, 60), "blue_bars": (40, 70, 200)}
+
+
+def _image(kind: str, colour: tuple[int, int, int], rng: random.Random) -> Image.Image:
+    """A 32 px picture of a coloured shape at a random place on a light background."""
+    im = Image.new("RGB", (32, 32), tuple(rng.randint(215, 250) for _ in range(3)))
+    d = ImageDraw.Draw(im)
+    x, y, s = rng.randint(2, 14), rng.randint(2, 14), rng.randint(10, 16)
+    if kind == "red_circles":
+        d.ellipse((x, y, x + s, y + s), fill=colour)
+    elif kind == "green_squares":
+        d.rectangle((x, y, x + s, y + s), fill=colour)
+    else:
+        d.rectangle((x, 0, x + 5, 31), fill=colour)
+    return im
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shapes_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """shapes.zip: shapes/<class>/NN.png, 30 images for each of 3 classes."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("upload") / "shapes.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for kind, colour in SHAPES.items():
+            for i in range(30):
+                zf.writestr(f"shapes/{kind}/{i:02d}.png", _png(_image(kind, colour, rng)))
+    return path
+
+
+def wait_idle(page) -> None:
+    """Let the rerun an interaction triggered start, wait for it to end, then check for errors."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE, timeout=60_000)
+    assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")
+
+
+def open_page(page, title: str) -> None:
+    """Navigate through the sidebar (same session, so the session state follows)."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True).click()
+    page.get_by_role("heading", name=title, exact=True).first.wait_for()
+    wait_idle(page)
+
+
+def button(page, label: str):
+    return page.get_by_role("button", name=label, exact=False).first
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    wait_idle(page)
+
+
+def train_and_watch(page) -> None:
+    """Press Start; the live chart appears, then (if told to wait) the finished summary."""
+    button(page, "Start").click()
+    page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    # the live chart has points: plotly draws one marker per epoch
+    page.locator("[data-testid='stPlotlyChart'] .scatterlayer .point").first.wait_for(
+        timeout=TRAIN_TIMEOUT_MS
+    )
+
+
+def test_own_data_from_upload_to_prediction(page, shot, shapes_zip: Path) -> None:
+    wait_idle(page)
+    assert page.get_by_role("heading", name="cnnlab").is_visible()
+    shot(page, "01-home")
+
+    open_page(page, "Data")
+    page.get_by_text("Upload a zip", exact=True).click()
+    wait_idle(page)
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(shapes_zip))
+    page.get_by_test_id("stPlotlyChart").first.wait_for(timeout=60_000)  # images per class
+    wait_idle(page)
+    metrics = page.get_by_test_id("stMetricValue").all_inner_texts()
+    assert metrics[:2] == ["3", "90"], metrics
+    shot(page, "02-data")
+
+    open_page(page, "Augment")
+    page.get_by_text("red_circles", exact=True).first.wait_for()
+    # 3 classes x (validation view + 5 draws), each really decoded by the browser
+    page.wait_for_function(LOADED_IMAGES, arg=18)
+    shot(page, "03-augment")
+
+    open_page(page, "Model")
+    set_number(page, "Conv blocks", 2)
+    assert page.get_by_test_id("stMetricValue").first.inner_text() != ""
+    shot(page, "04-model")
+
+    open_page(page, "Train")
+    set_number(page, "Epochs", 2)
+    set_number(page, "Batch size", 16)  # 63 training images: a few steps per epoch, not one
+    train_and_watch(page)
+    page.get_by_text("Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    assert page.get_by_test_id("stPlotlyChart").count() == 2  # loss and accuracy
+    shot(page, "05-train", focus=page.get_by_test_id("stPlotlyChart").last)
+
+    open_page(page, "Evaluate")
+    page.get_by_text("Accuracy").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_test_id("stPlotlyChart").count() >= 1  # the confusion matrix
+    shot(page, "06-evaluate")
+
+    open_page(page, "Predict")
+    query = shapes_zip.parent / "query.png"
+    _image("green_squares", SHAPES["green_squares"], random.Random(7)).save(query)
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(query))
+    page.get_by_role("heading", name="query.png:").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_test_id("stPlotlyChart").count() == 1  # the top-k bars
+    shot(page, "07-predict")
+
+    open_page(page, "Runs")
+    page.get_by_test_id("stDataFrame").first.wait_for()  # a canvas: its cells are not text
+    assert "completed" in page.get_by_test_id("stMetricValue").all_inner_texts()
+    shot(page, "08-runs")
+
+
+def test_home_demo_path_trains_and_shows_the_live_curve(page, shot) -> None:
+    wait_idle(page)
+    button(page, "Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    train_and_watch(page)
+    shot(page, "09-demo-training")
+    page.get_by_text("Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    shot(page, "10-demo-trained", focus=page.get_by_test_id("stPlotlyChart").last)
