@@ -382,3 +382,16 @@ def test_metrics_append_on_a_full_disk_is_a_training_error(small_data, small_dis
     fill(run.run_dir)
     with pytest.raises(TrainingError, match="could not write"):
         runs.append_metrics(run, {"epoch": 1, "train_loss": 1.0})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ZeroDivisionError,
+    reason="train.build_scheduler: OneCycleLR(pct_start=0.25) divides by zero when the run has "
+    "exactly 4 optimizer steps (0.25 * 4 - 1 == 0), e.g. 1 epoch of 4 batches. Fix: "
+    "pct_start=0.3 (PyTorch's default; 0.3 * T == 1 has no integer solution)",
+)
+def test_one_cycle_schedule_with_four_steps_in_all_trains(workspace: Path, small_data) -> None:
+    config = _config(small_data, epochs=1)  # 66 training images // batch 16 = 4 steps
+    assert config.train.schedule == "onecycle" and len(small_data.split.train) // 16 == 4
+    assert train.fit(config, data=small_data)["status"] == "completed"
