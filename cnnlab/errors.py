@@ -31,3 +31,7 @@ class TrainingError(CnnlabError):
 
 class RunNotFoundError(CnnlabError):
     """No run with that id or folder exists in the workspace."""
+
+
+class ExportError(CnnlabError):
+    """The exported model could not be written, or does not predict like the run."""

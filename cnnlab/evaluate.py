@@ -64,7 +64,7 @@ class LoadedRun:
     model: nn.Module
     config: RunConfig
     classes: list[str]
-    ctx: train._Ctx  # validation preprocessing: device, mean/std, channels_last, amp
+    ctx: train.BatchContext  # validation preprocessing: device, mean/std, channels_last, amp
 
 
 def _device(device: str | None, config: RunConfig) -> torch.device:
@@ -77,10 +77,10 @@ def _device(device: str | None, config: RunConfig) -> torch.device:
         return resolve_device("auto")
 
 
-def eval_context(config: RunConfig, ckpt: dict[str, Any], device: str | None = None) -> train._Ctx:
+def eval_context(config: RunConfig, ckpt: dict[str, Any], device: str | None = None) -> train.BatchContext:
     """The evaluation-only context (no augmentation) from a checkpoint's mean/std and config."""
     dev = _device(device, config)
-    return train._Ctx(
+    return train.BatchContext(
         device=dev,
         mean=tuple(float(v) for v in ckpt["mean"]),
         std=tuple(float(v) for v in ckpt["std"]),
@@ -252,7 +252,7 @@ def score(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    ctx: train._Ctx,
+    ctx: train.BatchContext,
     classes: list[str],
     paths: list[str],
     split: str,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import evaluate, runs
-from .errors import CnnlabError
+from .errors import CnnlabError, ExportError
 from .predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,6 @@ FAILED_MARKER = "EXPORT_FAILED.json"  # written into the export folder when veri
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension
 TIE_TOLERANCE = 1e-4  # logit margin under which two classes count as tied (float round-off)
 N_RANDOM_CHECK = 64  # images used for the check when the run's data set is gone
-
-
-class ExportError(CnnlabError):
-    """The exported model could not be written, or does not predict like the run."""
 
 
 @dataclass

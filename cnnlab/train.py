@@ -1,8 +1,7 @@
 """The one training loop: fit() = train_one_epoch + evaluate + events, used by CLI, UI and tuning.
 
-Speed comes from the data path (see /shared/notes/performance.md): the decoded uint8 cache is
-indexed with a random permutation (no DataLoader), moved to the device once, augmented there per
-image in one batched op, and metrics are summed on the device and read once per progress tick.
+fit() keeps the best-val-loss checkpoint, stops on patience or on request, restores the best
+weights and evaluates the test split once; resume() continues an interrupted run from last.pt.
 """
 
 from __future__ import annotations
@@ -14,273 +13,59 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import augment, models, runs
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
+from .epoch import (
+    BatchContext,
+    StopRequested,
+    build_optimizer,
+    build_scheduler,
+    class_weights,
+    evaluate,
+    nan_error,
+    predict_logits,
+    train_one_epoch,
+)
 from .errors import CnnlabError, TrainingError
+from .events import (
+    Callback,
+    EpochEnd,
+    Event,
+    Failed,
+    Finished,
+    Preparing,
+    Progress,
+    RunStarted,
+)
+
+__all__ = [  # events and loop pieces are re-exported: callers listen via `train.EpochEnd` etc.
+    "BatchContext",
+    "Callback",
+    "EpochEnd",
+    "Event",
+    "Failed",
+    "Finished",
+    "Preparing",
+    "Progress",
+    "RunStarted",
+    "build_optimizer",
+    "build_scheduler",
+    "class_weights",
+    "evaluate",
+    "fit",
+    "predict_logits",
+    "resume",
+    "train_one_epoch",
+]
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 0.5  # how often a Progress event (and its one host sync) is sent
-EVAL_BATCH = 512  # evaluation needs no gradients, so bigger batches are cheaper per image
-
-
-# ---------------------------------------------------------------- events
-@dataclass
-class Event:
-    @property
-    def kind(self) -> str:
-        return type(self).__name__
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict with a 'kind' key."""
-        return {"kind": self.kind, **asdict(self)}
-
-
-@dataclass
-class RunStarted(Event):
-    run_id: str
-    run_dir: str
-    epochs: int
-    n_train: int
-    n_val: int
-    n_test: int
-    device: str
-    classes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Preparing(Event):
-    done: int
-    total: int
-    stage: str
-
-
-@dataclass
-class Progress(Event):
-    epoch: int
-    batch: int
-    n_batches: int
-    loss: float
-    images_per_s: float
-
-
-@dataclass
-class EpochEnd(Event):
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    seconds: float
-    images_per_s: float
-    best_epoch: int
-    is_best: bool
-
-
-@dataclass
-class Finished(Event):
-    summary: dict[str, Any]
-
-
-@dataclass
-class Failed(Event):
-    message: str
-
-
-Callback = Callable[[Event], None]
-
-
-class _Stop(Exception):
-    """Raised inside the loop when a stop was requested; caught by fit (fastai's cancel-fit)."""
-
-
-# ---------------------------------------------------------------- building blocks
-def build_optimizer(groups: list[dict[str, Any]], cfg) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD+momentum over parameter groups (each may carry its own lr)."""
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, **common)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, **common)
-    return torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **common)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):
-    """Per-step schedule: constant, cosine decay or one-cycle (warm-up then anneal)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=[g["lr"] for g in optimizer.param_groups],
-            total_steps=total,
-            pct_start=0.25,
-            # Adam-family momentum cycling fights the adaptive betas; keep it for SGD only.
-            cycle_momentum=cfg.optimizer == "sgd",
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
-def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights normalised to mean 1, so the loss scale stays comparable."""
-    counts = torch.bincount(labels, minlength=n_classes).float().clamp(min=1)
-    w = counts.sum() / (n_classes * counts)
-    return w / w.mean()
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
-
-
-@dataclass
-class _Ctx:
-    """What train_one_epoch and evaluate need besides the model; built once per fit."""
-
-    device: torch.device
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    aug: Any
-    channels_last: bool
-    amp: bool
-    generator: torch.Generator | None = None
-    scaler: torch.amp.GradScaler | None = None
-
-
-def train_one_epoch(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    loss_fn: nn.Module,
-    ctx: _Ctx,
-    batch_size: int,
-    epoch: int = 1,
-    emit: Callback | None = None,
-    stop_event: threading.Event | None = None,
-    rows: torch.Tensor | None = None,
-) -> tuple[float, float, int]:
-    """One pass over the training images (uint8). Returns (loss, accuracy, n_seen).
-
-    With `rows`, batches are gathered from `images[rows]` lazily, so a memory-mapped cache larger
-    than RAM streams from disk instead of being copied whole.
-    """
-    model.train()
-    models.freeze_bn_stats(model)
-    n = images.shape[0] if rows is None else rows.shape[0]
-    bs = min(batch_size, n)
-    n_batches = n // bs  # drop_last: fixed shapes keep cudnn.benchmark and BatchNorm happy
-    perm = torch.randperm(
-        n, device=ctx.generator.device if ctx.generator else "cpu", generator=ctx.generator
-    )
-    perm = perm.to(images.device)
-    if rows is not None:
-        perm = rows.to(images.device)[perm]
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
-    t0 = last_tick = time.perf_counter()
-    for b in range(n_batches):
-        if stop_event is not None and stop_event.is_set():
-            raise _Stop
-        idx = perm[b * bs : (b + 1) * bs]
-        x = augment.prepare_batch(
-            images[idx].to(ctx.device, non_blocking=True),
-            ctx.mean,
-            ctx.std,
-            cfg=ctx.aug,
-            train=True,
-            generator=ctx.generator,
-            channels_last=ctx.channels_last,
-        )
-        y = labels[idx].to(ctx.device, non_blocking=True)
-        with _autocast(ctx.device, ctx.amp):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
-            ctx.scaler.step(optimizer)
-            ctx.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        loss_sum += loss.detach() * bs
-        correct += (logits.detach().argmax(1) == y).sum()
-        now = time.perf_counter()
-        if emit is not None and (now - last_tick >= PROGRESS_EVERY_S or b == n_batches - 1):
-            last_tick = now
-            seen = (b + 1) * bs
-            mean_loss = loss_sum.item() / seen  # the one host sync per tick
-            if not math.isfinite(mean_loss):
-                raise _nan_error(epoch, optimizer)
-            emit(Progress(epoch, b + 1, n_batches, mean_loss, seen / max(now - t0, 1e-9)))
-    seen = n_batches * bs
-    mean_loss = loss_sum.item() / seen
-    if not math.isfinite(mean_loss):
-        raise _nan_error(epoch, optimizer)
-    return mean_loss, correct.item() / seen, seen
-
-
-def _nan_error(epoch: int, optimizer: torch.optim.Optimizer) -> TrainingError:
-    lr = max(g["lr"] for g in optimizer.param_groups)
-    return TrainingError(
-        f"the training loss became NaN/Inf in epoch {epoch} (learning rate {lr:.3g}). The learning "
-        "rate is most likely too high: lower it (e.g. 10x), or use gradient-friendlier settings "
-        "(BatchNorm on, AdamW, one-cycle). The best checkpoint so far was kept."
-    )
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, ctx: _Ctx, batch_size: int = EVAL_BATCH
-) -> torch.Tensor:
-    """Logits (N, classes) in float32 for uint8 images, validation preprocessing only."""
-    model.eval()
-    out = []
-    for i in range(0, images.shape[0], batch_size):
-        x = augment.prepare_batch(
-            images[i : i + batch_size].to(ctx.device, non_blocking=True),
-            ctx.mean,
-            ctx.std,
-            channels_last=ctx.channels_last,
-        )
-        with _autocast(ctx.device, ctx.amp):
-            out.append(model(x).float())
-    if not out:
-        return torch.empty(0, 0)
-    return torch.cat(out)
-
-
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ctx: _Ctx,
-    loss_fn: nn.Module | None = None,
-) -> tuple[float, float]:
-    """(mean loss, accuracy) on a split; plain cross-entropy unless a loss is given."""
-    if images.shape[0] == 0:
-        return float("nan"), float("nan")
-    logits = predict_logits(model, images, ctx)
-    y = labels.to(logits.device)
-    loss = loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
-    acc = (logits.argmax(1) == y).float().mean()
-    return float(loss), float(acc)
 
 
 def _split_files(data: PreparedData) -> dict[str, list[str]]:
@@ -437,7 +222,7 @@ def _fit_loop(
     generator.manual_seed(tc.seed)
     amp = tc.amp and device.type == "cuda"
     use_scaler = amp and not torch.cuda.is_bf16_supported()
-    ctx = _Ctx(
+    ctx = BatchContext(
         device=device,
         mean=mean,
         std=std,
@@ -502,7 +287,7 @@ def _fit_loop(
                 stop_event,
                 rows=train_rows,
             )
-        except _Stop:
+        except StopRequested:
             stopped_by_user = True
             epoch -= 1
             break
@@ -511,7 +296,7 @@ def _fit_loop(
         train_secs = time.perf_counter() - t0
         va_loss, va_acc = evaluate(model, val_x, val_y, ctx)
         if not math.isfinite(va_loss) and val_x.shape[0]:
-            raise _nan_error(epoch, optimizer)
+            raise nan_error(epoch, optimizer)
         monitor = va_loss if val_x.shape[0] else tr_loss
         is_best = monitor < best_loss
         if is_best:

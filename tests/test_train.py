@@ -63,7 +63,7 @@ def test_checkpoint_reloads_and_reproduces_test_accuracy(digits_dir, prepared, w
     summary = train.fit(tiny_config(digits_dir), data=prepared)
     model, config, classes, ckpt = runs.load_checkpoint(summary["run_id"])
     assert classes == prepared.classes and config.data.image_size == 16
-    ctx = train._Ctx(
+    ctx = train.BatchContext(
         torch.device("cpu"), tuple(ckpt["mean"]), tuple(ckpt["std"]), None, False, False
     )
     test_x, test_y = prepared.subset("test")

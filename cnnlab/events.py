@@ -1,0 +1,73 @@
+"""Events that fit() sends to callbacks: plain dataclasses, so UI, CLI and tuning only listen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Event:
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with a 'kind' key."""
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    run_id: str
+    run_dir: str
+    epochs: int
+    n_train: int
+    n_val: int
+    n_test: int
+    device: str
+    classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Preparing(Event):
+    done: int
+    total: int
+    stage: str
+
+
+@dataclass
+class Progress(Event):
+    epoch: int
+    batch: int
+    n_batches: int
+    loss: float
+    images_per_s: float
+
+
+@dataclass
+class EpochEnd(Event):
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+    best_epoch: int
+    is_best: bool
+
+
+@dataclass
+class Finished(Event):
+    summary: dict[str, Any]
+
+
+@dataclass
+class Failed(Event):
+    message: str
+
+
+Callback = Callable[[Event], None]
