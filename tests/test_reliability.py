@@ -171,7 +171,8 @@ def test_sigkill_at_any_moment_leaves_readable_runs_that_resume(
     # the CLI agrees: every killed run with a summary lists as interrupted
     listed = {r["run_id"]: r["status"] for r in _json_of(_cli(home, "runs", "--json"))}
     for run_id in killed.values():
-        assert listed.get(run_id, "interrupted") == "interrupted"
+        if (home / "runs" / run_id / "summary.json").is_file():  # see docs/reliability.md, 6.
+            assert listed[run_id] == "interrupted"
 
     # a run killed before its first epoch has nothing to resume: a clear error. (Killed before
     # config.json landed, its folder is not a run at all: invisible to `runs` and to resume.)
