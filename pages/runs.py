@@ -23,7 +23,8 @@ from pages import ui
 
 TRAIN_PAGE = "pages/train.py"
 COMPARE_DEFAULT = 3  # newest runs with curves preselected for the overlay
-RESUMABLE = ("interrupted", "stopped")
+# statuses train.resume continues from last.pt (its own list once it has one)
+RESUMABLE = getattr(train, "RESUMABLE", ("interrupted", "stopped"))
 CONFIRM_DELETE = "runs_confirm_delete"  # session key: the run whose deletion awaits a yes
 OPEN_RUN = "runs_open"  # session key (the selectbox): the run shown in detail
 
@@ -191,11 +192,12 @@ def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
     elif status == "running":
         c2.caption("Running in another process (e.g. the CLI): its curves grow here on refresh.")
     if status in RESUMABLE:
-        if hasattr(train, "resume"):
-            if c3.button("Resume training", icon=":material/resume:", key="runs_resume"):
-                _resume(run_id, cfg)
-        else:
+        if not hasattr(train, "resume"):
             c3.caption("Resuming needs a newer cnnlab (train.resume).")
+        elif not runs.load_run(run_id).last_path.is_file():
+            c3.caption("It never finished an epoch (no last.pt): nothing to resume from.")
+        elif c3.button("Resume training", icon=":material/resume:", key="runs_resume"):
+            _resume(run_id, cfg)
 
 
 def _diagnosis_text(diagnosis: evaluate.Diagnosis) -> None:

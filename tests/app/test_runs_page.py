@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def test_table_overlay_and_detail(
     workspace: Path, colours_dir: Path, fresh_app, tiny_config
 ) -> None:
     first = train.fit(tiny_config(colours_dir, epochs=2, name="first"))
+    time.sleep(1.1)  # run ids sort by the second they start in: newest first needs a new second
     second = train.fit(tiny_config(colours_dir, epochs=3, name="second"))
     at = fresh_app(PAGE)
     assert not at.exception and not at.error
@@ -121,8 +123,17 @@ def test_watch_a_running_job_on_the_train_page(
 
 
 def _interrupted_run(colours_dir: Path, tiny_config) -> str:
-    """A finished run rewritten as 'running' under a process id that no longer exists."""
-    summary = train.fit(tiny_config(colours_dir, epochs=2))
+    """A run stopped after epoch 1 of 3, rewritten as 'running' under a process that is gone."""
+    stop = threading.Event()
+
+    def stop_after_first_epoch(event) -> None:
+        if type(event).__name__ == "EpochEnd":
+            stop.set()
+
+    summary = train.fit(
+        tiny_config(colours_dir, epochs=3), callbacks=(stop_after_first_epoch,), stop_event=stop
+    )
+    assert summary["epochs_run"] == 1
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     run = runs.load_run(summary["run_id"])
@@ -131,7 +142,7 @@ def _interrupted_run(colours_dir: Path, tiny_config) -> str:
     return summary["run_id"]
 
 
-def test_interrupted_run_offers_resume(
+def test_interrupted_run_resumes_on_the_train_page(
     workspace: Path, colours_dir: Path, fresh_app, tiny_config
 ) -> None:
     run_id = _interrupted_run(colours_dir, tiny_config)
@@ -146,7 +157,21 @@ def test_interrupted_run_offers_resume(
     assert at.title[0].value == "Train"
     assert at.session_state["active_run_id"] == run_id
     snap = jobs.get_manager().wait(at.session_state["train_job_id"], timeout=60)
-    assert snap.status in ("completed", "stopped"), snap.error
+    assert snap.status == "completed", snap.error
+    run = runs.load_run(run_id)
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]  # went on from epoch 2
+    assert runs.read_summary(run)["status"] == "completed"
+
+
+def test_a_run_without_a_checkpoint_cannot_be_resumed(
+    workspace: Path, colours_dir: Path, fresh_app, finished_run
+) -> None:
+    run = runs.load_run(finished_run["run_id"])
+    runs.update_summary(run, status="stopped")
+    run.last_path.unlink()
+    at = fresh_app(PAGE)
+    assert not [b for b in at.button if b.label == "Resume training"]
+    assert any("no last.pt" in c.value for c in at.caption)
 
 
 def test_unreadable_config_does_not_break_the_page(
