@@ -100,8 +100,11 @@ def _metrics(run_id: str) -> list[dict[str, Any]]:
 def _compare(summaries: list[dict[str, Any]]) -> None:
     """Overlay the loss and accuracy curves of the runs the user picks."""
     st.subheader("Compare")
+    # straight from the folder: a run deleted meanwhile (another tab, the CLI) just drops out
     with_curves = [
-        s["run_id"] for s in summaries if runs.load_run(s["run_id"]).metrics_path.exists()
+        s["run_id"]
+        for s in summaries
+        if (workspace.runs_dir() / s["run_id"] / "metrics.jsonl").is_file()
     ]
     if not with_curves:
         st.caption("Runs get curves once they finish an epoch.")
