@@ -9,6 +9,7 @@ leaves a half-extracted dataset behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -108,6 +110,30 @@ def _copy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None
             out.write(chunk)
 
 
+def _write_member(dest: Path, name: str, write) -> None:
+    """Create dest's folder and write it; what the file system refuses becomes a clear error."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write(dest)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (
+            errno.ENAMETOOLONG,
+            errno.EEXIST,
+            errno.EISDIR,
+            errno.ENOTDIR,
+            errno.EINVAL,
+        ):
+            raise UnsafeArchiveError(
+                f"member {name!r} cannot be written ({reason}): a name too long, or a file and a "
+                "folder with the same name; rename it and try again"
+            ) from exc
+        raise DataError(
+            f"could not write {name!r} into {workspace.datasets_dir()} ({reason}); free disk "
+            "space or make the workspace writable, then upload again"
+        ) from exc
+
+
 def _move_into_place(tmp: Path, target: Path) -> Path:
     """Rename the finished temp folder to target; if another session won the race, keep theirs."""
     try:
@@ -136,7 +162,8 @@ def safe_extract_zip(
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    # a mangled central directory surfaces as any of these, depending on which field is bad
+    except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{zip_path.name} is not a readable zip file ({exc})") from exc
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
@@ -149,11 +176,23 @@ def safe_extract_zip(
                 if info.is_dir():
                     dest.mkdir(parents=True, exist_ok=True)
                 else:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    _copy_member(zf, info, dest)
+                    _write_member(dest, info.filename, lambda d, i=info: _copy_member(zf, i, d))
                 if progress is not None:
                     progress(i + 1, len(infos), "extract")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+    except UnsafeArchiveError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # Damaged members fail inside zipfile/zlib with many types (bad offsets, unknown compression,
+    # corrupt deflate streams, undecodable names): each one means "this zip cannot be used".
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        NotImplementedError,
+        zlib.error,
+    ) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{zip_path.name} is damaged and cannot be extracted ({exc})") from exc
     except BaseException:
@@ -234,8 +273,7 @@ def save_uploaded_files(
             dest = _inside(base, rel)
             if dest == base:
                 raise UnsafeArchiveError(f"upload member {str(rel)!r} names the folder itself")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+            _write_member(dest, str(rel), lambda d, b=data: d.write_bytes(b))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

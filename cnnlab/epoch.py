@@ -50,7 +50,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int)
             optimizer,
             max_lr=[g["lr"] for g in optimizer.param_groups],
             total_steps=total,
-            pct_start=0.25,
+            pct_start=0.3,  # PyTorch's default; 0.25 divides by zero at 4 total steps
             # Adam-family momentum cycling fights the adaptive betas; keep it for SGD only.
             cycle_momentum=cfg.optimizer == "sgd",
         )

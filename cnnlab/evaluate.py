@@ -77,7 +77,9 @@ def _device(device: str | None, config: RunConfig) -> torch.device:
         return resolve_device("auto")
 
 
-def eval_context(config: RunConfig, ckpt: dict[str, Any], device: str | None = None) -> train.BatchContext:
+def eval_context(
+    config: RunConfig, ckpt: dict[str, Any], device: str | None = None
+) -> train.BatchContext:
     """The evaluation-only context (no augmentation) from a checkpoint's mean/std and config."""
     dev = _device(device, config)
     return train.BatchContext(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import secrets
 import shutil
 import socket
@@ -67,7 +68,13 @@ class Run:
 
 def new_run_id() -> str:
     """Sortable, unique id: date-time plus a short random suffix."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    now = time.time()
+    millis = int(now * 1000) % 1000  # runs started within one second still sort in order
+    return (
+        time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+        + f"{millis:03d}-"
+        + secrets.token_hex(2)
+    )
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -108,7 +115,6 @@ def create_run(
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     run = Run(run_id, run_dir)
-    write_json_atomic(run.config_path, config.to_dict())
     write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
     write_summary(
         run,
@@ -124,6 +130,8 @@ def create_run(
             "host": socket.gethostname(),
         },
     )
+    # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
+    write_json_atomic(run.config_path, config.to_dict())
     return run
 
 
@@ -143,12 +151,18 @@ def update_summary(run: Run, **fields: Any) -> dict[str, Any]:
 def append_metrics(run: Run, row: dict[str, Any]) -> None:
     """Append one epoch as a whole JSON line; fsync so a crash never keeps half a line."""
     line = (json.dumps(row, default=float) + "\n").encode()
-    fd = os.open(run.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(run.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise TrainingError(
+            f"could not write {run.metrics_path}: {exc.strerror or exc}. Free disk space or make "
+            f"the workspace ({workspace.home()}) writable; the checkpoints so far were kept."
+        ) from exc
 
 
 def rewrite_metrics(run: Run, rows: list[dict[str, Any]]) -> None:
@@ -225,7 +239,7 @@ def load_checkpoint(run: str | Path | Run, which: str = "best", device: str | to
     from .models import create_model  # late import: models imports runs for run:<id> weights
 
     path = checkpoint_path(run, which)
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = read_checkpoint(path, device)
     config = RunConfig.from_dict(ckpt["config"])
     config.model.weights = "random"  # the state dict below carries the trained weights
     classes = list(ckpt["classes"])
@@ -233,6 +247,32 @@ def load_checkpoint(run: str | Path | Run, which: str = "best", device: str | to
     model.load_state_dict(ckpt["model_state"])
     model.to(device).eval()
     return model, config, classes, ckpt
+
+
+def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True; a damaged or code-carrying file is a clear CnnlabError."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    # weights_only refuses pickled code with UnpicklingError (whose text suggests turning the
+    # safety off: not advice to pass on); truncated files fail with EOFError/RuntimeError.
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, OSError) as exc:
+        raise RunNotFoundError(
+            f"{path} is damaged or not a cnnlab checkpoint (it may hold code, which cnnlab never "
+            "runs); use another run, or retrain"
+        ) from exc
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise RunNotFoundError(f"{path} is not a cnnlab checkpoint (no model_state); retrain")
+    return ckpt
+
+
+# Runs whose fit() is running in this process: a 'running' summary naming this pid but absent
+# here belongs to a fit that died without recording it (e.g. the disk was full).
+_ACTIVE: set[str] = set()
+
+
+def mark_active(run: Run, active: bool) -> None:
+    """Record that this process's fit() owns (or no longer owns) the run."""
+    (_ACTIVE.add if active else _ACTIVE.discard)(run.run_id)
 
 
 def _is_alive(pid: int) -> bool:
@@ -250,6 +290,8 @@ def effective_status(summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
     if status == "running" and summary.get("host") == socket.gethostname():
         pid = summary.get("pid")
+        if pid == os.getpid():
+            return status if summary.get("run_id") in _ACTIVE else "interrupted"
         if isinstance(pid, int) and not _is_alive(pid):
             return "interrupted"
     return status

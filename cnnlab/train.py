@@ -131,32 +131,33 @@ def fit(
 
     if run is None:
         run = runs.create_run(config, data.classes, _split_files(data))
+    runs.mark_active(run, True)
     t_start = time.perf_counter()
     summary: dict[str, Any] = runs.read_summary(run)
-    summary.update(
-        status="running",
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        device=describe_device(device),
-        epochs_planned=config.train.epochs,
-        n_train=n_train,
-        n_val=n_val,
-        n_test=n_test,
-    )
-    runs.write_summary(run, summary)
-    emit(
-        RunStarted(
-            run.run_id,
-            str(run.run_dir),
-            config.train.epochs,
-            n_train,
-            n_val,
-            n_test,
-            describe_device(device),
-            list(data.classes),
-        )
-    )
     try:
+        summary.update(
+            status="running",
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            device=describe_device(device),
+            epochs_planned=config.train.epochs,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+        )
+        runs.write_summary(run, summary)
+        emit(
+            RunStarted(
+                run.run_id,
+                str(run.run_dir),
+                config.train.epochs,
+                n_train,
+                n_val,
+                n_test,
+                describe_device(device),
+                list(data.classes),
+            )
+        )
         result = _fit_loop(
             config, data, run, device, emit, stop_event, epoch_hook, t_start, resume_state
         )
@@ -176,6 +177,8 @@ def fit(
             raise
         _fail(run, summary, f"{type(exc).__name__}: {exc}", t_start, emit)
         raise
+    finally:
+        runs.mark_active(run, False)
     emit(Finished(result))
     return result
 
@@ -367,7 +370,7 @@ def _fit_loop(
     by_epoch = {r["epoch"]: r for r in history}
     if best_epoch in by_epoch:
         # Restore the best weights (lowest val loss) and evaluate the held-out test split once.
-        best = torch.load(run.best_path, map_location=device, weights_only=True)
+        best = runs.read_checkpoint(run.best_path, device)
         model.load_state_dict(best["model_state"])
         va_loss, va_acc = evaluate(model, val_x, val_y, ctx)
         te_loss, te_acc = evaluate(model, test_x, test_y, ctx)
@@ -420,7 +423,7 @@ def resume(
             f"with `cnnlab train DATA --config {r.config_path}`"
         )
     config = runs.read_config(r)
-    state = torch.load(r.last_path, map_location="cpu", weights_only=True)
+    state = runs.read_checkpoint(r.last_path)
     if data is None:
         data = prepare(config.data)
     saved = runs.read_split(r).get("files") or {}

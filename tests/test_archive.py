@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import stat
 import zipfile
@@ -115,11 +116,11 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     def crash_on_third(src, info, dest):
         calls.append(info.filename)
         if len(calls) == 3:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device")
         dest.write_bytes(b"x")
 
     monkeypatch.setattr(archive, "_copy_member", crash_on_third)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="No space left on device.*free disk space"):
         archive.safe_extract_zip(zpath, tmp_path / "out" / "ok")
     assert list((tmp_path / "out").iterdir()) == []
 

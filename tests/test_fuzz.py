@@ -222,12 +222,6 @@ def _zip_seed() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="archive.safe_extract_zip lets zipfile's OSError (EINVAL on a bad offset), "
-    "NotImplementedError (compression method), zlib.error and UnicodeDecodeError (member name) "
-    "escape instead of DataError; see docs/reliability.md for the fix",
-)
 @settings(FUZZ, max_examples=300 * SCALE)
 @given(blob=mutated({"zip": _zip_seed()}))
 def test_mutated_zip_upload_extracts_or_raises_data_error(scratch: Path, blob: bytes) -> None:

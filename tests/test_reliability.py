@@ -355,13 +355,6 @@ def test_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoints(small_dat
     assert [r["epoch"] for r in runs.read_metrics(runs.load_run(run_dir))] in ([1], [1, 2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the disk is full, fit cannot write status 'failed' and the run lists as "
-    "'running' for as long as this process lives (its pid is alive). Fix in runs.py: track the "
-    "run ids fit() owns in this process and read a 'running' run of os.getpid() that fit no "
-    "longer owns as 'interrupted' (see docs/reliability.md)",
-)
 def test_run_that_failed_on_a_full_disk_does_not_list_as_running(small_data, small_disk):
     fill, free = small_disk
     state = {}
@@ -376,12 +369,6 @@ def test_run_that_failed_on_a_full_disk_does_not_list_as_running(small_data, sma
     assert runs.list_runs()[0]["status"] != "running"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runs.append_metrics lets OSError escape (fit then fails with 'OSError: ...' rather "
-    "than the TrainingError that names the workspace). Fix: wrap os.open/os.write in "
-    "try/except OSError -> TrainingError like _write_atomic",
-)
 def test_metrics_append_on_a_full_disk_is_a_training_error(small_data, small_disk):
     fill, _free = small_disk
     run = runs.create_run(_config(small_data), small_data.classes)
@@ -390,13 +377,6 @@ def test_metrics_append_on_a_full_disk_is_a_training_error(small_data, small_dis
         runs.append_metrics(run, {"epoch": 1, "train_loss": 1.0})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="epoch.build_scheduler: OneCycleLR(pct_start=0.25) divides by zero when the run has "
-    "exactly 4 optimizer steps (0.25 * 4 - 1 == 0), e.g. 1 epoch of 4 batches. Fix: "
-    "pct_start=0.3 (PyTorch's default; 0.3 * T == 1 has no integer solution)",
-)
 def test_one_cycle_schedule_with_four_steps_in_all_trains(workspace: Path, small_data) -> None:
     config = _config(small_data, epochs=1)  # 66 training images // batch 16 = 4 steps
     assert config.train.schedule == "onecycle" and len(small_data.split.train) // 16 == 4

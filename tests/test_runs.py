@@ -21,8 +21,10 @@ def test_create_list_load_delete(workspace):
     run = runs.create_run(_config(), ["a", "b"], {"train": ["a/1.png"], "val": [], "test": []})
     assert json.loads(run.config_path.read_text())["data"]["path"] == "/data"
     assert runs.read_split(run)["classes"] == ["a", "b"]
+    runs.mark_active(run, True)  # what fit() does while it trains the run
     listed = runs.list_runs()
     assert listed[0]["run_id"] == run.run_id and listed[0]["status"] == "running"
+    runs.mark_active(run, False)
     assert runs.load_run(run.run_id) == runs.load_run(str(run.run_dir))
     runs.delete_run(run.run_id)
     assert not run.run_dir.exists()
@@ -43,7 +45,11 @@ def test_a_dead_running_process_reads_as_interrupted(workspace):
     runs.update_summary(run, pid=2**22 + 12345)  # no such pid
     assert runs.list_runs()[0]["status"] == "interrupted"
     runs.update_summary(run, pid=os.getpid())
+    # this live process did not record the run as its own: its fit died without saying so
+    assert runs.list_runs()[0]["status"] == "interrupted"
+    runs.mark_active(run, True)
     assert runs.list_runs()[0]["status"] == "running"
+    runs.mark_active(run, False)
 
 
 def test_checkpoint_write_is_atomic_and_weights_only(workspace, tmp_path):
