@@ -23,7 +23,10 @@ def test_defaults_validate_and_round_trip():
 
 def test_partial_dict_fills_defaults_and_coerces_types():
     cfg = RunConfig.from_dict(
-        {"data": {"path": "x", "image_size": "48"}, "train": {"lr": "0.01", "class_weights": "true"}}
+        {
+            "data": {"path": "x", "image_size": "48"},
+            "train": {"lr": "0.01", "class_weights": "true"},
+        }
     )
     assert cfg.data.image_size == 48 and isinstance(cfg.data.image_size, int)
     assert cfg.train.lr == pytest.approx(0.01)

@@ -17,7 +17,10 @@ def test_paths_outside_data_roots_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "ws"))
     monkeypatch.setenv("CNNLAB_DATA_ROOTS", str(tmp_path / "data"))
     (tmp_path / "data" / "set").mkdir(parents=True)
-    assert workspace.check_inside_roots(tmp_path / "data" / "set") == (tmp_path / "data" / "set").resolve()
+    assert (
+        workspace.check_inside_roots(tmp_path / "data" / "set")
+        == (tmp_path / "data" / "set").resolve()
+    )
     with pytest.raises(DataError, match="outside the allowed data folders"):
         workspace.check_inside_roots(tmp_path / "data" / ".." / "elsewhere")
     with pytest.raises(DataError):
