@@ -278,3 +278,33 @@ def save_uploaded_files(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return _move_into_place(tmp, target)
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def save_uploaded_weights(data: bytes, filename: str) -> Path:
+    """Store an uploaded weights file under workspace/weights/ with a safe, content-hashed name."""
+    suffix = Path(filename).suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise DataError(
+            f"{filename!r} is not a PyTorch weights file; upload a {', '.join(WEIGHT_SUFFIXES)} file"
+        )
+    if not data:
+        raise DataError(f"{filename!r} is empty; upload the weights file again")
+    folder = workspace.home() / "weights"
+    target = folder / f"{_safe_stem(filename)}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
+    if target.is_file():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".weights-", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DataError(
+            f"could not save {filename!r} in {folder} ({exc.strerror or exc}); free disk space or "
+            "make the workspace writable"
+        ) from exc
+    return target

@@ -124,11 +124,18 @@ def _show_dataset(path: str) -> None:
         st.success("Every file is a usable image.")
 
     st.subheader("Split")
+    # Start from the config other pages (Home demo, Augment, Model) may have set: widget state is
+    # dropped when the user leaves this page, the config in session_state is not.
+    prev = st.session_state.get(ui.DATA_CONFIG) or DataConfig()
+    for key, value in (("data_val", prev.val_fraction), ("data_test", prev.test_fraction),
+                       ("data_size", prev.image_size), ("data_seed", prev.seed)):  # fmt: skip
+        st.session_state.setdefault(key, value)
+    sizes = sorted({*IMAGE_SIZES, int(st.session_state["data_size"])})
     c1, c2, c3, c4 = st.columns(4)
-    val = c1.slider("Validation fraction", 0.0, 0.4, 0.15, 0.05, key="data_val")
-    test = c2.slider("Test fraction", 0.0, 0.4, 0.15, 0.05, key="data_test")
-    size = c3.select_slider("Image size (px)", IMAGE_SIZES, value=32, key="data_size")
-    seed = int(c4.number_input("Seed", 0, 2**31 - 1, 0, key="data_seed"))
+    val = c1.slider("Validation fraction", 0.0, 0.4, step=0.05, key="data_val")
+    test = c2.slider("Test fraction", 0.0, 0.4, step=0.05, key="data_test")
+    size = c3.select_slider("Image size (px)", sizes, key="data_size")
+    seed = int(c4.number_input("Seed", 0, 2**31 - 1, key="data_seed"))
     cfg = DataConfig(path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed)
     try:
         cfg.validate()

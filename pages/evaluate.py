@@ -48,7 +48,7 @@ run_id = left.selectbox("Run", ids, index=ids.index(default), key="ev_run")
 split = right.selectbox("Split", evaluate.SPLITS, key="ev_split")
 try:
     run = runs.load_run(run_id)
-    stamp = run.best_path.stat().st_mtime
+    stamp = runs.checkpoint_path(run).stat().st_mtime  # RunNotFoundError if it was deleted
     result = _evaluation(run_id, split, stamp)
     predictor = _predictor(run_id, stamp)
 except CnnlabError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import models, runs, workspace
+from cnnlab import archive, models, runs, workspace
 from cnnlab.config import DataConfig, ModelConfig, RunConfig
 from cnnlab.errors import CnnlabError, WeightsError
 from pages import ui
@@ -150,11 +150,8 @@ def _weights_source(cfg: ModelConfig) -> str:
         return f"run:{run_id}"
     upload = st.file_uploader("Upload a .pth/.pt file", type=["pth", "pt"], key="m_weights_upload")
     if upload is not None:
-        # Path(...).name drops any folder part of the browser-supplied name
-        target = workspace.home() / "weights" / Path(upload.name).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(upload.getvalue())
-        return str(target)
+        # the browser-supplied name is never used as a path: archive makes a safe one
+        return str(archive.save_uploaded_weights(upload.getvalue(), upload.name))
     _default("m_weights_path", "" if kind != "file" or current in WEIGHT_SOURCES else current)
     typed = st.text_input("...or a path on the server", key="m_weights_path")
     if not typed:
@@ -256,4 +253,7 @@ def main() -> None:
     st.caption(f"Head sized for {n_classes} classes; output shapes exclude the batch dimension.")
 
 
-main()
+try:
+    main()
+except CnnlabError as exc:  # e.g. an uploaded weights file that cannot be used
+    ui.show_error(exc)

@@ -31,7 +31,7 @@ left, right = st.columns([3, 1])
 run_id = left.selectbox("Run", ids, index=ids.index(default), key="pr_run")
 k = right.number_input("Top-k", 1, 10, 3, key="pr_k")
 try:
-    predictor = _predictor(run_id, runs.load_run(run_id).best_path.stat().st_mtime)
+    predictor = _predictor(run_id, runs.checkpoint_path(run_id).stat().st_mtime)
 except CnnlabError as exc:
     ui.show_error(exc)
     st.stop()
@@ -64,6 +64,9 @@ for i, (name, payload) in enumerate(sources[:MAX_SHOWN]):
     st.subheader(f"{name}: {top[0][0]} ({top[0][1]:.1%})")
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.image(explain.display_image(image, 192), caption="model input")
-    cam, cls, prob = explain.saliency(predictor, image, size=192)
-    c2.image(cam, caption=f"Grad-CAM for {cls} ({prob:.0%})")
+    try:
+        cam, cls, prob = explain.saliency(predictor, image, size=192)
+        c2.image(cam, caption=f"Grad-CAM for {cls} ({prob:.0%})")
+    except CnnlabError as exc:
+        c2.warning(f"No Grad-CAM for this model: {exc}")
     c3.plotly_chart(plots.topk_figure(top), key=f"pr_top_{i}")

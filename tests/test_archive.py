@@ -164,3 +164,13 @@ def test_uploaded_directory_limits(workspace: Path) -> None:
         archive.save_uploaded_files([], "x")
     with pytest.raises(UnsafeArchiveError, match="limit 1"):
         archive.save_uploaded_files([("a/1.png", b"1"), ("b/1.png", b"2")], "x", max_members=1)
+
+
+def test_uploaded_weights_get_a_safe_name(workspace: Path) -> None:
+    saved = archive.save_uploaded_weights(b"weights", "../../etc/my model.pth")
+    assert saved.parent == workspace / "weights" and saved.suffix == ".pth"
+    assert saved.read_bytes() == b"weights" and ".." not in saved.name
+    with pytest.raises(DataError, match="not a PyTorch weights file"):
+        archive.save_uploaded_weights(b"x", "notes.txt")
+    with pytest.raises(DataError, match="is empty"):
+        archive.save_uploaded_weights(b"", "w.pt")
