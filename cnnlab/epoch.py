@@ -100,7 +100,7 @@ def train_one_epoch(
     stop_event: threading.Event | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training images (uint8). Returns (loss, accuracy, n_seen).
+    """One pass over the training images (uint8). Returns (plain cross-entropy, accuracy, n_seen).
 
     With `rows`, batches are gathered from `images[rows]` lazily, so a memory-mapped cache larger
     than RAM streams from disk instead of being copied whole.
@@ -116,6 +116,9 @@ def train_one_epoch(
     perm = perm.to(images.device)
     if rows is not None:
         perm = rows.to(images.device)[perm]
+    plain = (
+        not getattr(loss_fn, "label_smoothing", 0.0) and getattr(loss_fn, "weight", None) is None
+    )
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     t0 = last_tick = time.perf_counter()
@@ -145,7 +148,10 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
-        loss_sum += loss.detach() * bs
+        # Report plain cross-entropy so train and val curves are comparable (label smoothing and
+        # class weights change the optimised loss's scale, not what the user wants to compare).
+        shown = loss.detach() if plain else F.cross_entropy(logits.detach().float(), y)
+        loss_sum += shown * bs
         correct += (logits.detach().argmax(1) == y).sum()
         now = time.perf_counter()
         if emit is not None and (now - last_tick >= PROGRESS_EVERY_S or b == n_batches - 1):
