@@ -8,7 +8,7 @@ import torch
 
 from cnnlab import runs
 from cnnlab.config import RunConfig
-from cnnlab.errors import RunNotFoundError, TrainingError
+from cnnlab.errors import RunNotFoundError
 
 
 def _config():
@@ -57,17 +57,3 @@ def test_checkpoint_write_is_atomic_and_weights_only(workspace, tmp_path):
     runs.save_checkpoint_atomic(path, {"model_state": {"w": torch.ones(2)}, "epoch": 3})
     assert torch.load(path, weights_only=True)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp files left behind
-
-
-def test_unwritable_folder_is_a_clear_error_and_keeps_the_old_file(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    path = tmp_path / "ck.pt"
-    runs.save_checkpoint_atomic(path, {"epoch": 1})
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(TrainingError, match="could not write"):
-            runs.save_checkpoint_atomic(path, {"epoch": 2})
-    finally:
-        tmp_path.chmod(0o700)
-    assert torch.load(path, weights_only=True)["epoch"] == 1

@@ -72,20 +72,19 @@ def test_checkpoint_reloads_and_reproduces_test_accuracy(digits_dir, prepared, w
 
 
 def test_best_epoch_is_restored_after_early_stopping(digits_dir, prepared, workspace):
-    # A huge constant lr with SGD makes val loss worsen after the first epochs, so patience fires.
+    # A high constant lr makes val loss noisy, so patience 1 fires well before 12 epochs.
     cfg = tiny_config(
-        digits_dir, epochs=12, patience=2, schedule="constant", lr=0.5, optimizer="sgd"
+        digits_dir, epochs=12, patience=1, schedule="constant", lr=0.05, optimizer="adam"
     )
-    try:
-        summary = train.fit(cfg, data=prepared)
-    except TrainingError:
-        pytest.skip("diverged to NaN before early stopping on this platform")
+    summary = train.fit(cfg, data=prepared)
     rows = runs.read_metrics(runs.load_run(summary["run_id"]))
     best = min(rows, key=lambda r: r["val_loss"])
+    assert summary["stopped_early"] is True
     assert summary["best_epoch"] == best["epoch"]
-    if summary["stopped_early"]:
-        assert summary["epochs_run"] == summary["best_epoch"] + 2
+    assert summary["epochs_run"] == summary["best_epoch"] + 1 < 12
+    # the summary's val loss is the restored best model's, not the last epoch's
     assert summary["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    assert rows[-1]["val_loss"] > best["val_loss"]
 
 
 def test_same_seed_gives_the_same_metrics_on_cpu(digits_dir, prepared, workspace):
