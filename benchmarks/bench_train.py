@@ -6,7 +6,10 @@
     cnnlab   cnnlab.train.fit (decode-once uint8 cache, batched per-image augmentation on the device)
     ceiling  the model alone: forward + backward + step on random tensors already on the device
 
-Images/s are of epochs after the first (warm-up excluded), median over --repeats runs. Then time to
+Each measurement runs in a fresh process (so allocator and thread settings never leak from one
+contender to the next); the ceiling gets cnnlab's runtime settings (threads, CPU allocator), R0/R1
+run as a user writes them. Images/s are of epochs after the first (warm-up excluded), median over
+--repeats runs. Then time to
 a target val accuracy on the demo digits for R0 and cnnlab's default config.
 
     .venv/bin/python benchmarks/bench_train.py            # CPU/GPU, whatever is present
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +172,37 @@ def time_to_accuracy_cnnlab(folder: Path, target: float) -> tuple[float | None, 
     return (reached[0] if reached else None), summary.get("test_accuracy")
 
 
+def _worker(args) -> dict:
+    """One measurement, in this (fresh) process: allocator and thread state never leak between them."""
+    device = resolve_device("auto")
+    cfg = RunConfig.from_json(args.config)
+    folder = Path(args.folder)
+    if args.worker in ("R0", "R1"):  # as a user writes it: no cnnlab runtime tuning
+        rate, _ = run_loader_loop(folder, cfg, args.epochs, args.worker == "R1", device)
+        return {"rate": rate}
+    if args.worker == "ceiling":  # the model alone, under the same runtime settings as cnnlab
+        if device.type == "cpu":
+            configure_cpu_threads()
+        return {"rate": run_ceiling(cfg, device)}
+    if args.worker == "cnnlab":
+        return {"rate": run_cnnlab(cfg, cdata.prepare(cfg.data), args.epochs)}
+    if args.worker == "tta-cnnlab":
+        seconds, test_acc = time_to_accuracy_cnnlab(folder, args.target)
+        return {"seconds": seconds, "test_accuracy": test_acc}
+    val = cdata.prepare(cfg.data).subset("val")  # tta-R0: train on the train split folder
+    _, seconds = run_loader_loop(folder, cfg, 30, False, device, target=args.target, val=val)
+    return {"seconds": seconds}
+
+
+def _measure(kind: str, cfg: RunConfig, folder: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, "--config", cfg.to_json(),
+           "--folder", str(folder), "--epochs", str(args.epochs), "--target", str(args.target)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -180,17 +215,22 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="first setting only, one repeat")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args)))
+        return 0
     device = resolve_device("auto")
-    if device.type == "cpu":
-        configure_cpu_threads()
     settings = SETTINGS[:1] if args.quick else SETTINGS
     repeats = 1 if args.quick else args.repeats
     os.environ["CNNLAB_HOME"] = tempfile.mkdtemp(prefix="cnnlab-bench-")
     root = Path(os.environ["CNNLAB_HOME"])
     results = {"device": describe_device(device), "date": time.strftime("%Y-%m-%d"), "rows": []}
     print(f"device: {results['device']}, torch {torch.__version__}, batch {args.batch_size}, "
-          f"{args.epochs} epochs per measurement, median of {repeats}")  # fmt: skip
+          f"{args.epochs} epochs per measurement (first excluded), median of {repeats}, "
+          "each measurement in a fresh process")  # fmt: skip
     for label, model_cfg, size in settings:
         folder = demo.write_digits(root / f"digits-{size}", size=size)
         cfg = RunConfig(
@@ -198,21 +238,14 @@ def main() -> int:
             model=model_cfg,
             train=TrainConfig(batch_size=args.batch_size, patience=0, epochs=args.epochs),
         )
-        prepared = cdata.prepare(cfg.data)
+        prepared = cdata.prepare(cfg.data)  # decode once here; the cnnlab workers hit the cache
         split_dir = _train_folder(prepared, root / f"train-{size}")  # same training images
-        r0, r1, ours, ceil = [], [], [], []
+        rates: dict[str, list[float]] = {k: [] for k in ("R0", "R1", "cnnlab", "ceiling")}
         for _ in range(repeats):
-            r0.append(run_loader_loop(split_dir, cfg, args.epochs, False, device)[0])
-            r1.append(run_loader_loop(split_dir, cfg, args.epochs, True, device)[0])
-            ours.append(run_cnnlab(RunConfig.from_dict(cfg.to_dict()), prepared, args.epochs))
-            ceil.append(run_ceiling(cfg, device))
-        row = {
-            "setting": label,
-            "R0": statistics.median(r0),
-            "R1": statistics.median(r1),
-            "cnnlab": statistics.median(ours),
-            "ceiling": statistics.median(ceil),
-        }
+            for kind in rates:
+                where = split_dir if kind in ("R0", "R1") else folder
+                rates[kind].append(_measure(kind, cfg, where, args)["rate"])
+        row = {"setting": label, **{k: statistics.median(v) for k, v in rates.items()}}
         row["cnnlab/R0"] = row["cnnlab"] / row["R0"]
         row["cnnlab/R1"] = row["cnnlab"] / row["R1"]
         row["cnnlab/ceiling"] = row["cnnlab"] / row["ceiling"]
@@ -225,12 +258,11 @@ def main() -> int:
               f"{row['cnnlab/R0']:6.2f} {row['cnnlab/R1']:6.2f} {row['cnnlab/ceiling']:6.2f}")  # fmt: skip
 
     folder = demo.write_digits(root / "digits-tta", size=32)
-    t_ours, test_acc = time_to_accuracy_cnnlab(folder, args.target)
-    prepared = cdata.prepare(DataConfig(path=str(folder), image_size=32))
-    val = prepared.subset("val")
-    folder = _train_folder(prepared, root / "train-tta")
     base = RunConfig(data=DataConfig(path=str(folder), image_size=32), train=TrainConfig(epochs=30))
-    _, t_r0 = run_loader_loop(folder, base, 30, False, device, target=args.target, val=val)
+    prepared = cdata.prepare(base.data)
+    ours = _measure("tta-cnnlab", base, folder, args)
+    theirs = _measure("tta-R0", base, _train_folder(prepared, root / "train-tta"), args)
+    t_ours, t_r0, test_acc = ours["seconds"], theirs["seconds"], ours["test_accuracy"]
     results["time_to_accuracy"] = {"target": args.target, "cnnlab_s": t_ours, "R0_s": t_r0,
                                    "cnnlab_test_accuracy": test_acc}  # fmt: skip
     print(
