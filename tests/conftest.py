@@ -25,3 +25,24 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by many tests: treat it as read-only.
     """
     return demo.write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="session")
+def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home).
+
+    Shared by the evaluate/predict/export tests and pages: treat the run as read-only (copy it
+    before changing anything).
+    """
+    from cnnlab import train
+    from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    home = tmp_path_factory.mktemp("trained-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_HOME", str(home))
+        config = RunConfig(
+            data=DataConfig(path=str(digits_dir), image_size=16),
+            model=ModelConfig(channels=[8, 16], head_units=32),
+            train=TrainConfig(epochs=2, device="cpu"),
+        )
+        yield train.fit(config), home

@@ -9,24 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnlab import cli, evaluate, runs, train
-from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cnnlab import cli, evaluate, runs
 from cnnlab.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home)."""
-    home = tmp_path_factory.mktemp("eval-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_HOME", str(home))
-        config = RunConfig(
-            data=DataConfig(path=str(digits_dir), image_size=16),
-            model=ModelConfig(channels=[8, 16], head_units=32),
-            train=TrainConfig(epochs=2, device="cpu"),
-        )
-        summary = train.fit(config)
-        yield summary, home
 
 
 @pytest.fixture

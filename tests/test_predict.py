@@ -12,23 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab import cli, evaluate, explain, models, predict, train
-from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cnnlab import cli, evaluate, explain, models, predict
+from cnnlab.config import ModelConfig
 from cnnlab.errors import ConfigError, DataError
-
-
-@pytest.fixture(scope="module")
-def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home)."""
-    home = tmp_path_factory.mktemp("predict-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_HOME", str(home))
-        config = RunConfig(
-            data=DataConfig(path=str(digits_dir), image_size=16),
-            model=ModelConfig(channels=[8, 16], head_units=32),
-            train=TrainConfig(epochs=2, device="cpu"),
-        )
-        yield train.fit(config), home
 
 
 @pytest.fixture

@@ -8,24 +8,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from cnnlab import train
-from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture(scope="module")
-def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One tiny real run on the digits (16 px, 2 epochs, small custom CNN): (summary, home)."""
-    home = tmp_path_factory.mktemp("evalpage-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CNNLAB_HOME", str(home))
-        config = RunConfig(
-            data=DataConfig(path=str(digits_dir), image_size=16),
-            model=ModelConfig(channels=[8, 16], head_units=32),
-            train=TrainConfig(epochs=2, device="cpu"),
-        )
-        yield train.fit(config), home
 
 
 def _open(page: str) -> AppTest:
