@@ -15,7 +15,7 @@ import streamlit as st
 import torch
 
 from cnnlab import augment, data, demo, workspace
-from cnnlab.config import AUGMENT_PRESETS, NORMALIZE, AugmentConfig, DataConfig, RunConfig
+from cnnlab.config import AUGMENT_PRESETS, NORMALIZE, AugmentConfig, DataConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
 
@@ -33,15 +33,6 @@ KEYS = {
     "saturation": "a_saturation",
     "normalize": "a_normalize",
 }
-
-
-def _run_config() -> RunConfig:
-    """The session's RunConfig (created on first use) with the Data page's data section."""
-    cfg = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
-    data_cfg = st.session_state.get(ui.DATA_CONFIG)
-    if isinstance(data_cfg, DataConfig):
-        cfg = dataclasses.replace(cfg, data=data_cfg)
-    return cfg
 
 
 def _seed_widgets(aug: AugmentConfig, force: bool = False) -> None:
@@ -211,7 +202,7 @@ def main() -> None:
         "learns what matters rather than memorising pixels. Validation and test images are only "
         "resized and normalised."
     )
-    cfg = _run_config()
+    cfg = ui.session_run_config()
     st.session_state.setdefault("a_size", cfg.data.image_size)
     if st.session_state["a_size"] not in IMAGE_SIZES:
         st.session_state["a_size"] = min(IMAGE_SIZES, key=lambda s: abs(s - cfg.data.image_size))

@@ -12,7 +12,6 @@ from cnnlab.errors import CnnlabError
 from cnnlab.predict import Predictor
 from pages import ui
 
-TRAIN_PAGE = "pages/train.py"
 GALLERY = 24  # images shown per confusion cell
 
 
@@ -36,15 +35,8 @@ def _gallery(result: evaluate.EvalResult, indices: list[int], caption) -> None:
 
 ui.use_app_navigation()
 st.title("Evaluate")
-summaries = evaluate.usable_runs()
-if not summaries:
-    st.info("No trained run yet: train a model first.", icon=":material/info:")
-    st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")
-    st.stop()
-ids = [r["run_id"] for r in summaries]
-default = evaluate.default_run(summaries, st.session_state.get(ui.ACTIVE_RUN_ID))
 left, right = st.columns([3, 1])
-run_id = left.selectbox("Run", ids, index=ids.index(default), key="ev_run")
+run_id = ui.choose_trained_run(left, "ev_run")
 split = right.selectbox("Split", evaluate.SPLITS, key="ev_split")
 try:
     run = runs.load_run(run_id)

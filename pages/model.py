@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from cnnlab import archive, models, runs, workspace
-from cnnlab.config import DataConfig, ModelConfig, RunConfig
+from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.errors import CnnlabError, WeightsError
 from pages import ui
 
@@ -26,21 +26,6 @@ WEIGHT_SOURCES = {
     "run": "One of my runs",
     "random": "Random (train from scratch)",
 }
-
-
-def _state_config() -> RunConfig:
-    """The session's RunConfig, with the data section taken from the Data page when set."""
-    cfg = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
-    data_cfg = st.session_state.get(ui.DATA_CONFIG)
-    if isinstance(data_cfg, DataConfig):
-        cfg = dataclasses.replace(cfg, data=data_cfg)
-    return cfg
-
-
-def _default(key: str, value: Any) -> None:
-    """Seed a widget from the saved config when it has no state (first visit or another page)."""
-    if key not in st.session_state:
-        st.session_state[key] = value
 
 
 def _n_classes() -> int:
@@ -88,28 +73,28 @@ def _summarise(model_json: str, n_classes: int, image_size: int) -> dict[str, An
 
 def _custom_controls(cfg: ModelConfig) -> ModelConfig:
     names = [n for n in models.list_models() if not models.is_transfer(n)]
-    _default("m_custom_name", cfg.name if cfg.name in names else names[0])
+    ui.seed_widget("m_custom_name", cfg.name if cfg.name in names else names[0])
     name = st.selectbox("Architecture", names, key="m_custom_name")
     if name != "custom":
-        _default("m_dropout", cfg.dropout)
+        ui.seed_widget("m_dropout", cfg.dropout)
         dropout = st.slider("Dropout", 0.0, 0.9, step=0.05, key="m_dropout")
         return dataclasses.replace(cfg, name=name, dropout=dropout, weights="random")
-    _default("m_blocks", len(cfg.channels))
+    ui.seed_widget("m_blocks", len(cfg.channels))
     blocks = st.number_input("Conv blocks", 1, 8, key="m_blocks")
     cols = st.columns(int(blocks))
     channels = []
     for i, col in enumerate(cols):
         # a new block starts at twice the previous one's channels, as in most CNNs
         guess = cfg.channels[i] if i < len(cfg.channels) else min(2048, 2 * channels[-1])
-        _default(f"m_ch_{i}", guess)
+        ui.seed_widget(f"m_ch_{i}", guess)
         channels.append(int(col.number_input(f"Block {i + 1}", 1, 2048, key=f"m_ch_{i}")))
     c1, c2 = st.columns(2)
-    _default("m_kernel", cfg.kernel_size)
-    _default("m_convs", cfg.convs_per_block)
-    _default("m_head", cfg.head_units)
-    _default("m_dropout", cfg.dropout)
-    _default("m_bn", cfg.batch_norm)
-    _default("m_residual", cfg.residual)
+    ui.seed_widget("m_kernel", cfg.kernel_size)
+    ui.seed_widget("m_convs", cfg.convs_per_block)
+    ui.seed_widget("m_head", cfg.head_units)
+    ui.seed_widget("m_dropout", cfg.dropout)
+    ui.seed_widget("m_bn", cfg.batch_norm)
+    ui.seed_widget("m_residual", cfg.residual)
     kernel = c1.selectbox("Kernel size", [1, 3, 5, 7], key="m_kernel")
     convs = c2.number_input("Convs per block", 1, 4, key="m_convs")
     head = c1.number_input("Head units (0 = none)", 0, 8192, step=32, key="m_head")
@@ -135,7 +120,7 @@ def _weights_source(cfg: ModelConfig) -> str:
     current = cfg.weights
     kind = current.split(":")[0] if current.startswith("run:") else current
     kind = kind if kind in WEIGHT_SOURCES else "file"
-    _default("m_weights_kind", kind)
+    ui.seed_widget("m_weights_kind", kind)
     kind = st.radio(
         "Weights", list(WEIGHT_SOURCES), format_func=WEIGHT_SOURCES.get, key="m_weights_kind"
     )
@@ -152,7 +137,7 @@ def _weights_source(cfg: ModelConfig) -> str:
     if upload is not None:
         # the browser-supplied name is never used as a path: archive makes a safe one
         return str(archive.save_uploaded_weights(upload.getvalue(), upload.name))
-    _default("m_weights_path", "" if kind != "file" or current in WEIGHT_SOURCES else current)
+    ui.seed_widget("m_weights_path", "" if kind != "file" or current in WEIGHT_SOURCES else current)
     typed = st.text_input("...or a path on the server", key="m_weights_path")
     if not typed:
         return "random"
@@ -168,9 +153,9 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
     m = cfg.model
     if not models.is_transfer(m.name):  # coming from a custom CNN: start from ImageNet weights
         m = dataclasses.replace(m, weights="imagenet")
-    _default("m_backbone", m.name if m.name in names else names[0])
-    _default("m_strategy", m.strategy)
-    _default("m_dropout", m.dropout)
+    ui.seed_widget("m_backbone", m.name if m.name in names else names[0])
+    ui.seed_widget("m_strategy", m.strategy)
+    ui.seed_widget("m_dropout", m.dropout)
     name = st.selectbox("Backbone", names, key="m_backbone")
     strategy = st.radio(
         "Strategy",
@@ -182,8 +167,8 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
         key="m_strategy",
     )
     c1, c2 = st.columns(2)
-    _default("m_head_lr", cfg.train.lr)
-    _default("m_backbone_lr", cfg.train.backbone_lr)
+    ui.seed_widget("m_head_lr", cfg.train.lr)
+    ui.seed_widget("m_backbone_lr", cfg.train.backbone_lr)
     head_lr = c1.number_input("Head learning rate", 1e-6, 1.0, format="%.0e", key="m_head_lr")
     backbone_lr = c2.number_input(
         "Backbone learning rate",
@@ -203,9 +188,9 @@ def main() -> None:
     """Render the page."""
     ui.use_app_navigation()
     st.title("Model")
-    cfg = _state_config()
+    cfg = ui.session_run_config()
     st.button("Use the guide's SimpleCNN", on_click=_use_simple_cnn, help="simple_cnn at 64 px")
-    _default(
+    ui.seed_widget(
         "m_family", "Transfer learning" if models.is_transfer(cfg.model.name) else "Custom CNN"
     )
     family = st.radio("Model", ["Custom CNN", "Transfer learning"], horizontal=True, key="m_family")
@@ -216,7 +201,7 @@ def main() -> None:
         model_cfg, head_lr, backbone_lr = _transfer_controls(cfg)
         train_cfg = dataclasses.replace(cfg.train, lr=head_lr, backbone_lr=backbone_lr)
 
-    _default("m_image_size", cfg.data.image_size)
+    ui.seed_widget("m_image_size", cfg.data.image_size)
     size = int(
         st.number_input("Input size (px, the data's image size)", 8, 1024, key="m_image_size")
     )

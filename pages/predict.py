@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from cnnlab import data, evaluate, explain, plots, runs
+from cnnlab import data, explain, plots, runs
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import Predictor
 from pages import ui
 
-TRAIN_PAGE = "pages/train.py"
 MAX_SHOWN = 12  # images analysed per rerun (each needs a Grad-CAM backward pass)
 
 
@@ -20,15 +19,8 @@ def _predictor(run_id: str, stamp: float) -> Predictor:
 
 ui.use_app_navigation()
 st.title("Predict")
-summaries = evaluate.usable_runs()
-if not summaries:
-    st.info("No trained run yet: train a model first.", icon=":material/info:")
-    st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")
-    st.stop()
-ids = [r["run_id"] for r in summaries]
-default = evaluate.default_run(summaries, st.session_state.get(ui.ACTIVE_RUN_ID))
 left, right = st.columns([3, 1])
-run_id = left.selectbox("Run", ids, index=ids.index(default), key="pr_run")
+run_id = ui.choose_trained_run(left, "pr_run")
 k = right.number_input("Top-k", 1, 10, 3, key="pr_k")
 try:
     predictor = _predictor(run_id, runs.checkpoint_path(run_id).stat().st_mtime)

@@ -21,7 +21,7 @@ from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
 
-TRAIN_PAGE = "pages/train.py"
+TRAIN_PAGE = ui.TRAIN_PAGE
 COMPARE_DEFAULT = 3  # newest runs with curves preselected for the overlay
 # statuses train.resume continues from last.pt (its own list once it has one)
 RESUMABLE = getattr(train, "RESUMABLE", ("interrupted", "stopped"))

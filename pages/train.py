@@ -45,12 +45,6 @@ def _jobs() -> jobs.JobManager:
     return jobs.get_manager()
 
 
-def _default(key: str, value: Any) -> None:
-    """Seed a widget from the saved config when it has no state yet."""
-    if key not in st.session_state:
-        st.session_state[key] = value
-
-
 def _reset_defaults() -> None:
     for name in WIDGET_FIELDS:
         st.session_state[f"t_{name}"] = getattr(DEFAULTS, name)
@@ -63,7 +57,7 @@ def _use_suggested() -> None:
 def _hyperparameters(tc: TrainConfig) -> TrainConfig:
     """Render the hyperparameter widgets (seeded from tc); returns the TrainConfig they describe."""
     for name in WIDGET_FIELDS:
-        _default(f"t_{name}", getattr(tc, name))
+        ui.seed_widget(f"t_{name}", getattr(tc, name))
 
     def hint(name: str) -> str:
         return f"Default: {getattr(DEFAULTS, name)}"

@@ -14,6 +14,7 @@ Pages import these names instead of spelling the strings.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cnnlab import data
+from cnnlab import data, evaluate
+from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 
 DATASET_PATH = "dataset_path"
@@ -124,3 +126,34 @@ def progress_bar(label: str):
 def thumbnail(path: str, mtime_ns: int, size: int = 96) -> np.ndarray:
     """(size, size, 3) uint8 preview through the training preprocessing; mtime_ns keys the cache."""
     return data.decode_image(Path(path), size).permute(1, 2, 0).numpy()
+
+
+def session_run_config() -> RunConfig:
+    """The session's RunConfig (defaults on first use) with the Data page's data section."""
+    cfg = st.session_state.get(RUN_CONFIG) or RunConfig()
+    data_cfg = st.session_state.get(DATA_CONFIG)
+    if isinstance(data_cfg, DataConfig):
+        cfg = dataclasses.replace(cfg, data=data_cfg)
+    return cfg
+
+
+def seed_widget(key: str, value) -> None:
+    """Give a widget its value from the saved config when it has no state (first visit or back
+    from another page: Streamlit drops the state of widgets that were not drawn)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+TRAIN_PAGE = "pages/train.py"
+
+
+def choose_trained_run(container, key: str) -> str:
+    """A run picker over the runs with a best checkpoint; without any, say so, link Train, stop."""
+    summaries = evaluate.usable_runs()
+    if not summaries:
+        st.info("No trained run yet: train a model first.", icon=":material/info:")
+        st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")
+        st.stop()
+    ids = [r["run_id"] for r in summaries]
+    default = evaluate.default_run(summaries, st.session_state.get(ACTIVE_RUN_ID))
+    return container.selectbox("Run", ids, index=ids.index(default), key=key)
