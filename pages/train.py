@@ -20,7 +20,8 @@ from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig,
 from cnnlab.errors import CnnlabError
 from pages import ui
 
-JOB_ID = "train_job_id"  # session key: the job this session shows
+JOB_ID = ui.TRAIN_JOB_ID  # session key: the job this session shows
+QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
 MAX_POINTS = 300  # epochs drawn at most: Streamlit re-sends the whole figure every second
 DEFAULTS = TrainConfig()
@@ -112,6 +113,7 @@ def _start(cfg: RunConfig) -> None:
         ui.show_error(exc)
         return
     st.session_state[JOB_ID] = job.job_id
+    st.query_params[QUERY_JOB] = job.job_id
     st.session_state.pop(ui.ACTIVE_RUN_ID, None)  # set again once the new run has an id
     st.rerun()
 
@@ -202,13 +204,19 @@ def _result(snap: jobs.JobSnapshot) -> None:
 
 
 def _current_job() -> str | None:
-    """This session's job, else the active run's job, else one the user re-attaches to."""
+    """This session's job (or the one named in the URL after a reload), else the active run's
+    job, else one the user re-attaches to."""
     manager = _jobs()
-    for key in (JOB_ID, ui.ACTIVE_RUN_ID):
-        ident = st.session_state.get(key)
+    candidates = (
+        st.session_state.get(JOB_ID),
+        st.query_params.get(QUERY_JOB),
+        st.session_state.get(ui.ACTIVE_RUN_ID),
+    )
+    for ident in candidates:
         job = manager.get(ident) if ident else None
         if job is not None:
             st.session_state[JOB_ID] = job.job_id
+            st.query_params[QUERY_JOB] = job.job_id
             return job.job_id
     running = manager.list(kind="train", active_only=True)
     if running:

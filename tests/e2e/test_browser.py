@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+import time
 import zipfile
 from pathlib import Path
 
@@ -160,3 +161,47 @@ def test_home_demo_path_trains_and_shows_the_live_curve(page, shot) -> None:
     page.get_by_text("Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     wait_idle(page)
     shot(page, "10-demo-trained", focus=page.get_by_test_id("stPlotlyChart").last)
+
+
+def _points(page) -> int:
+    return page.locator("[data-testid='stPlotlyChart'] .scatterlayer .point").count()
+
+
+def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
+    """Issue 4's acceptance: curves grow live, other pages stay responsive, a reload finds the
+    same job with its curve, and Stop ends it within a second or two."""
+    wait_idle(page)
+    button(page, "Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    set_number(page, "Epochs", 300)  # long enough to still be running after the reload
+    set_number(page, "Patience (0 = off)", 0)
+    train_and_watch(page)
+    first = _points(page)
+    page.wait_for_function(
+        "n => document.querySelectorAll(\"[data-testid='stPlotlyChart'] .scatterlayer .point\")"
+        ".length > n",
+        arg=first,
+        timeout=TRAIN_TIMEOUT_MS,
+    )  # the curve grows while the job runs
+
+    started = time.monotonic()
+    open_page(page, "Runs")  # another page opens while the job trains
+    assert time.monotonic() - started < 15
+    open_page(page, "Train")
+
+    page.reload()  # a new browser session: the job id in the URL re-attaches it
+    page.locator("[data-testid='stPlotlyChart'] .scatterlayer .point").first.wait_for(
+        timeout=60_000
+    )
+    wait_idle(page)
+    assert page.get_by_role("button", name="Stop").is_enabled()
+    shot(page, "11-reattached-after-reload")
+
+    before_stop = _points(page)
+    started = time.monotonic()
+    button(page, "Stop").click()
+    page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+    stop_seconds = time.monotonic() - started
+    assert stop_seconds < 5, f"Stop took {stop_seconds:.1f} s"
+    assert before_stop >= 2
