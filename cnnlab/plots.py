@@ -50,9 +50,14 @@ def loss_figure(rows: Sequence[dict[str, Any]], diagnosis=None) -> go.Figure:
             annotation_text=f"best epoch {diagnosis.best_epoch}",
             annotation_position="top right",
         )
-    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
+    _epoch_axis(fig, len(rows))
     fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_LAYOUT)
     return fig
+
+
+def _epoch_axis(fig: go.Figure, n_epochs: int) -> None:
+    """Ticks on whole epochs only (plotly would put some at 1.5, 2.5 on short runs)."""
+    fig.update_xaxes(tick0=1, dtick=max(1, -(-n_epochs // 10)))
 
 
 def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
@@ -61,7 +66,7 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     for key, name in (("train_acc", "train"), ("val_acc", "validation")):
         x, y = _series(rows, key)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
-    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
+    _epoch_axis(fig, len(rows))
     fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_title="accuracy", **_LAYOUT)
     fig.update_yaxes(range=[0, 1.02])
     return fig
@@ -82,7 +87,7 @@ def overlay_figure(runs_rows: dict[str, Sequence[dict[str, Any]]], metric: str) 
         x, y = _series(rows, metric)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=str(run_id)))
     title = _METRIC_TITLES.get(metric, metric)
-    fig.update_xaxes(tickformat="d")  # epochs are whole numbers
+    _epoch_axis(fig, max((len(r) for r in runs_rows.values()), default=0))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
     if metric.endswith("_acc"):
         fig.update_yaxes(range=[0, 1.02])
