@@ -98,9 +98,7 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(
         crop_scale_min=1.0, hflip=0.0, rotation=0.0, brightness=0.0, contrast=0.0, saturation=0.0
     ),
-    "light": AugmentConfig(
-        crop_scale_min=0.85, hflip=0.0, rotation=8.0, brightness=0.1, contrast=0.1
-    ),
+    "light": AugmentConfig(),  # the defaults: safe for digits and text (no flip) and for photos
     "standard": AugmentConfig(
         crop_scale_min=0.7, hflip=0.5, rotation=15.0, brightness=0.2, contrast=0.2, saturation=0.2
     ),

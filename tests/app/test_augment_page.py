@@ -28,7 +28,7 @@ def test_without_data_it_previews_the_demo_photos(workspace: Path, fresh_app) ->
     assert any("demo photos" in c.value for c in at.caption)
     # the page creates the run config and stores the augmentation in it
     assert at.session_state["run_config"].augment == AugmentConfig()
-    assert at.selectbox(key="a_preset").value == "custom"  # the defaults are no preset
+    assert at.selectbox(key="a_preset").value == "light"  # the defaults are the light preset
 
 
 def test_preset_fills_controls_and_config(workspace: Path, fresh_app) -> None:
