@@ -46,3 +46,12 @@ def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             train=TrainConfig(epochs=2, device="cpu"),
         )
         yield train.fit(config), home
+
+
+@pytest.fixture
+def predictor(trained, monkeypatch: pytest.MonkeyPatch):
+    """The shared trained run's Predictor (CNNLAB_HOME pointed at its workspace)."""
+    from cnnlab import predict
+
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
+    return predict.Predictor.from_run(trained[0]["run_id"])
