@@ -21,6 +21,7 @@ from cnnlab.errors import CnnlabError
 from pages import ui
 
 JOB_ID = ui.TRAIN_JOB_ID  # session key: the job this session shows
+STOP_WAIT_S = 3.0  # how long the Stop click waits for the job to wind down before redrawing
 QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
 MAX_POINTS = 300  # epochs drawn at most: Streamlit re-sends the whole figure every second
@@ -272,7 +273,11 @@ def main() -> None:
         _start(cfg)
     if c2.button("Stop", icon=":material/stop:", disabled=not running):
         _jobs().stop(job_id)
-        st.toast("Stopping after the current batch…")
+        # fit honours a stop within one batch and then evaluates the test split once: wait for
+        # that here so this rerun shows the result instead of the next fragment tick doing it
+        if _jobs().wait(job_id, timeout=STOP_WAIT_S).active:
+            st.toast("Stopping after the current batch…")
+        st.rerun()
 
     if snap is None:
         return

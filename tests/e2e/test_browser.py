@@ -203,5 +203,6 @@ def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
     button(page, "Stop").click()
     page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
     stop_seconds = time.monotonic() - started
-    assert stop_seconds < 5, f"Stop took {stop_seconds:.1f} s"
+    print(f"Stop ended the job {stop_seconds:.2f} s after the click")  # shown with pytest -rP
+    assert stop_seconds < 3, f"Stop took {stop_seconds:.1f} s"
     assert before_stop >= 2
