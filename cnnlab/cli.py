@@ -7,26 +7,16 @@ outside scripts, so its keys are only ever added to, never renamed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
+from . import console
 from .errors import CnnlabError
 
 EXIT_USER_ERROR = 2
-
-
-def _print_json(payload: Any) -> None:
-    print(json.dumps(payload, indent=2, default=str))
-
-
-def _is_tty() -> bool:
-    return sys.stderr.isatty()
 
 
 # ---------------------------------------------------------------- app / demo / inspect
@@ -79,7 +69,7 @@ def inspect_report(
 def _cmd_inspect(args: argparse.Namespace) -> int:
     report = inspect_report(args.path, args.val_fraction, args.test_fraction, args.seed)
     if args.json:
-        _print_json(report)
+        console.print_json(report)
         return 0
     print(
         f"{report['root']}: {report['n_images']} usable images in {len(report['classes'])} classes"
@@ -132,95 +122,28 @@ def _config_from_args(args: argparse.Namespace):
     return config.validate()
 
 
-class _ProgressPrinter:
-    """A one-line terminal progress bar: epoch, batch, loss, accuracy, ETA."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.live = enabled and _is_tty()  # \r-redrawn lines only make sense on a terminal
-        self.t0 = time.perf_counter()
-        self.epochs = 0
-
-    def __call__(self, event) -> None:
-        from . import train
-
-        if not self.enabled:
-            return
-        if isinstance(event, train.RunStarted):
-            self.epochs = event.epochs
-            print(
-                f"run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
-                f"{event.n_test} test images",
-                file=sys.stderr,
-            )
-        elif isinstance(event, train.Preparing) and self.live:
-            print(
-                f"\r{event.stage}: {event.done}/{event.total}", end="", file=sys.stderr, flush=True
-            )
-        elif isinstance(event, train.Progress) and self.live:
-            done = (event.epoch - 1 + event.batch / event.n_batches) / max(self.epochs, 1)
-            elapsed = time.perf_counter() - self.t0
-            eta = elapsed / max(done, 1e-9) * (1 - done)
-            bar = "#" * int(done * 20)
-            print(
-                f"\r[{bar:<20}] epoch {event.epoch}/{self.epochs} batch {event.batch}/{event.n_batches} "
-                f"loss {event.loss:.4f}  {event.images_per_s:,.0f} img/s  ETA {eta:4.0f}s ",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif isinstance(event, train.EpochEnd):
-            mark = " *" if event.is_best else ""
-            print(
-                f"\repoch {event.epoch:>3}/{self.epochs}  train loss {event.train_loss:.4f} acc "
-                f"{event.train_acc:.3f}  val loss {event.val_loss:.4f} acc {event.val_acc:.3f}  "
-                f"{event.seconds:.1f}s{mark}" + " " * 20,
-                file=sys.stderr,
-            )
-
-
-def _print_summary(summary: dict) -> None:
-    def fmt(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    for key in (
-        "run_id",
-        "status",
-        "best_epoch",
-        "epochs_run",
-        "stopped_early",
-        "val_accuracy",
-        "test_accuracy",
-        "train_images_per_s",
-        "seconds",
-        "device",
-        "run_dir",
-    ):
-        print(f"{key:>20}: {fmt(summary.get(key))}")
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
     config = _config_from_args(args)
-    printer = _ProgressPrinter(enabled=not args.json or _is_tty())
+    printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
     if args.json:
-        _print_json(summary)
+        console.print_json(summary)
     else:
-        _print_summary(summary)
+        console.print_summary(summary)
     return 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from . import train
 
-    printer = _ProgressPrinter(enabled=not args.json or _is_tty())
+    printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.resume(args.run, callbacks=[printer])
     if args.json:
-        _print_json(summary)
+        console.print_json(summary)
     else:
-        _print_summary(summary)
+        console.print_summary(summary)
     return 0
 
 
@@ -229,7 +152,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     rows = runs.list_runs()
     if args.json:
-        _print_json(rows)
+        console.print_json(rows)
         return 0
     if not rows:
         print("no runs yet: start one with `cnnlab train DATA`")
@@ -259,7 +182,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     diagnosis = evaluate.diagnose_run(run)
     report = {"run_id": run.run_id, **result.to_dict(), "diagnosis": diagnosis.to_dict()}
     if args.json:
-        _print_json(report)
+        console.print_json(report)
         return 0
     print(f"run {run.run_id}, {result.split}: {result.n} images")
     print(f"accuracy {result.accuracy:.4f}   loss {result.loss:.4f}")
@@ -291,7 +214,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predict.write_csv(rows, args.csv, args.top_k)
         print(f"{len(rows)} row(s) written to {args.csv}", file=sys.stderr)
     elif args.json:
-        _print_json(rows)
+        console.print_json(rows)
     else:
         for r in rows:
             if "error" in r:
@@ -310,7 +233,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     result = export.export_run(args.run, args.format, args.out)
     if args.json:
-        _print_json(result.to_dict())
+        console.print_json(result.to_dict())
         return 0
     for f in result.files:
         print(f)
@@ -328,23 +251,11 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     result = lr_finder.find_lr(config, steps=args.steps)
     if args.json:
-        _print_json(result.to_dict())
+        console.print_json(result.to_dict())
         return 0
     print(f"suggested learning rate: {result.suggestion:.3g}")
     print(f"lowest loss at lr {result.min_loss_lr:.3g} after {len(result.lrs)} steps")
     return 0
-
-
-# ---------------------------------------------------------------- tune
-def _fmt_param(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _trial_line(event) -> str:
-    """One row of the live trials table."""
-    value = "-" if event.value is None else f"{event.value:.4f}"
-    params = " ".join(f"{k}={_fmt_param(v)}" for k, v in event.params.items())
-    return f"{event.number:>5}  {event.state:<8}  {value:>7}  {event.duration:>7.1f}s  {params}"
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -360,14 +271,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     study_name = args.study or tune.default_study_name(base)
     # --json keeps stdout for the one JSON object; the live table then goes to a terminal only.
     table = sys.stderr if args.json else sys.stdout
-    live = not args.json or _is_tty()
+    live = not args.json or console.is_tty()
     if live:
         print(f"study {study_name}: up to {args.trials} trials", file=table)
         print(f"{'trial':>5}  {'state':<8}  {'val_acc':>7}  {'time':>8}  params", file=table)
 
     def show(event) -> None:
         if live:
-            print(_trial_line(event), file=table, flush=True)
+            print(console.trial_line(event), file=table, flush=True)
 
     study = tune.tune(
         base,
@@ -383,7 +294,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     )
     summary = tune.tune_summary(study)
     if args.json:
-        _print_json(summary)
+        console.print_json(summary)
         return 0
     print(
         f"{summary['n_trials']} trials: {summary['n_complete']} complete, "
@@ -397,7 +308,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         f"(run {summary['best_run_id']})"
     )
     for key, value in summary["best_params"].items():
-        print(f"  {key:>14}: {_fmt_param(value)}")
+        print(f"  {key:>14}: {console.fmt_param(value)}")
     return 0
 
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torchvision.models as tvm
 from torch import nn
 
+from . import weights
 from .config import ModelConfig, TrainConfig
-from .errors import ConfigError, WeightsError
+from .errors import ConfigError
+from .summary import LayerRow, ModelSummary, summarize  # noqa: F401  (LayerRow re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def create_model(cfg: ModelConfig, num_classes: int, image_size: int) -> nn.Modu
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
     model = spec.build(cfg, num_classes, image_size)
-    _load_weights(model, spec, cfg.weights)
+    weights.load_weights(model, cfg.weights, spec.name, spec.imagenet, _head_prefixes(model))
     if spec.transfer:
         _apply_strategy(model, cfg.strategy)
     return model
@@ -337,62 +338,6 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ConfigError(f"{type(model).__name__} has no convolution layer")
 
 
-# --------------------------------------------------------------------------- weights
-
-
-def _hub_file(weights: tvm.WeightsEnum) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-
-
-def _read_state(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """torch.load(weights_only=True) a raw state dict or one under model/state_dict/model_state."""
-    if not path.is_file():
-        raise WeightsError(
-            f"weights file {path} does not exist; give a .pth/.pt file, or use weights 'random'"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types; all mean "not a plain state dict"
-        raise WeightsError(
-            f"cannot read {what} {path} as a weights-only state dict: {exc}"
-        ) from exc
-    if isinstance(obj, dict):
-        for key in ("model_state", "state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{what} {path} holds no state dict (a mapping of names to tensors)")
-    # DataParallel / torch.compile prefixes would hide every key
-    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
-
-
-def _load_weights(model: nn.Module, spec: ModelSpec, source: str) -> None:
-    if source == "random":
-        return
-    if source == "imagenet":
-        if spec.imagenet is None:
-            log.info("model %s has no ImageNet weights; starting from random init", spec.name)
-            return
-        path = _hub_file(spec.imagenet)
-        if not path.is_file():
-            raise WeightsError(
-                f"ImageNet weights for {spec.name} are not in the local torch cache: put the file "
-                f"{path} there (download {spec.imagenet.url} on a machine with internet), "
-                "or set model weights to 'random' or to a .pth file"
-            )
-        _load_state(model, _read_state(path, "ImageNet weights"), str(path))
-        return
-    if source.startswith("run:"):
-        from . import runs  # lazy: runs imports models to rebuild checkpoints
-
-        path = Path(runs.checkpoint_path(source.removeprefix("run:")))
-        _load_state(model, _read_state(path, "run checkpoint"), source)
-        return
-    path = Path(source).expanduser()
-    _load_state(model, _read_state(path, "weights file"), str(path))
-
-
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     """State-dict prefixes of the layers that depend on the class count (or, for flatten heads, on
     the image size): these may be skipped when a checkpoint's shapes differ."""
@@ -406,106 +351,9 @@ def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return ("head.",)
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Load every backbone tensor (all must fit) and the head tensors whose shapes fit."""
-    heads = _head_prefixes(model)
-    own = model.state_dict()
-    # num_batches_tracked is absent from older checkpoints and harmless to leave at 0
-    backbone = [k for k in own if not k.startswith(heads) and not k.endswith("num_batches_tracked")]
-    fits = {k for k in own if k in state and state[k].shape == own[k].shape}
-    misfits = [k for k in backbone if k not in fits]
-    extra = [k for k in state if k not in own and not k.startswith(heads)]
-    if misfits or extra:
-        hint = ", ".join((misfits or extra)[:3])
-        raise WeightsError(
-            f"{origin} does not fit model {type(model).__name__}: "
-            f"{len(backbone) - len(misfits)} of {len(backbone)} backbone tensors match and "
-            f"{len(extra)} are unknown (e.g. {hint}); pick the architecture these weights were saved from"
-        )
-    model.load_state_dict({k: state[k] for k in fits}, strict=False)
-    fresh = [k for k in own if k.startswith(heads) and k not in fits]
-    log.info("loaded %d tensors from %s; %d head tensors kept fresh", len(fits), origin, len(fresh))
-
-
-# --------------------------------------------------------------------------- summary
-
-
-@dataclass
-class LayerRow:
-    name: str  # dotted module path, e.g. "features.0.body.0"
-    kind: str  # class name, e.g. "Conv2d"
-    output_shape: tuple[int, ...]  # without the batch dimension
-    params: int  # parameters owned by this layer (0 on a repeated call of the same module)
-    trainable: int  # of which requires_grad
-
-
-@dataclass
-class ModelSummary:
-    rows: list[LayerRow] = field(default_factory=list)
-    total_params: int = 0
-    trainable_params: int = 0
-    frozen_params: int = 0
-
-    def as_records(self) -> list[dict[str, Any]]:
-        """Rows as plain dicts (a table for the dashboard or JSON)."""
-        return [
-            {
-                "layer": r.name,
-                "type": r.kind,
-                "output": "x".join(map(str, r.output_shape)),
-                "params": r.params,
-                "trainable": r.trainable,
-            }
-            for r in self.rows
-        ]
-
-
 _BLOCK_TYPES = (ConvBlock, tvm.resnet.BasicBlock, tvm.resnet.Bottleneck)
 
 
 def summary(model: nn.Module, image_size: int) -> ModelSummary:
-    """Per-layer output shapes and parameter counts from one dummy (1, 3, S, S) forward pass."""
-    rows: list[LayerRow] = []
-    seen: set[int] = set()
-
-    def hook(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, _inp: Any, out: Any) -> None:
-            own = list(module.parameters(recurse=False)) if id(module) not in seen else []
-            seen.add(id(module))
-            shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
-            rows.append(
-                LayerRow(
-                    name,
-                    type(module).__name__,
-                    shape,
-                    sum(p.numel() for p in own),
-                    sum(p.numel() for p in own if p.requires_grad),
-                )
-            )
-
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(n))
-        for n, m in model.named_modules()
-        if n
-        and (
-            not list(m.children())
-            or isinstance(m, _BLOCK_TYPES)
-            or list(m.parameters(recurse=False))
-        )
-    ]
-    was_training = model.training
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    try:
-        model.eval()  # BatchNorm cannot run in train mode on a batch of one 1x1 map
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ModelSummary(rows, total, trainable, total - trainable)
+    """Per-layer output shapes and parameter counts; residual blocks also get a row as a whole."""
+    return summarize(model, image_size, _BLOCK_TYPES)

@@ -1,0 +1,102 @@
+"""What the CLI shows on a terminal: JSON output, the live progress bar, summaries, trial rows.
+
+Only the CLI prints; the core reports through events and logging.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from . import events
+
+
+def print_json(payload: Any) -> None:
+    """Indented JSON on stdout (the --json contract)."""
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def is_tty() -> bool:
+    """True when stderr is a terminal (live, redrawn lines make sense)."""
+    return sys.stderr.isatty()
+
+
+class ProgressPrinter:
+    """A one-line terminal progress bar: epoch, batch, loss, accuracy, ETA."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.live = enabled and is_tty()  # \r-redrawn lines only make sense on a terminal
+        self.t0 = time.perf_counter()
+        self.epochs = 0
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        if isinstance(event, events.RunStarted):
+            self.epochs = event.epochs
+            print(
+                f"run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
+                f"{event.n_test} test images",
+                file=sys.stderr,
+            )
+        elif isinstance(event, events.Preparing) and self.live:
+            print(
+                f"\r{event.stage}: {event.done}/{event.total}", end="", file=sys.stderr, flush=True
+            )
+        elif isinstance(event, events.Progress) and self.live:
+            done = (event.epoch - 1 + event.batch / event.n_batches) / max(self.epochs, 1)
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / max(done, 1e-9) * (1 - done)
+            bar = "#" * int(done * 20)
+            print(
+                f"\r[{bar:<20}] epoch {event.epoch}/{self.epochs} batch {event.batch}/{event.n_batches} "
+                f"loss {event.loss:.4f}  {event.images_per_s:,.0f} img/s  ETA {eta:4.0f}s ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif isinstance(event, events.EpochEnd):
+            mark = " *" if event.is_best else ""
+            print(
+                f"\repoch {event.epoch:>3}/{self.epochs}  train loss {event.train_loss:.4f} acc "
+                f"{event.train_acc:.3f}  val loss {event.val_loss:.4f} acc {event.val_acc:.3f}  "
+                f"{event.seconds:.1f}s{mark}" + " " * 20,
+                file=sys.stderr,
+            )
+
+
+def print_summary(summary: dict) -> None:
+    """The key fields of a run summary, one per line."""
+
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    for key in (
+        "run_id",
+        "status",
+        "best_epoch",
+        "epochs_run",
+        "stopped_early",
+        "val_accuracy",
+        "test_accuracy",
+        "train_images_per_s",
+        "seconds",
+        "device",
+        "run_dir",
+    ):
+        print(f"{key:>20}: {fmt(summary.get(key))}")
+
+
+def fmt_param(value: Any) -> str:
+    """A hyperparameter value for a table cell (floats to 3 significant digits)."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_line(event) -> str:
+    """One row of the live trials table."""
+    value = "-" if event.value is None else f"{event.value:.4f}"
+    params = " ".join(f"{k}={fmt_param(v)}" for k, v in event.params.items())
+    return f"{event.number:>5}  {event.state:<8}  {value:>7}  {event.duration:>7.1f}s  {params}"
