@@ -38,7 +38,7 @@ class ProgressPrinter:
         if isinstance(event, events.RunStarted):
             self.epochs = event.epochs
             print(
-                f"run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
+                f"{chr(10) if self.live else ''}run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
                 f"{event.n_test} test images",
                 file=sys.stderr,
             )
