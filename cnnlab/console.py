@@ -37,8 +37,9 @@ class ProgressPrinter:
             return
         if isinstance(event, events.RunStarted):
             self.epochs = event.epochs
+            lead = "\n" if self.live else ""  # end the \r-redrawn data-preparation line
             print(
-                f"{chr(10) if self.live else ''}run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
+                f"{lead}run {event.run_id} on {event.device}: {event.n_train} train / {event.n_val} val / "
                 f"{event.n_test} test images",
                 file=sys.stderr,
             )
