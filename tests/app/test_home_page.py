@@ -61,7 +61,7 @@ def test_demo_button_sets_up_everything_and_opens_train(workspace: Path, fresh_a
     cfg = at.session_state["run_config"]
     assert cfg.data.path == str(demo_dir) and cfg.data == at.session_state["data_config"]
     assert cfg.augment == AUGMENT_PRESETS["light"]
-    assert cfg.train.epochs == at.number_input(key="t_epochs").value == 6
+    assert cfg.train.epochs == at.number_input(key="t_epochs").value == 15  # the defaults
     assert "train_job_id" not in at.session_state
     start = next(b for b in at.button if b.label == "Start")
     assert not start.disabled
