@@ -124,7 +124,17 @@ def fit(
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
     if data is None:
-        data = prepare(config.data, progress=lambda d, t, s: emit(Preparing(d, t, s)))
+
+        def on_progress(done: int, total: int, stage: str) -> None:
+            emit(Preparing(done, total, stage))
+            if stop_event is not None and stop_event.is_set():
+                raise StopRequested  # scanning/decoding a big folder can take a while
+
+        try:
+            data = prepare(config.data, progress=on_progress)
+        except StopRequested:
+            log.info("stopped while preparing %s; no run was created", config.data.path)
+            return {"status": "stopped", "run_id": None, "epochs_run": 0, "stopped_early": False}
     n_train, n_val, n_test = (len(getattr(data.split, s)) for s in ("train", "val", "test"))
     if n_train == 0:
         raise TrainingError("the training split is empty: add images or lower val/test fractions")

@@ -180,3 +180,17 @@ def test_a_completed_run_cannot_be_resumed(digits_dir, prepared, workspace):
     done = train.fit(tiny_config(digits_dir, epochs=1), data=prepared)
     with pytest.raises(TrainingError, match="is completed"):
         train.resume(done["run_id"], data=prepared)
+
+
+def test_stop_while_preparing_data_creates_no_run(tmp_path, workspace):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.new("RGB", (20, 20), (i * 5, 0, 0)).save(tmp_path / "data" / cls / f"{i}.png")
+    stop = threading.Event()
+    stop.set()  # e.g. the user pressed Stop while the folder was still being scanned
+    summary = train.fit(tiny_config(tmp_path / "data"), stop_event=stop)
+    assert summary["status"] == "stopped" and summary["epochs_run"] == 0
+    assert runs.list_runs() == []
