@@ -181,7 +181,7 @@ def fit(
         )
         _fail(run, summary, msg, t_start, emit)
         raise TrainingError(msg) from exc
-    except Exception as exc:
+    except Exception as exc:  # anything else is recorded in the run's summary, then re-raised
         if type(exc).__name__ == "TrialPruned":  # optuna's; imported lazily by tune only
             runs.update_summary(run, status="pruned", seconds=time.perf_counter() - t_start)
             raise
