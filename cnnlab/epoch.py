@@ -180,14 +180,20 @@ def nan_error(epoch: int, optimizer: torch.optim.Optimizer) -> TrainingError:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, ctx: BatchContext, batch_size: int = EVAL_BATCH
+    model: nn.Module,
+    images: torch.Tensor,
+    ctx: BatchContext,
+    batch_size: int = EVAL_BATCH,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits (N, classes) in float32 for uint8 images, validation preprocessing only."""
+    """Logits (N, classes) in float32 for uint8 images (or images[rows]), validation preprocessing."""
     model.eval()
     out = []
-    for i in range(0, images.shape[0], batch_size):
+    n = images.shape[0] if rows is None else rows.shape[0]
+    for i in range(0, n, batch_size):
+        chunk = images[i : i + batch_size] if rows is None else images[rows[i : i + batch_size]]
         x = augment.prepare_batch(
-            images[i : i + batch_size].to(ctx.device, non_blocking=True),
+            chunk.to(ctx.device, non_blocking=True),
             ctx.mean,
             ctx.std,
             channels_last=ctx.channels_last,
@@ -205,12 +211,14 @@ def evaluate(
     labels: torch.Tensor,
     ctx: BatchContext,
     loss_fn: nn.Module | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) on a split; plain cross-entropy unless a loss is given."""
-    if images.shape[0] == 0:
+    """(mean loss, accuracy) on a split (all images, or images[rows] gathered batch by batch, so
+    a memory-mapped cache is never copied whole); plain cross-entropy unless a loss is given."""
+    if (images.shape[0] if rows is None else rows.shape[0]) == 0:
         return float("nan"), float("nan")
-    logits = predict_logits(model, images, ctx)
-    y = labels.to(logits.device)
+    logits = predict_logits(model, images, ctx, rows=rows)
+    y = (labels if rows is None else labels[rows]).to(logits.device)
     loss = loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
     acc = (logits.argmax(1) == y).float().mean()
     return float(loss), float(acc)

@@ -220,8 +220,8 @@ def _fit_loop(
     _seed_everything(tc.seed)
     n_classes = len(data.classes)
     train_rows = torch.as_tensor(data.split.train, dtype=torch.long)
-    val_x, val_y = data.subset("val")
-    test_x, test_y = data.subset("test")
+    val_rows = torch.as_tensor(data.split.val, dtype=torch.long)
+    test_rows = torch.as_tensor(data.split.test, dtype=torch.long)
 
     model = models.create_model(config.model, n_classes, config.data.image_size)
     channels_last = tc.channels_last and device.type != "mps"
@@ -247,10 +247,12 @@ def _fit_loop(
     )
     images = _to_device_if_fits(data.images, device)  # the whole uint8 cache, gathered by rows
     labels = data.labels.to(images.device)
-    val_x, test_x = _to_device_if_fits(val_x, device), _to_device_if_fits(test_x, device)
+    train_rows, val_rows, test_rows = (
+        r.to(images.device) for r in (train_rows, val_rows, test_rows)
+    )
 
     weight = (
-        class_weights(data.labels[train_rows], n_classes).to(device) if tc.class_weights else None
+        class_weights(labels[train_rows].cpu(), n_classes).to(device) if tc.class_weights else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
     optimizer = build_optimizer(models.param_groups(model, config.model, tc), tc)
@@ -307,10 +309,10 @@ def _fit_loop(
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_secs = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, val_x, val_y, ctx)
-        if not math.isfinite(va_loss) and val_x.shape[0]:
+        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
+        if not math.isfinite(va_loss) and len(val_rows):
             raise nan_error(epoch, optimizer)
-        monitor = va_loss if val_x.shape[0] else tr_loss
+        monitor = va_loss if len(val_rows) else tr_loss
         is_best = monitor < best_loss
         if is_best:
             best_loss, best_epoch, bad_epochs = monitor, epoch, 0
@@ -382,8 +384,8 @@ def _fit_loop(
         # Restore the best weights (lowest val loss) and evaluate the held-out test split once.
         best = runs.read_checkpoint(run.best_path, device)
         model.load_state_dict(best["model_state"])
-        va_loss, va_acc = evaluate(model, val_x, val_y, ctx)
-        te_loss, te_acc = evaluate(model, test_x, test_y, ctx)
+        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
+        te_loss, te_acc = evaluate(model, images, labels, ctx, rows=test_rows)
         summary.update(
             best_val_loss=va_loss,
             val_loss=va_loss,

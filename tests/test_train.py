@@ -194,3 +194,8 @@ def test_stop_while_preparing_data_creates_no_run(tmp_path, workspace):
     summary = train.fit(tiny_config(tmp_path / "data"), stop_event=stop)
     assert summary["status"] == "stopped" and summary["epochs_run"] == 0
     assert runs.list_runs() == []
+
+
+def test_class_weighted_loss_trains(digits_dir, prepared, workspace):
+    summary = train.fit(tiny_config(digits_dir, epochs=2, class_weights=True), data=prepared)
+    assert summary["status"] == "completed" and summary["test_accuracy"] > 0.5
