@@ -106,3 +106,33 @@ def test_demo_and_inspect_json(workspace, tmp_path):
     report = json.loads(cnnlab("inspect", str(out), "--json", home=workspace).stdout)
     assert report["n_images"] == 1797 and len(report["classes"]) == 10
     assert sum(report["split"].values()) == 1797 and report["problems"] == []
+
+
+def test_inspect_lists_every_bad_file_and_counts_the_good(workspace, tmp_path):
+    root = tmp_path / "mixed"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (i * 40, 90, 10)).save(root / cls / f"{i}.png")
+    good_png = (root / "cats" / "0.png").read_bytes()
+    bad = {
+        "cats/empty.jpg": b"",
+        "cats/text.png": b"just some words",
+        "dogs/truncated.png": good_png[: len(good_png) // 2],
+        "dogs/notes.txt": b"a note",
+    }
+    for rel, payload in bad.items():
+        (root / rel).write_bytes(payload)
+    (root / ".DS_Store").write_bytes(b"\0")  # OS litter: ignored silently
+    Image.new("RGB", (8, 8)).save(root / "loose.png")  # not inside a class folder
+    report = json.loads(cnnlab("inspect", str(root), "--json", home=workspace).stdout)
+    assert report["counts"] == {"cats": 4, "dogs": 4} and report["n_images"] == 8
+    reasons = {p["path"]: p["reason"] for p in report["problems"]}
+    assert set(reasons) == {*bad, "loose.png"}
+    assert (
+        "empty" in reasons["cats/empty.jpg"]
+        and "not an image file type" in reasons["dogs/notes.txt"]
+    )
+    assert sum(report["split"].values()) == 8
+    text = cnnlab("inspect", str(root), home=workspace).stdout
+    assert "5 file(s) skipped" in text and "dogs/truncated.png" in text
