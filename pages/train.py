@@ -275,7 +275,8 @@ def main() -> None:
         _jobs().stop(job_id)
         # fit honours a stop within one batch and then evaluates the test split once: wait for
         # that here so this rerun shows the result instead of the next fragment tick doing it
-        if _jobs().wait(job_id, timeout=STOP_WAIT_S).active:
+        after = _jobs().wait(job_id, timeout=STOP_WAIT_S)
+        if after is not None and after.active:
             st.toast("Stopping after the current batch…")
         st.rerun()
 
