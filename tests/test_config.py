@@ -1,6 +1,7 @@
 """Config dataclasses: defaults validate, JSON round-trips, bad values name the field."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,11 @@ def test_presets_are_valid_and_ordered_by_strength():
         preset.validate()
     assert not AUGMENT_PRESETS["none"].enabled
     assert AUGMENT_PRESETS["strong"].rotation > AUGMENT_PRESETS["light"].rotation
+
+
+def test_the_example_config_in_assets_is_complete_and_valid():
+    path = Path(__file__).resolve().parents[1] / "assets" / "config.example.json"
+    cfg = RunConfig.load(path)
+    cfg.data.path = "/data"
+    cfg.validate()
+    assert set(json.loads(path.read_text())) == set(RunConfig().to_dict())  # every section
