@@ -139,8 +139,12 @@ def test_own_data_from_upload_to_prediction(page, shot, shapes_zip: Path) -> Non
     open_page(page, "Predict")
     query = shapes_zip.parent / "query.png"
     _image("green_squares", SHAPES["green_squares"], random.Random(7)).save(query)
+    started = time.monotonic()
     page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(str(query))
     page.get_by_role("heading", name="query.png:").first.wait_for(timeout=60_000)
+    answer_s = time.monotonic() - started  # upload, rerun, predict, Grad-CAM, render
+    print(f"Predict page answered a dropped image in {answer_s:.2f} s")  # shown with pytest -rP
+    assert answer_s < 1.0, f"the Predict page took {answer_s:.1f} s for one small-CNN image"
     wait_idle(page)
     assert page.get_by_test_id("stPlotlyChart").count() == 1  # the top-k bars
     shot(page, "07-predict")
