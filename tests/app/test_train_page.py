@@ -54,14 +54,7 @@ def finished(at: AppTest) -> bool:
     return bool(at.metric) or bool(at.error) or bool(at.warning)
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_jobs():
-    """Stop whatever a test left running, so later tests see only their own jobs."""
-    yield
-    manager = jobs.get_manager()
-    for snap in manager.list(active_only=True):
-        manager.stop(snap.job_id)
-        manager.wait(snap.job_id, timeout=10)
+pytestmark = pytest.mark.usefixtures("no_leftover_jobs")  # tests/app/conftest.py
 
 
 def test_without_data_points_to_the_data_page(workspace: Path) -> None:
