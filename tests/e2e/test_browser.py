@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -210,3 +211,47 @@ def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
     print(f"Stop ended the job {stop_seconds:.2f} s after the click")  # shown with pytest -rP
     assert stop_seconds < 3, f"Stop took {stop_seconds:.1f} s"
     assert before_stop >= 2
+
+
+def _start_long_demo(page) -> None:
+    wait_idle(page)
+    button(page, "Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    set_number(page, "Epochs", 300)
+    set_number(page, "Patience (0 = off)", 0)
+    train_and_watch(page)
+
+
+def _run_id_shown(page) -> str:
+    """The run id in the finished-run caption ("Run `<id>` · <device>")."""
+    caption = page.locator("[data-testid='stCaptionContainer']", has_text=re.compile(r"^Run "))
+    code = caption.first.locator("code")
+    code.wait_for(timeout=30_000)
+    return code.inner_text()
+
+
+def test_two_sessions_train_at_once_without_cross_talk(browser, server, shot) -> None:
+    """Two browser sessions each train their own run at the same time; each sees only its own."""
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(2)]
+    try:
+        pages = []
+        for ctx in contexts:
+            ctx.set_default_timeout(30_000)
+            pg = ctx.new_page()
+            pg.goto(server)
+            _start_long_demo(pg)
+            pages.append(pg)
+        ids = []
+        for pg in pages:
+            button(pg, "Stop").click()
+            pg.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+            ids.append(_run_id_shown(pg))
+        assert ids[0] != ids[1], ids
+        shot(pages[1], "12-second-session")
+        pages[0].reload()  # the first session, reloaded, still shows its own run
+        pages[0].get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+        assert _run_id_shown(pages[0]) == ids[0]
+    finally:
+        for ctx in contexts:
+            ctx.close()
