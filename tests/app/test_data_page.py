@@ -25,13 +25,6 @@ def _fresh_caches():
     st.cache_resource.clear()
 
 
-def _data_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/data.py")
-    return at.run()
-
-
 def test_sidebar_shows_device_workspace_and_data_set(workspace: Path) -> None:
     # Sidebar elements are read on a first run: AppTest drops the entry script's sidebar
     # deltas on reruns of an st.navigation app (a test-harness quirk; the browser shows them).
@@ -48,8 +41,8 @@ def test_sidebar_shows_device_workspace_and_data_set(workspace: Path) -> None:
     assert any("pets-0123" in c.value for c in at.sidebar.caption)
 
 
-def test_empty_state_then_demo_digits(workspace: Path) -> None:
-    at = _data_page()
+def test_empty_state_then_demo_digits(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/data.py")
     assert not at.exception
     assert at.title[0].value == "Data"
     assert any("Pick a source" in i.value for i in at.info)
@@ -76,14 +69,16 @@ def test_empty_state_then_demo_digits(workspace: Path) -> None:
     assert at.session_state["data_config"].test_fraction == 0.0
 
 
-def test_server_path_with_problems_and_outside_roots(workspace: Path, tmp_path: Path) -> None:
+def test_server_path_with_problems_and_outside_roots(
+    workspace: Path, tmp_path: Path, fresh_app
+) -> None:
     root = workspace / "mine"
     for cls in ("ants", "bees"):
         (root / cls).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (10, 10), (i * 50, 0, 0)).save(root / cls / f"{i}.png")
     (root / "bees" / "broken.jpg").write_bytes(b"not a jpeg")
-    at = _data_page()
+    at = fresh_app("pages/data.py")
     at.radio(key="data_source").set_value("Path on this server").run()
     at.text_input(key="data_server_path").input(str(root)).run()
     next(b for b in at.button if b.label == "Use this path").click().run()
@@ -104,10 +99,10 @@ def test_server_path_with_problems_and_outside_roots(workspace: Path, tmp_path: 
     assert "outside the allowed data folders" in at.error[0].value
 
 
-def test_unusable_folder_shows_the_reason(workspace: Path) -> None:
+def test_unusable_folder_shows_the_reason(workspace: Path, fresh_app) -> None:
     (workspace / "one" / "cats").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(workspace / "one" / "cats" / "a.png")
-    at = _data_page()
+    at = fresh_app("pages/data.py")
     at.radio(key="data_source").set_value("Path on this server").run()
     at.text_input(key="data_server_path").input(str(workspace / "one")).run()
     next(b for b in at.button if b.label == "Use this path").click().run()
@@ -127,8 +122,8 @@ def _pets_zip() -> bytes:
     return buf.getvalue()
 
 
-def test_zip_upload_is_extracted_and_scanned(workspace: Path) -> None:
-    at = _data_page()
+def test_zip_upload_is_extracted_and_scanned(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/data.py")
     at.radio(key="data_source").set_value("Upload a zip").run()
     at.file_uploader[0].set_value(("pets.zip", _pets_zip(), "application/zip")).run()
     assert not at.exception and not at.error
@@ -137,11 +132,11 @@ def test_zip_upload_is_extracted_and_scanned(workspace: Path) -> None:
     assert chosen.name == "pets" and chosen.parent.parent == workspace / "datasets"
 
 
-def test_zip_with_traversal_is_refused_in_the_page(workspace: Path) -> None:
+def test_zip_with_traversal_is_refused_in_the_page(workspace: Path, fresh_app) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("../escape.png", b"x")
-    at = _data_page()
+    at = fresh_app("pages/data.py")
     at.radio(key="data_source").set_value("Upload a zip").run()
     at.file_uploader[0].set_value(("evil.zip", buf.getvalue(), "application/zip")).run()
     assert not at.exception
@@ -150,14 +145,14 @@ def test_zip_with_traversal_is_refused_in_the_page(workspace: Path) -> None:
     assert "dataset_path" not in at.session_state
 
 
-def test_directory_upload_is_saved_and_scanned(workspace: Path) -> None:
+def test_directory_upload_is_saved_and_scanned(workspace: Path, fresh_app) -> None:
     files = []
     for cls, color in (("ants", (0, 200, 0)), ("bees", (200, 200, 0))):
         for i in range(3):
             img = io.BytesIO()
             Image.new("RGB", (12, 12), color).save(img, "PNG")
             files.append((f"insects/{cls}/{i}.png", img.getvalue(), "image/png"))
-    at = _data_page()
+    at = fresh_app("pages/data.py")
     at.radio(key="data_source").set_value("Upload a folder").run()
     at.file_uploader[0].set_value(files).run()
     assert not at.exception and not at.error

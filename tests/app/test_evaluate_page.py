@@ -5,32 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
-def _open(page: str) -> AppTest:
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(page).run()
-    return at
-
-
-def test_no_runs_points_to_the_train_page(workspace: Path) -> None:
-    at = _open("pages/evaluate.py")
+def test_no_runs_points_to_the_train_page(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/evaluate.py")
     assert not at.exception
     assert "No trained run yet" in at.info[0].value
     assert not at.selectbox  # nothing to choose
 
 
-def test_evaluate_page_on_a_real_run(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_page_on_a_real_run(trained, monkeypatch: pytest.MonkeyPatch, fresh_app) -> None:
     summary, home = trained
     monkeypatch.setenv("CNNLAB_HOME", str(home))
-    at = _open("pages/evaluate.py")
+    at = fresh_app("pages/evaluate.py")
     assert not at.exception and not at.error
     assert at.selectbox(key="ev_run").value == summary["run_id"]
     accuracy = at.metric[0].value

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from cnnlab.config import RunConfig
@@ -14,13 +13,9 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
-def model_page(workspace: Path) -> AppTest:
+def model_page(workspace: Path, fresh_app) -> AppTest:
     """The dashboard switched to the Model page, with fresh caches."""
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/model.py").run()
+    at = fresh_app("pages/model.py")
     assert not at.exception
     return at
 

@@ -5,29 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
-def page(trained, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def page(trained, monkeypatch: pytest.MonkeyPatch, fresh_app) -> AppTest:
     monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/predict.py").run()
+    at = fresh_app("pages/predict.py")
     assert not at.exception
     return at
 
 
-def test_no_runs_points_to_the_train_page(workspace: Path) -> None:
-    st.cache_resource.clear()
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page("pages/predict.py").run()
+def test_no_runs_points_to_the_train_page(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/predict.py")
     assert not at.exception
     assert "No trained run yet" in at.info[0].value
 
