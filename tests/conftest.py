@@ -55,3 +55,24 @@ def predictor(trained, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
     return predict.Predictor.from_run(trained[0]["run_id"])
+
+
+def write_colour_classes(root: Path, per_class: int = 30, size: int = 12, seed: int = 0) -> Path:
+    """root/c0..c2: noisy red, green and blue PNGs, a tiny learnable 3-class data set."""
+    import numpy as np
+    from PIL import Image
+
+    gen = np.random.default_rng(seed)
+    for c, colour in enumerate([(210, 35, 35), (35, 210, 35), (35, 35, 210)]):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            noise = gen.integers(-45, 45, (size, size, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 30 noisy 12 px PNGs (66 train images), written once; treat as read-only."""
+    return write_colour_classes(tmp_path_factory.mktemp("colours") / "set")

@@ -14,9 +14,7 @@ import threading
 import weakref
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from cnnlab import jobs, runs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -27,18 +25,9 @@ RSS_GROWTH_LIMIT_MB = 50
 
 
 @pytest.fixture(scope="module")
-def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def three_classes(colour_classes: Path) -> Path:
     """3 classes x 30 noisy 12 px PNGs (66 train images: 8 batches of 8), under a second a run."""
-    root = tmp_path_factory.mktemp("leaks") / "set"
-    gen = np.random.default_rng(1)
-    for c, colour in enumerate([(220, 40, 40), (40, 220, 40), (40, 40, 220)]):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(30):
-            noise = gen.integers(-50, 50, (12, 12, 3))
-            Image.fromarray(np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)).save(
-                root / f"c{c}" / f"{i}.png"
-            )
-    return root
+    return colour_classes
 
 
 def _config(root: Path, name: str, epochs: int = 1) -> RunConfig:

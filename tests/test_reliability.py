@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cnnlab import data, jobs, models, runs, train
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -210,16 +209,9 @@ def test_sigkill_at_any_moment_leaves_readable_runs_that_resume(
 
 # ---------------------------------------------------------------- faults
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> data.PreparedData:
+def small_data(tmp_path_factory: pytest.TempPathFactory, colour_classes: Path) -> data.PreparedData:
     """3 classes x 30 noisy 12 px images, decoded once: data for the fault tests."""
-    root = tmp_path_factory.mktemp("small") / "set"
-    gen = np.random.default_rng(0)
-    for c, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
-        (root / f"c{c}").mkdir(parents=True)
-        for i in range(30):
-            noise = gen.integers(-40, 40, (12, 12, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    root = colour_classes
     mp = pytest.MonkeyPatch()
     mp.setenv("CNNLAB_HOME", str(tmp_path_factory.mktemp("small-home")))
     yield data.prepare(DataConfig(path=str(root), image_size=12))
