@@ -123,9 +123,10 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from . import preflight, train
 
     config = _config_from_args(args)
+    preflight.ensure(config)  # every known problem at once, before a run folder exists
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
     if args.json:

@@ -1,6 +1,9 @@
-"""Overfitting / underfitting diagnosis from a run's per-epoch curves, one suggestion per finding.
+"""One verdict per run from its per-epoch curves: healthy, overfitting, underfitting, unstable, or
+too early to tell, with the evidence quoted and one suggestion.
 
-Pure functions of metrics rows (as runs.read_metrics returns them), so they are tested on
+Trends are read from lightly smoothed curves, and a change only counts when it is larger than the
+curve's own epoch-to-epoch noise (and a few percent of its level), so a +0.3 % wiggle is never
+"overfitting". Pure functions of metrics rows (as runs.read_metrics returns them), tested on
 synthetic curves of each kind; `evaluate.diagnose_run` applies them to a run on disk.
 """
 
@@ -12,10 +15,21 @@ from typing import Any
 
 import numpy as np
 
+MIN_EPOCHS = 4  # fewer finished epochs than this: too early to tell
 LOW_ACCURACY = 0.6  # both accuracies under this at the end: the model has not learnt the task
-MIN_RISE_EPOCHS = 2  # val loss must rise this many epochs after its best to call it overfitting
-GAP_GROWTH = 0.05  # train/val accuracy gap growth (absolute) that also signals overfitting
-STILL_FALLING = 0.03  # mean relative train-loss drop per epoch (last 3) that means "not converged"
+MIN_RISE_EPOCHS = 2  # val loss must stay up this many epochs after its best to call it overfitting
+NOISE_K = 2.0  # a change counts when it is above this many times the epoch-to-epoch noise...
+MIN_REL_CHANGE = 0.03  # ...and above this share of the curve's level (a smooth curve has no noise)
+GAP = 0.15  # final train - val accuracy above this (with val loss not falling): overfitting
+UNSTABLE_NOISE = 0.15  # val-loss noise above this share of its level: the curve jumps around
+
+LABELS = {
+    "healthy": "Healthy",
+    "overfitting": "Overfitting",
+    "underfitting": "Underfitting",
+    "unstable": "Unstable",
+    "too_early": "Too early to tell",
+}
 
 SUGGESTIONS = {
     "overfitting": (
@@ -33,19 +47,20 @@ SUGGESTIONS = {
         "(dropout, weight decay, augmentation)."
     ),
     "still_improving": (
-        "The training loss was still falling at the last epoch: train for more epochs."
+        "The validation loss was still falling at the last epoch: train for more epochs."
     ),
     "unstable": (
         "The validation loss jumps around: lower the learning rate (try the LR finder) or raise "
         "the batch size."
     ),
+    "too_early": "Train for more epochs (at least 4) before judging the curves.",
     "healthy": "Curves look healthy: to gain more, try more data or a pretrained transfer model.",
 }
 
 
 @dataclass
 class Finding:
-    kind: str  # overfitting, gap, underfitting, still_improving, unstable, healthy
+    kind: str  # the verdict: healthy, overfitting, underfitting, unstable, too_early
     message: str  # what the curves show, with epochs and numbers
     suggestion: str  # one concrete thing to try
     from_epoch: int | None = None  # where it starts (overfitting: the first epoch after the best)
@@ -58,8 +73,13 @@ class Diagnosis:
     gap: float | None  # train accuracy - val accuracy at the best epoch
     final_gap: float | None  # ... at the last epoch
     overfitting_from: int | None  # first epoch of the overfitting region, if any
-    status: str  # "overfitting", "underfitting", "healthy" or "too_short"
-    findings: list[Finding]
+    status: str  # the verdict: a key of LABELS
+    findings: list[Finding]  # exactly one: the verdict with its evidence
+
+    @property
+    def label(self) -> str:
+        """The verdict in words ("Too early to tell")."""
+        return LABELS.get(self.status, self.status)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON)."""
@@ -70,110 +90,170 @@ class Diagnosis:
             "final_gap": self.final_gap,
             "overfitting_from": self.overfitting_from,
             "status": self.status,
+            "label": self.label,
             "findings": [vars(f) for f in self.findings],
         }
 
 
 def _num(row: dict[str, Any], key: str) -> float:
     v = row.get(key)
-    return float(v) if isinstance(v, (int, float)) and v is not None else float("nan")
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
+def smooth(y: np.ndarray) -> np.ndarray:
+    """Centred 3-epoch moving average (2 at the ends): one noisy epoch cannot make a trend."""
+    if len(y) < 3:
+        return y.astype(float)
+    padded = np.concatenate([[np.nan], y, [np.nan]])
+    window = np.stack([padded[:-2], padded[1:-1], padded[2:]])
+    return np.nanmean(window, axis=0)
+
+
+def noise(y: np.ndarray) -> float:
+    """Epoch-to-epoch noise (a standard deviation) from the zigzags: how far each local peak or
+    dip sits from its neighbours' mean. A smooth curve (even a steeply bending one) has none;
+    the median ignores one outlier."""
+    y = y[np.isfinite(y)]
+    if len(y) < 3:
+        return 0.0
+    resid = y[1:-1] - (y[:-2] + y[2:]) / 2  # var = 1.5 * sigma^2 for independent noise
+    zigzag = (y[1:-1] - y[:-2]) * (y[2:] - y[1:-1]) < 0  # a peak or a dip, not a bend
+    return float(1.4826 * np.median(np.abs(resid) * zigzag) / math.sqrt(1.5))
+
+
+def threshold(y: np.ndarray) -> float:
+    """The smallest change of y that counts as a real move, not noise."""
+    level = float(np.nanmedian(np.abs(y))) if len(y) else 0.0
+    return max(NOISE_K * noise(y), MIN_REL_CHANGE * level, 1e-12)
+
+
+def trend(y: np.ndarray, last: int = 3) -> tuple[str, float, float]:
+    """('falling' | 'rising' | 'flat', first, last) over the last `last` epochs, from a straight
+    line fitted to them and judged against the whole curve's noise."""
+    window = y[-last:]
+    if len(window) < 2 or not np.all(np.isfinite(window)):
+        return "flat", float(window[0]), float(window[-1])
+    slope = np.polyfit(np.arange(len(window)), window, 1)[0]
+    change = slope * (len(window) - 1)
+    word = "flat"
+    if abs(change) > threshold(y):
+        word = "falling" if change < 0 else "rising"
+    return word, float(window[0]), float(window[-1])
+
+
+def _too_early(epochs: list[int], val: np.ndarray, tr: np.ndarray) -> str:
+    n = len(epochs)
+    if n == 0:
+        return "no finished epoch yet."
+    if n == 1:
+        return f"only 1 epoch (train loss {tr[0]:.3f}, validation loss {val[0]:.3f}): no trend yet."
+
+    def moved(y: np.ndarray) -> str:
+        rel = (y[-1] - y[0]) / max(abs(y[0]), 1e-12)
+        word = "about flat" if abs(rel) < MIN_REL_CHANGE else ("fell" if rel < 0 else "rose")
+        return f"{word} ({y[0]:.3f} -> {y[-1]:.3f})"
+
+    return (
+        f"only {n} epochs: validation loss {moved(val)}, train loss {moved(tr)}; a trend needs "
+        f"at least {MIN_EPOCHS} epochs."
+    )
 
 
 def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
-    """Read per-epoch metrics rows (runs.read_metrics) and say what the curves mean."""
+    """Read per-epoch metrics rows (runs.read_metrics) and give one verdict with its evidence."""
     rows = [r for r in rows if math.isfinite(_num(r, "val_loss"))]
-    if not rows:
-        return Diagnosis(None, 0, None, None, None, "too_short", [])
     epochs = [int(r["epoch"]) for r in rows]
     val = np.array([_num(r, "val_loss") for r in rows])
     tr = np.array([_num(r, "train_loss") for r in rows])
     tr_acc = np.array([_num(r, "train_acc") for r in rows])
     va_acc = np.array([_num(r, "val_acc") for r in rows])
+    if not rows:
+        return Diagnosis(None, 0, None, None, None, "too_early", [
+            Finding("too_early", _too_early([], val, tr), SUGGESTIONS["too_early"])
+        ])  # fmt: skip
     b = int(np.argmin(val))
     best_epoch, last = epochs[b], len(rows) - 1
     gap, final_gap = float(tr_acc[b] - va_acc[b]), float(tr_acc[last] - va_acc[last])
-    findings: list[Finding] = []
-    over_from = None
-    if len(rows) < 3:
-        return Diagnosis(best_epoch, epochs[last], gap, final_gap, None, "too_short", [
-            Finding("too_short", f"only {len(rows)} epoch(s): too few to judge the curves",
-                    SUGGESTIONS["still_improving"])
-        ])  # fmt: skip
+    gap_or_none = None if math.isnan(gap) else gap
+    final_gap_or_none = None if math.isnan(final_gap) else final_gap
 
-    after = last - b  # epochs after the best
-    if after >= MIN_RISE_EPOCHS:
-        train_fell = tr[last] < tr[b]
-        gap_grew = final_gap - gap >= GAP_GROWTH
-        if train_fell or gap_grew:
-            over_from = epochs[b + 1]
-            findings.append(
-                Finding(
-                    "overfitting",
-                    f"validation loss was lowest at epoch {best_epoch} ({val[b]:.3f}) and rose "
-                    f"for {after} epochs to {val[last]:.3f} while the training loss "
-                    f"{'kept falling' if train_fell else 'stalled'} ({tr[b]:.3f} -> "
-                    f"{tr[last]:.3f}): the model memorises the training images from epoch "
-                    f"{over_from}.",
-                    SUGGESTIONS["overfitting"],
-                    over_from,
-                )
-            )
-    if not findings and final_gap > 0.15:
-        findings.append(
-            Finding(
-                "gap",
-                f"train accuracy {tr_acc[last]:.1%} vs validation {va_acc[last]:.1%} at the last "
-                f"epoch (gap {final_gap:.1%}).",
-                SUGGESTIONS["gap"],
-            )
+    def verdict(kind: str, message: str, suggestion: str, from_epoch: int | None = None):
+        return Diagnosis(
+            best_epoch,
+            epochs[last],
+            gap_or_none,
+            final_gap_or_none,
+            from_epoch,
+            kind,
+            [Finding(kind, message, suggestion, from_epoch)],
         )
-    underfit = max(tr_acc[last], va_acc[last]) < LOW_ACCURACY
-    window = tr[max(0, last - 2) :]
-    drop_per_epoch = (window[0] - window[-1]) / max(abs(window[0]), 1e-9) / max(len(window) - 1, 1)
-    still_falling = drop_per_epoch > STILL_FALLING
-    if underfit:
-        findings.append(
-            Finding(
-                "underfitting",
-                f"both accuracies are low at the end (train {tr_acc[last]:.1%}, validation "
-                f"{va_acc[last]:.1%}; train loss {tr[last]:.3f}).",
-                SUGGESTIONS["underfitting"]
-                if not still_falling
-                else SUGGESTIONS["underfitting"]
-                + " The training loss is still falling, so more epochs come first.",
-            )
+
+    if len(rows) < MIN_EPOCHS:
+        return verdict("too_early", _too_early(epochs, val, tr), SUGGESTIONS["too_early"])
+
+    level = float(np.median(val))
+    val_noise = noise(val)
+    if level > 0 and val_noise > UNSTABLE_NOISE * level:
+        ups = int(np.sum(np.diff(val) > 0))
+        return verdict(
+            "unstable",
+            f"validation loss jumps by about ±{val_noise:.3f} from epoch to epoch "
+            f"({val_noise / level:.0%} of its level {level:.3f}) and rose in {ups} of "
+            f"{len(rows) - 1} epochs.",
+            SUGGESTIONS["unstable"],
         )
-    elif still_falling and over_from is None and b == last:
-        findings.append(
-            Finding(
-                "still_improving",
-                f"train loss still fell over the last epochs ({window[0]:.3f} -> "
-                f"{window[-1]:.3f}) and the best epoch is the last one.",
-                SUGGESTIONS["still_improving"],
+
+    sval, str_ = smooth(val), smooth(tr)
+    rise = float(sval[last] - sval[b])
+    after = last - b
+    train_word, _, _ = trend(tr)
+    if after >= MIN_RISE_EPOCHS and rise > threshold(val):
+        train_fell = str_[last] < str_[b] - threshold(tr)
+        train_rose = str_[last] > str_[b] + threshold(tr)
+        if not train_rose:
+            from_epoch = epochs[b + 1]
+            return verdict(
+                "overfitting",
+                f"validation loss was lowest at epoch {best_epoch} ({val[b]:.3f}), then rose "
+                f"over {after} epochs to {val[last]:.3f} (smoothed +{rise:.3f}, more than "
+                f"the ±{val_noise:.3f} noise between epochs) while the training loss "
+                f"{'kept falling' if train_fell else 'stayed flat'} ({tr[b]:.3f} -> "
+                f"{tr[last]:.3f}): the model memorises the training images from epoch "
+                f"{from_epoch}.",
+                SUGGESTIONS["overfitting"],
+                from_epoch,
             )
+    val_word, val_first, val_last = trend(val)
+    if final_gap > GAP and val_word != "falling":
+        return verdict(
+            "overfitting",
+            f"train accuracy {tr_acc[last]:.1%} vs validation {va_acc[last]:.1%} at the last "
+            f"epoch (a gap of {final_gap:.1%}) while the validation loss is {val_word} "
+            f"({val_first:.3f} -> {val_last:.3f}).",
+            SUGGESTIONS["gap"],
         )
-    ups = int(np.sum(np.diff(val) > 0))
-    if over_from is None and len(rows) >= 5 and ups >= (len(rows) - 1) / 2:
-        findings.append(
-            Finding(
-                "unstable",
-                f"validation loss rose in {ups} of {len(rows) - 1} epochs without a clear trend.",
-                SUGGESTIONS["unstable"],
-            )
+    accs = [a for a in (tr_acc[last], va_acc[last]) if math.isfinite(a)]
+    if accs and max(accs) < LOW_ACCURACY:
+        _, tr_first, tr_last = trend(tr)
+        more = {
+            "falling": f"The training loss is still falling ({tr_first:.3f} -> {tr_last:.3f} "
+            "over the last epochs), so more epochs come first.",
+            "flat": f"The training loss has levelled off ({tr_first:.3f} -> {tr_last:.3f}): "
+            "a bigger model or a higher learning rate comes first.",
+            "rising": f"The training loss is rising ({tr_first:.3f} -> {tr_last:.3f}): lower "
+            "the learning rate first.",
+        }[train_word]
+        return verdict(
+            "underfitting",
+            f"both accuracies are low at the end (train {tr_acc[last]:.1%}, validation "
+            f"{va_acc[last]:.1%}; train loss {tr[last]:.3f}).",
+            f"{SUGGESTIONS['underfitting']} {more}",
         )
-    if over_from is not None:
-        status = "overfitting"
-    elif underfit:
-        status = "underfitting"
-    else:
-        status = "healthy"
-    if not findings:
-        findings.append(
-            Finding(
-                "healthy",
-                f"validation loss fell to its lowest at epoch {best_epoch} ({val[b]:.3f}) and "
-                f"train/validation accuracy gap is {final_gap:.1%}.",
-                SUGGESTIONS["healthy"],
-            )
-        )
-    return Diagnosis(best_epoch, epochs[last], gap, final_gap, over_from, status, findings)
+    message = (
+        f"validation loss fell to its lowest at epoch {best_epoch} ({val[b]:.3f}) and the "
+        f"train/validation accuracy gap is {final_gap:.1%} at the end."
+    )
+    if val_word == "falling":
+        message += f" It was still falling at the end ({val_first:.3f} -> {val_last:.3f})."
+        return verdict("healthy", message, SUGGESTIONS["still_improving"])
+    return verdict("healthy", message, SUGGESTIONS["healthy"])

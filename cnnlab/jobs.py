@@ -11,15 +11,17 @@ finished jobs are kept (running ones are never dropped).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import train
+from . import runs, train
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -30,6 +32,8 @@ STATUSES = ("queued", "running", "completed", "stopped", "failed")
 ACTIVE = ("queued", "running")
 MAX_EVENTS = 1000  # non-progress events kept per job (epoch ends, run started, finished...)
 MAX_FINISHED = 20  # finished jobs kept for the UI; older ones are released
+MAX_CURVE = 600  # within-epoch loss points kept per job; beyond it every other one is dropped
+CURVE_SMOOTHING = 0.3  # weight of the newest tick in the running loss's moving average
 
 Emit = Callable[[Any], None]
 JobFn = Callable[[threading.Event, Emit], Any]
@@ -63,6 +67,11 @@ class JobSnapshot:
     started_at: float | None  # time.time() stamps
     finished_at: float | None
     eta_s: float | None  # estimated seconds left, None when unknown
+    # (fractional epoch, smoothed train loss) from Progress ticks, the live curve within epochs
+    curve: tuple[tuple[float, float], ...] = ()
+    curve_version: int = 0  # grows with every new point (epoch end or tick): redraw only then
+    prior_epochs: int = 0  # epochs the run had finished before this job (a resumed run)
+    prior_seconds: float = 0.0  # training seconds the run had spent before this job
 
     @property
     def active(self) -> bool:
@@ -85,6 +94,11 @@ class JobSnapshot:
     def epochs_planned(self) -> int | None:
         """Epochs the run was configured for, once the run has started."""
         return self.run_info.get("epochs") if self.run_info else None
+
+    @property
+    def run_seconds(self) -> float:
+        """The run's training time so far, earlier sessions of a resumed run included."""
+        return self.prior_seconds + self.elapsed_s
 
     @property
     def best_epoch(self) -> int:
@@ -112,6 +126,11 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     training_started: float | None = None  # monotonic time of RunStarted, for the ETA
+    curve: list[tuple[float, float]] = field(default_factory=list)
+    curve_version: int = 0
+    prior_epochs: int = 0
+    prior_seconds: float = 0.0
+    _ema: float | None = None  # the running loss's moving average (for the curve)
     thread: threading.Thread | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,7 +145,8 @@ class Job:
         d = _event_dict(event)
         kind = d.get("kind")
         with self.lock:
-            if kind == "Progress":  # many per epoch: only the latest matters to a reader
+            if kind == "Progress":  # many per epoch: keep the latest, and a point on the curve
+                self._add_curve_point(d)
                 self.progress = d
                 return d
             if kind == "Preparing":
@@ -137,9 +157,43 @@ class Job:
                 self.run_id = d["run_id"]
                 self.run_info = d
                 self.training_started = time.monotonic()
+                self._load_history(d["run_dir"])
             elif kind == "EpochEnd":
+                # a resumed run redoes an epoch whose row was written but not its last.pt
+                self.epochs = [r for r in self.epochs if r["epoch"] < d["epoch"]]
                 self.epochs.append(d)
+                self.curve_version += 1
         return d
+
+    def _load_history(self, run_dir: str) -> None:
+        """A resumed run: its earlier epochs and time, so progress reads 'epoch 5/15' with the
+        whole curve (lock held by the caller; a fresh run has no metrics yet)."""
+        run = runs.Run(run_id=self.run_id or "", run_dir=Path(run_dir))
+        rows = runs.read_metrics(run)
+        if not rows:
+            return
+        self.epochs = [{"kind": "EpochEnd", **r} for r in rows]
+        self.prior_epochs = len(rows)
+        self.prior_seconds = runs.seconds_so_far(run)
+        self.curve_version += 1
+
+    def _add_curve_point(self, p: dict[str, Any]) -> None:
+        """The loss over the batches since the previous tick, smoothed, at its fractional epoch."""
+        prev = self.progress
+        batch, mean = p["batch"], p["loss"]  # mean: average over the epoch's batches so far
+        if prev and prev["epoch"] == p["epoch"] and prev["batch"] < batch:
+            recent = (mean * batch - prev["loss"] * prev["batch"]) / (batch - prev["batch"])
+        else:
+            recent = mean
+        if not math.isfinite(recent):
+            return
+        a = CURVE_SMOOTHING
+        self._ema = recent if self._ema is None else a * recent + (1 - a) * self._ema
+        x = p["epoch"] - 1 + batch / max(p["n_batches"], 1)
+        self.curve.append((round(x, 4), self._ema))
+        if len(self.curve) > MAX_CURVE:
+            self.curve = self.curve[::2]  # bounded, still spread over the whole run
+        self.curve_version += 1
 
     def snapshot(self) -> JobSnapshot:
         """An immutable copy for readers in other threads."""
@@ -160,18 +214,22 @@ class Job:
                 started_at=self.started_at,
                 finished_at=self.finished_at,
                 eta_s=self._eta(),
+                curve=tuple(self.curve),
+                curve_version=self.curve_version,
+                prior_epochs=self.prior_epochs,
+                prior_seconds=self.prior_seconds,
             )
 
     def _eta(self) -> float | None:
         """Seconds left: time so far over the fraction of batches done (lock held by caller)."""
         if self.status != "running" or self.training_started is None or not self.run_info:
             return None
-        planned = self.run_info.get("epochs") or 0
-        done = len(self.epochs)
+        planned = (self.run_info.get("epochs") or 0) - self.prior_epochs
+        done = len(self.epochs) - self.prior_epochs  # epochs done by this job
         p = self.progress
-        if p and p["epoch"] == done + 1 and p["n_batches"]:
+        if p and p["epoch"] == len(self.epochs) + 1 and p["n_batches"]:
             done += p["batch"] / p["n_batches"]
-        if not planned or done <= 0:
+        if planned <= 0 or done <= 0:
             return None
         elapsed = time.monotonic() - self.training_started
         return max(0.0, elapsed * (planned - done) / done)

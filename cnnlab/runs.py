@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pickle
 import secrets
@@ -182,6 +183,15 @@ def read_metrics(run: Run) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             log.warning("ignoring a torn line in %s", run.metrics_path)
     return rows
+
+
+def seconds_so_far(run: Run) -> float:
+    """Training seconds a run has spent: its summary's total, or (killed before writing one) the
+    sum of its epochs' times. A resumed run adds its new time to this."""
+    seconds = read_summary(run).get("seconds")
+    if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+        return float(seconds)
+    return float(sum(r.get("seconds") or 0.0 for r in read_metrics(run)))
 
 
 def read_summary(run: Run) -> dict[str, Any]:

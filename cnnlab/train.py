@@ -143,6 +143,8 @@ def fit(
         run = runs.create_run(config, data.classes, _split_files(data))
     runs.mark_active(run, True)
     t_start = time.perf_counter()
+    if resume_state is not None:  # the run's total time adds up across its sessions
+        t_start -= runs.seconds_so_far(run)
     summary: dict[str, Any] = runs.read_summary(run)
     try:
         summary.update(

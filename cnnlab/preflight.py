@@ -1,0 +1,135 @@
+"""Pre-flight check: every problem known to make a run fail, found before a run is created.
+
+`check(config)` lists them all (a bad field, a missing data folder, a class too small to split, a
+model that does not fit the image size, ImageNet weights missing from the local cache...), so the
+CLI refuses with the whole list before it makes a run folder and the Train and Tune pages disable
+Start and show the list. `ensure(config)` raises them as one PreflightError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import data, models, weights
+from .config import RunConfig
+from .errors import CnnlabError
+
+
+class PreflightError(CnnlabError):
+    """A run would fail: the message lists every blocking problem."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # what is at fault: "data", "model", "model.weights", "config"
+    message: str  # what is wrong and what to do
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+def _weights_problems(config: RunConfig) -> list[Problem]:
+    m = config.model
+    spec = models.MODELS.get(m.name)
+    if spec is None or m.weights == "random":
+        return []
+    if m.weights == "imagenet":
+        if spec.imagenet is None:
+            return []  # that model has no ImageNet weights; it starts from random init
+        path = weights.hub_file(spec.imagenet)
+        if path.is_file():
+            return []
+        return [
+            Problem(
+                "model.weights",
+                f"ImageNet weights for {m.name} are not in the local torch cache: put "
+                f"{path.name} into {path.parent}, or choose 'Random (train from scratch)' or a "
+                ".pth file on the Model page (--weights random on the command line)",
+            )
+        ]
+    if m.weights.startswith("run:"):
+        from . import runs  # lazy: runs imports models
+
+        try:
+            runs.checkpoint_path(m.weights.removeprefix("run:"))
+        except CnnlabError as exc:
+            return [Problem("model.weights", str(exc))]
+        return []
+    if not Path(m.weights).expanduser().is_file():
+        return [Problem("model.weights", f"weights file {m.weights} does not exist")]
+    return []
+
+
+def _data_problems(
+    config: RunConfig, scan: data.ScanResult | None
+) -> tuple[list[Problem], data.ScanResult | None]:
+    d = config.data
+    if scan is None:
+        if not d.path:
+            return [Problem("data", "no data set chosen: give an image folder or a .zip")], None
+        try:
+            scan = data.scan(d.path)
+        except CnnlabError as exc:
+            return [Problem("data", str(exc))], None
+    problems = []
+    if len(scan.classes) < 2:
+        problems.append(
+            Problem("data", f"{scan.root} has {len(scan.classes)} usable class(es): a classifier "
+                    "needs at least 2 class folders with images")
+        )  # fmt: skip
+    # as data.split requires: one image per non-empty split, at least one left for training
+    need = 1 + (d.val_fraction > 0) + (d.test_fraction > 0)
+    small = {c: n for c, n in scan.counts.items() if n < need}
+    if small:
+        listed = ", ".join(f"{c!r} ({n})" for c, n in small.items())
+        problems.append(
+            Problem("data", f"class(es) with too few usable images to split: {listed}; each "
+                    f"needs at least {need} — add images, remove the class folder, or set the "
+                    "validation/test fractions to 0")
+        )  # fmt: skip
+    return problems, scan
+
+
+def _model_problems(config: RunConfig, n_classes: int) -> list[Problem]:
+    """Build a custom CNN once (cheap) to catch one too deep for the image size."""
+    try:
+        if models.is_transfer(config.model.name) or n_classes < 2:
+            return []
+        models.create_model(
+            dataclasses.replace(config.model, weights="random"),
+            n_classes,
+            config.data.image_size,
+        )
+    except CnnlabError as exc:
+        return [Problem("model", str(exc))]
+    except RuntimeError as exc:  # torch's shape errors: a model too deep for small images
+        return [Problem("model", f"{config.model.name} does not fit {config.data.image_size} px "
+                        f"images ({exc}); use a larger image size or fewer blocks")]  # fmt: skip
+    return []
+
+
+def check(config: RunConfig, scan: data.ScanResult | None = None) -> list[Problem]:
+    """Every blocking problem of this config (empty when a run can start). `scan` (the config's
+    data set, already scanned) saves scanning it again."""
+    try:
+        config.validate()
+    except CnnlabError as exc:
+        return [Problem("config", str(exc))]  # later checks would trip over the same field
+    problems = _weights_problems(config)
+    data_problems, scan = _data_problems(config, scan)
+    problems += data_problems
+    if scan is not None and not data_problems:
+        problems += _model_problems(config, len(scan.classes))
+    return problems
+
+
+def ensure(config: RunConfig, scan: data.ScanResult | None = None) -> None:
+    """Raise PreflightError listing every problem check() finds; return quietly otherwise."""
+    problems = check(config, scan)
+    if problems:
+        raise PreflightError(
+            f"cannot start the run ({len(problems)} problem(s)): "
+            + "; ".join(str(p) for p in problems)
+        )

@@ -1,0 +1,63 @@
+"""preflight: every blocking problem listed before a run exists; the CLI refuses with all of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnlab import cli, preflight, runs
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    for i, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True)
+        for j in range(n):
+            Image.new("RGB", (12, 12), (40 * i, 200 - 10 * j, 90)).save(root / name / f"{j}.png")
+    return root
+
+
+def _config(path: Path, **model) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(path=str(path), image_size=16),
+        model=ModelConfig(channels=[8, 16], head_units=0, **model),
+        train=TrainConfig(epochs=1, batch_size=4, device="cpu"),
+    )
+
+
+def test_a_good_config_has_no_problems(tmp_path: Path) -> None:
+    assert preflight.check(_config(_folder(tmp_path / "d", {"a": 6, "b": 6}))) == []
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    folder = _folder(tmp_path / "d", {"a": 6, "lonely": 1, "pair": 2})
+    cfg = _config(folder)
+    cfg = dataclasses.replace(
+        cfg, model=ModelConfig(name="resnet18", weights="imagenet", strategy="fine_tune")
+    )
+    problems = preflight.check(cfg)
+    text = " | ".join(map(str, problems))
+    assert [p.where for p in problems] == ["model.weights", "data"], text
+    assert "'lonely' (1)" in text and "'pair' (2)" in text and "resnet18" in text
+    assert "Random (train from scratch)" in text
+
+
+def test_bad_field_missing_folder_and_one_class(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "nowhere")
+    assert [p.where for p in preflight.check(cfg)] == ["data"]
+    bad = dataclasses.replace(cfg, train=TrainConfig(epochs=0))
+    assert [p.where for p in preflight.check(bad)] == ["config"]
+    one = _config(_folder(tmp_path / "one", {"only": 5}))
+    assert "at least 2" in str(preflight.check(one)[0])
+
+
+def test_cli_train_refuses_before_creating_a_run(workspace: Path, tmp_path: Path, capsys) -> None:
+    folder = _folder(tmp_path / "d", {"a": 6, "lonely": 1})
+    code = cli.main(["train", str(folder), "--epochs", "1", "--image-size", "16"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR and "'lonely' (1)" in err and len(err.splitlines()) == 1
+    assert runs.list_runs() == []
