@@ -8,6 +8,7 @@ import streamlit as st
 
 from cnnlab import workspace
 from cnnlab.device import describe_device
+from cnnlab.progress import plural
 from pages import ui
 
 st.set_page_config(page_title="cnnlab", page_icon=":material/neurology:", layout="wide")
@@ -30,11 +31,21 @@ PAGES = [
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
 page = st.navigation(PAGES)
+ui.restore_session()  # a reload gets the session's choices back (the id is in the URL)
 
 with st.sidebar:
     st.caption(f"**Device:** {_device_label()}")
     st.caption(f"**Workspace:** `{workspace.home()}`")
     dataset = st.session_state.get(ui.DATASET_PATH)
     st.caption(f"**Data set:** {dataset.rsplit('/', 1)[-1] if dataset else 'none chosen'}")
+    for snap in ui.job_manager().list(active_only=True):
+        what = "Tuning" if snap.kind == "tune" else "Training"
+        done = f" · {plural(len(snap.epochs), 'epoch')} done" if snap.kind == "train" else ""
+        st.caption(f"**{what}:** {snap.name or snap.run_id or 'starting'}{done}")
+        target = "pages/tune.py" if snap.kind == "tune" else ui.TRAIN_PAGE
+        st.page_link(target, label="Watch it", icon=":material/monitoring:")
 
-page.run()
+try:
+    page.run()
+finally:  # also after st.stop / st.switch_page, which end the run with an exception
+    ui.save_session()

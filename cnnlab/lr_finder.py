@@ -2,7 +2,8 @@
 
 A fresh model (the run's own weights are never touched) is trained for ~100 steps on the training
 split while the learning rate grows exponentially from 1e-6 to 1; the loss is smoothed and the
-suggestion is the lr where it falls fastest. Batches, augmentation, normalisation, loss and
+suggestion is fastai's "valley" rule: two thirds down the longest stretch where the loss keeps
+falling (less cautious than the steepest point, which is reported too). Batches, augmentation, normalisation, loss and
 parameter groups are the ones `train.fit` uses, so the suggestion transfers to the real run.
 """
 
@@ -36,9 +37,10 @@ class LRFinderResult:
     lrs: list[float]  # learning rate of each step (the head/main group's)
     losses: list[float]  # smoothed loss of each step
     raw_losses: list[float]  # the batch loss as measured
-    suggestion: float  # lr at the steepest descent of the smoothed loss
-    min_loss_lr: float  # lr at the lowest smoothed loss (suggestion's fallback is this / 10)
+    suggestion: float  # the valley rule's lr (see valley_lr)
+    min_loss_lr: float  # lr at the lowest smoothed loss
     stopped_early: bool  # True when the loss diverged before END_LR
+    steepest: float | None = None  # lr at the steepest descent of the smoothed loss
 
     def to_dict(self) -> dict:
         """Plain dict (for JSON)."""
@@ -61,6 +63,23 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, float]:
     skip = max(1, i_min // 10)  # the first steps are noisy (smoothing still warming up)
     i_steep = skip + int(np.argmin(slope[skip:]))
     return float(lr[i_steep]), min_lr
+
+
+def valley_lr(lrs: list[float], losses: list[float]) -> float:
+    """fastai's valley rule: the longest run of falling loss (longest decreasing subsequence),
+    and the lr two thirds of the way along it, where the loss still falls well."""
+    loss = list(losses)
+    n = len(loss)
+    run = [1] * n  # run[i]: length of the longest decreasing subsequence ending at i
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if loss[i] < loss[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[end] < run[i]:
+            end, start = i, i - run[i]
+    third = (end - start) / 3
+    return float(lrs[min(n - 1, start + int(third) + int(third / 2))])
 
 
 def find_lr(
@@ -134,8 +153,13 @@ def find_lr(
             f"the loss diverged after {len(lrs)} LR-finder steps even at lr {start_lr:g}: check the "
             "data and the model (or lower the start lr)"
         )
-    suggestion, min_lr = suggest_lr(lrs, smooth)
+    steepest, min_lr = suggest_lr(lrs, smooth)
+    suggestion = valley_lr(lrs, smooth)
     log.info(
-        "LR finder: %d steps, suggestion %.3g (min loss at %.3g)", len(lrs), suggestion, min_lr
+        "LR finder: %d steps, valley %.3g, steepest %.3g, min loss at %.3g",
+        len(lrs),
+        suggestion,
+        steepest,
+        min_lr,
     )
-    return LRFinderResult(lrs, smooth, raw, suggestion, min_lr, stopped)
+    return LRFinderResult(lrs, smooth, raw, suggestion, min_lr, stopped, steepest)

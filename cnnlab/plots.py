@@ -6,6 +6,7 @@ figure on every update.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,10 @@ import numpy as np
 import plotly.graph_objects as go
 
 _LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 340}
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
+# a qualitative palette (Plotly's D3), so compared runs never come out in similar blues
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 
 
 # ---------------------------------------------------------------- curves, evaluation and prediction
@@ -26,12 +31,34 @@ def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[f
     return epochs, values
 
 
-def loss_figure(rows: Sequence[dict[str, Any]], diagnosis=None) -> go.Figure:
-    """Train/val loss per epoch; with an evaluate.Diagnosis: best-epoch marker, shaded overfitting."""
+def loss_figure(
+    rows: Sequence[dict[str, Any]],
+    diagnosis=None,
+    curve: Sequence[tuple[float, float]] = (),
+) -> go.Figure:
+    """Train/val loss per epoch; with `curve` ((fractional epoch, smoothed loss) pairs from the
+    batches) the running training loss within epochs; with an evaluate.Diagnosis: the best epoch
+    and the overfitting region."""
     fig = go.Figure()
-    for key, name in (("train_loss", "train"), ("val_loss", "validation")):
+    if curve:
+        x, y = zip(*curve, strict=True)
+        fig.add_trace(
+            go.Scatter(
+                x=list(x),
+                y=list(y),
+                mode="lines",
+                name="train (running)",
+                line={"color": TRAIN_COLOUR, "width": 1.5},
+                opacity=0.6,
+            )
+        )
+    for key, name, colour in (
+        ("train_loss", "train (epoch mean)" if curve else "train", TRAIN_COLOUR),
+        ("val_loss", "validation", VAL_COLOUR),
+    ):
         x, y = _series(rows, key)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
+        mode = "markers" if curve else "lines+markers"
+        fig.add_trace(go.Scatter(x=x, y=y, mode=mode, name=name, line={"color": colour}))
     if diagnosis is not None and diagnosis.best_epoch is not None:
         if diagnosis.overfitting_from is not None:
             fig.add_vrect(
@@ -41,31 +68,37 @@ def loss_figure(rows: Sequence[dict[str, Any]], diagnosis=None) -> go.Figure:
                 opacity=0.12,
                 line_width=0,
                 annotation_text="overfitting",
-                annotation_position="top left",
+                annotation_position="bottom right",  # the best-epoch label sits at the top
             )
         fig.add_vline(
             x=diagnosis.best_epoch,
             line_dash="dash",
             line_color="green",
             annotation_text=f"best epoch {diagnosis.best_epoch}",
-            annotation_position="top right",
+            annotation_position="top left",
         )
-    _epoch_axis(fig, len(rows))
+    last_x = max([len(rows), *(x for x, _ in curve[-1:])])
+    _epoch_axis(fig, math.ceil(last_x))
     fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_LAYOUT)
     return fig
 
 
 def _epoch_axis(fig: go.Figure, n_epochs: int) -> None:
-    """Ticks on whole epochs only (plotly would put some at 1.5, 2.5 on short runs)."""
-    fig.update_xaxes(tick0=1, dtick=max(1, -(-n_epochs // 10)))
+    """Ticks on whole epochs only (plotly would put some at 1.5, 2.5 on short runs), from 0 when
+    the within-epoch curve starts there."""
+    fig.update_xaxes(tick0=0 if n_epochs < 10 else 1, dtick=max(1, -(-n_epochs // 10)))
 
 
 def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     """Train/val accuracy per epoch (0-1)."""
     fig = go.Figure()
-    for key, name in (("train_acc", "train"), ("val_acc", "validation")):
+    for key, name, colour in (
+        ("train_acc", "train", TRAIN_COLOUR),
+        ("val_acc", "validation", VAL_COLOUR),
+    ):
         x, y = _series(rows, key)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
+                                 line={"color": colour}))  # fmt: skip
     _epoch_axis(fig, len(rows))
     fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_title="accuracy", **_LAYOUT)
     fig.update_yaxes(range=[0, 1.02])
@@ -80,12 +113,19 @@ _METRIC_TITLES = {
 }
 
 
-def overlay_figure(runs_rows: dict[str, Sequence[dict[str, Any]]], metric: str) -> go.Figure:
-    """One line per run of one per-epoch metric (e.g. val_acc), to compare runs on one chart."""
+def overlay_figure(
+    runs_rows: dict[str, Sequence[dict[str, Any]]],
+    metric: str,
+    labels: dict[str, str] | None = None,
+) -> go.Figure:
+    """One line per run of one per-epoch metric (e.g. val_acc), to compare runs on one chart;
+    `labels` names the runs in the legend (their ids otherwise), each in its own colour."""
     fig = go.Figure()
-    for run_id, rows in runs_rows.items():
+    for i, (run_id, rows) in enumerate(runs_rows.items()):
         x, y = _series(rows, metric)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=str(run_id)))
+        name = (labels or {}).get(run_id) or str(run_id)
+        colour = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, line={"color": colour}))
     title = _METRIC_TITLES.get(metric, metric)
     _epoch_axis(fig, max((len(r) for r in runs_rows.values()), default=0))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
@@ -112,7 +152,7 @@ def confusion_figure(
             text=text,
             texttemplate="%{text}" if len(labels) <= 20 else None,
             colorscale="Blues",
-            hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
+            hoverinfo="skip",  # the cell markers below answer the hover (and the click)
         )
     )
     fig.update_layout(
@@ -121,8 +161,45 @@ def confusion_figure(
         yaxis_title="true",
         **{**_LAYOUT, "height": max(340, 28 * len(labels) + 120)},
     )
+    # Plotly heatmaps cannot be selected through st.plotly_chart(on_select=...): an invisible
+    # square marker on every cell centre takes the click instead (customdata = [true, predicted]).
+    n = len(labels)
+    fig.add_trace(
+        go.Scatter(
+            x=[labels[p] for t in range(n) for p in range(n)],
+            y=[labels[t] for t in range(n) for p in range(n)],
+            customdata=[[t, p] for t in range(n) for p in range(n)],
+            text=[text[t][p] for t in range(n) for p in range(n)],
+            mode="markers",
+            marker={"symbol": "square", "size": max(8, min(40, 600 // max(n, 1))), "opacity": 0},
+            hovertemplate="true %{y}, predicted %{x}: %{text}<extra>click for the images</extra>",
+            showlegend=False,
+            name="cells",
+        )
+    )
+    fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(type="category")
+    return fig
+
+
+def confusion_cell(selection: Any) -> tuple[int, int] | None:
+    """(true, predicted) class indices of the cell a st.plotly_chart selection event picked."""
+    points = (selection or {}).get("selection", {}).get("points", [])
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, (list, tuple)) and len(data) == 2:
+            return int(data[0]), int(data[1])
+    return None
+
+
+def class_counts_figure(counts: dict[str, int]) -> go.Figure:
+    """Bars of usable images per class (the Data page's balance check)."""
+    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), marker_color="#3b6fd4"))
+    fig.update_layout(
+        title="Images per class", xaxis_title="class", yaxis_title="usable images",
+        xaxis_type="category", height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )  # fmt: skip
     return fig
 
 
@@ -150,22 +227,29 @@ def topk_figure(top: Sequence[tuple[str, float]]) -> go.Figure:
 
 
 def lr_finder_figure(result) -> go.Figure:
-    """Smoothed loss vs learning rate (log x) with the suggested lr marked (lr_finder result)."""
+    """Smoothed loss vs learning rate (log x) with the suggested (valley) lr and the steepest
+    descent marked on the curve (lr_finder result)."""
     fig = go.Figure(go.Scatter(x=result.lrs, y=result.losses, mode="lines", name="smoothed loss"))
-    # A marker on the curve instead of add_vline: shapes on a log axis need log10 coordinates
+    # Markers on the curve instead of add_vline: shapes on a log axis need log10 coordinates
     # and their annotations are easily misplaced.
-    i = int(np.argmin(np.abs(np.log(np.asarray(result.lrs)) - np.log(result.suggestion))))
-    fig.add_trace(
-        go.Scatter(
-            x=[result.lrs[i]],
-            y=[result.losses[i]],
-            mode="markers+text",
-            marker={"size": 12, "color": "green"},
-            text=[f"suggested {result.suggestion:.2g}"],
-            textposition="top right",
-            name="suggested lr",
+    log_lrs = np.log(np.asarray(result.lrs))
+    marks = [(result.suggestion, "suggested (valley)", "green", "top right")]
+    steepest = getattr(result, "steepest", None)  # results pickled before it existed lack it
+    if steepest is not None and not np.isclose(steepest, result.suggestion):
+        marks.append((steepest, "steepest", "#7f7f7f", "bottom left"))
+    for lr, label, colour, position in marks:
+        i = int(np.argmin(np.abs(log_lrs - np.log(lr))))
+        fig.add_trace(
+            go.Scatter(
+                x=[result.lrs[i]],
+                y=[result.losses[i]],
+                mode="markers+text",
+                marker={"size": 12, "color": colour},
+                text=[f"{label} {lr:.1e}"],
+                textposition=position,
+                name=label,
+            )
         )
-    )
     fig.update_xaxes(type="log", title="learning rate")
     fig.update_layout(title="Learning-rate finder", yaxis_title="loss", **_LAYOUT)
     return fig

@@ -9,7 +9,9 @@ Session state conventions — the only keys pages share:
 - st.session_state["active_run_id"]: str, the run that Train/Evaluate/Predict show.
 - st.session_state["train_job_id"]: str, the cnnlab.jobs job the Train page shows (Home clears
   it for a fresh start; Runs sets it to re-attach to a running or resumed job).
-Pages import these names instead of spelling the strings.
+Pages import these names instead of spelling the strings. SESSION_KEYS (these, and a few
+widgets) are saved per browser session (cnnlab.session) under the id in the URL's `?s=`, so a
+reload gets them back.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cnnlab import data, evaluate
+from cnnlab import data, evaluate, jobs, session
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 
@@ -32,6 +34,10 @@ RUN_CONFIG = "run_config"
 ACTIVE_RUN_ID = "active_run_id"
 TRAIN_JOB_ID = "train_job_id"
 DATA_PAGE = "pages/data.py"
+QUERY_SESSION = "s"  # URL query: this browser session's id (cnnlab.session)
+SESSION_KEYS = (DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, "data_source")
+_SESSION_ID = "_session_id"
+_SESSION_SAVED = "_session_saved"
 _SCAN_CACHE_SIZE = 8
 
 
@@ -52,6 +58,41 @@ def use_app_navigation() -> None:
         if not st.session_state.get("_app_navigation_fixed"):
             st.session_state["_app_navigation_fixed"] = True
             st.rerun()
+
+
+@st.cache_resource(show_spinner=False)
+def job_manager() -> jobs.JobManager:
+    """The process-wide job manager: every page reaches running jobs through this one call."""
+    return jobs.get_manager()
+
+
+def restore_session() -> None:
+    """Give this session an id in the URL; a fresh session (a reload) with an id gets its saved
+    choices back. Call once per run, before the page."""
+    sid = st.session_state.get(_SESSION_ID)
+    if sid is None:
+        url_id = st.query_params.get(QUERY_SESSION)
+        sid = url_id if session.valid_id(url_id) else session.new_id()
+        st.session_state[_SESSION_ID] = sid
+        for key, value in session.load(sid).items():
+            if key in SESSION_KEYS and key not in st.session_state:
+                st.session_state[key] = value
+        st.session_state[_SESSION_SAVED] = session.to_record(_session_values())
+    if st.query_params.get(QUERY_SESSION) != sid:  # page switches drop the query
+        st.query_params[QUERY_SESSION] = sid
+
+
+def _session_values() -> dict:
+    return {k: st.session_state.get(k) for k in SESSION_KEYS}
+
+
+def save_session() -> None:
+    """Write the session's choices when they changed since the last save."""
+    sid = st.session_state.get(_SESSION_ID)
+    record = session.to_record(_session_values())
+    if sid and record != st.session_state.get(_SESSION_SAVED):
+        session.save(sid, _session_values())
+        st.session_state[_SESSION_SAVED] = record
 
 
 def show_error(exc: CnnlabError) -> None:

@@ -55,3 +55,15 @@ def test_suggestion_falls_back_to_min_over_ten() -> None:
     lrs = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
     suggestion, min_lr = lr_finder.suggest_lr(lrs, [1.0, 0.9, 1.5, 3.0, 9.0])
     assert min_lr == 1e-4 and suggestion == pytest.approx(1e-5)
+
+
+def test_valley_rule_sits_past_the_steepest_point_before_the_minimum() -> None:
+    """fastai's valley: two thirds along the longest falling stretch, not the cautious steepest."""
+    lrs = list(np.logspace(-6, 0, 100))
+    x = np.log10(lrs)
+    # flat (slightly noisy) up to 1e-4, a steady descent to 1e-2, then divergence
+    flat = 2 + 0.001 * np.sin(np.arange(100) * 1.7)
+    loss = np.where(x < -4, flat, 2 - 0.5 * (x + 4)) + np.where(x > -2, (x + 2) * 30, 0)
+    valley = lr_finder.valley_lr(lrs, list(loss))
+    _, min_lr = lr_finder.suggest_lr(lrs, list(loss))
+    assert 3e-4 < valley < 3e-3 and min_lr == pytest.approx(1e-2, rel=0.1)

@@ -74,3 +74,43 @@ def test_lr_finder_figure() -> None:
     fig = plots.lr_finder_figure(result)
     assert fig.layout.xaxis.type == "log"
     assert fig.data[1].x[0] == lrs[20] and fig.data[1].y[0] == losses[20]
+
+
+def test_loss_figure_draws_the_running_loss_within_epochs() -> None:
+    rows = _rows(2)
+    curve = [(0.25, 2.0), (0.5, 1.8), (1.0, 1.5), (1.5, 1.2), (2.0, 1.0), (2.25, 0.9)]
+    fig = plots.loss_figure(rows, curve=curve)
+    names = [t.name for t in fig.data]
+    assert names == ["train (running)", "train (epoch mean)", "validation"]
+    assert list(fig.data[0].x) == [0.25, 0.5, 1.0, 1.5, 2.0, 2.25]  # fractional epochs
+    assert fig.data[2].mode == "markers" and list(fig.data[2].x) == [1, 2]  # val at epoch ends
+    assert fig.layout.xaxis.dtick == 1  # whole-epoch ticks
+
+
+def test_loss_figure_labels_do_not_share_a_corner() -> None:
+    rows = _rows()
+    fig = plots.loss_figure(rows, evaluate.diagnose(rows))
+    positions = {
+        a.text: (a.yanchor, a.y) for a in fig.layout.annotations
+    }  # the two labels sit at different heights
+    assert positions["overfitting"] != positions["best epoch 3"]
+
+
+def test_confusion_cells_are_clickable_markers() -> None:
+    m = [[5, 1, 0], [2, 2, 0], [0, 0, 3]]
+    fig = plots.confusion_figure(m, ["a", "b", "c"])
+    cells = fig.data[1]
+    assert cells.type == "scatter" and cells.marker.opacity == 0 and len(cells.x) == 9
+    i = list(map(tuple, cells.customdata)).index((1, 0))  # true b, predicted a
+    assert (cells.y[i], cells.x[i], cells.text[i]) == ("b", "a", "2")
+    event = {"selection": {"points": [{"customdata": [1, 0], "x": "a", "y": "b"}]}}
+    assert plots.confusion_cell(event) == (1, 0)
+    assert plots.confusion_cell({"selection": {"points": []}}) is None
+    assert plots.confusion_cell(None) is None
+
+
+def test_overlay_names_runs_in_distinct_colours() -> None:
+    rows = {"r1": _rows(3), "r2": _rows(3)}
+    fig = plots.overlay_figure(rows, "val_acc", labels={"r1": "demo digits", "r2": "r2"})
+    assert [t.name for t in fig.data] == ["demo digits", "r2"]
+    assert fig.data[0].line.color != fig.data[1].line.color

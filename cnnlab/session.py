@@ -1,0 +1,97 @@
+"""A browser session's choices on disk, so a reload (a fresh front-end session) gets them back.
+
+The dashboard keeps a random session id in the page's URL (`?s=...`) and writes the choices that
+matter across pages (data set, data/run config, active run, the job it watches) to
+`<workspace>/sessions/<id>.json` whenever they change; a reload of that URL reads them back. Configs
+go through RunConfig.from_dict, so a hand-edited or stale record is validated like any config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import runs, workspace
+from .config import DataConfig, RunConfig
+from .errors import CnnlabError
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS = 200  # older session records beyond this are removed
+_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def new_id() -> str:
+    """A fresh random session id (16 hex digits)."""
+    return secrets.token_hex(8)
+
+
+def valid_id(session_id: object) -> bool:
+    """True for an id new_id() could have made (so it is safe as a file name)."""
+    return isinstance(session_id, str) and bool(_ID.match(session_id))
+
+
+def _dir() -> Path:
+    path = workspace.home() / "sessions"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_record(state: dict[str, Any]) -> dict[str, Any]:
+    """JSON-able form of the session's choices (configs as dicts, other values as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if value is None:
+            continue
+        if isinstance(value, RunConfig):
+            out[key] = {"RunConfig": value.to_dict()}
+        elif isinstance(value, DataConfig):
+            out[key] = {"DataConfig": asdict(value)}
+        elif isinstance(value, (str, int, float, bool)):
+            out[key] = value
+    return out
+
+
+def from_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The session values back from a record; a value that fails validation is dropped."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        try:
+            if isinstance(value, dict) and "RunConfig" in value:
+                out[key] = RunConfig.from_dict(value["RunConfig"]).validate()
+            elif isinstance(value, dict) and "DataConfig" in value:
+                data_cfg = RunConfig.from_dict({"data": value["DataConfig"]}).data
+                data_cfg.validate()
+                out[key] = data_cfg
+            elif isinstance(value, (str, int, float, bool)):
+                out[key] = value
+        except CnnlabError as exc:
+            log.info("session record: dropping %s (%s)", key, exc)
+    return out
+
+
+def save(session_id: str, state: dict[str, Any]) -> None:
+    """Write the session's record (atomically); ignores an invalid id."""
+    if not valid_id(session_id):
+        return
+    runs.write_json_atomic(_dir() / f"{session_id}.json", to_record(state))
+    records = sorted(_dir().glob("*.json"), key=lambda p: p.stat().st_mtime)
+    for old in records[:-MAX_RECORDS]:
+        old.unlink(missing_ok=True)
+
+
+def load(session_id: str) -> dict[str, Any]:
+    """The saved choices of this session id ({} when none or unreadable)."""
+    if not valid_id(session_id):
+        return {}
+    path = _dir() / f"{session_id}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return from_record(record) if isinstance(record, dict) else {}
