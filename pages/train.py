@@ -1,21 +1,21 @@
 """Train page: hyperparameters, Start/Stop, live loss and accuracy curves of a background job.
 
 Training runs in a cnnlab.jobs thread; this page only reads job snapshots. While the job runs, a
-fragment re-runs every second to redraw the curves (one point per epoch) and the progress bar, and
-triggers one full rerun when the job ends so the summary appears. The job registry is
-process-wide, so a reload or a second tab re-attaches to a running job.
+fragment re-runs every second to redraw the progress bar and, when the job has new points, the
+curves (the running training loss within the epoch, validation at epoch ends); it triggers one
+full rerun when the job ends so the summary appears. The job registry is process-wide, so a
+reload or a second tab re-attaches to a running job. Start is off, with the reasons listed, while
+cnnlab.preflight finds a problem that would make the run fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
-from cnnlab import evaluate, jobs, plots
+from cnnlab import evaluate, jobs, lr_finder, plots, preflight, progress, runs
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
@@ -24,7 +24,8 @@ JOB_ID = ui.TRAIN_JOB_ID  # session key: the job this session shows
 STOP_WAIT_S = 3.0  # how long the Stop click waits for the job to wind down before redrawing
 QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
-MAX_POINTS = 300  # epochs drawn at most: Streamlit re-sends the whole figure every second
+LR_RESULT = "_lr_result"  # session key: the LR finder's whole result (for its chart)
+FIGURES = "_t_figures"  # session key: (job id, curve version, loss figure, accuracy figure)
 DEFAULTS = TrainConfig()
 # TrainConfig fields with a widget here; backbone_lr lives on the Model page, the rest in configs
 WIDGET_FIELDS = (
@@ -40,11 +41,6 @@ WIDGET_FIELDS = (
     "device",
     "class_weights",
 )
-
-
-@st.cache_resource
-def _jobs() -> jobs.JobManager:
-    return jobs.get_manager()
 
 
 def _reset_defaults() -> None:
@@ -82,16 +78,13 @@ def _hyperparameters(tc: TrainConfig) -> TrainConfig:
 
 
 def _lr_tools(cfg: RunConfig) -> None:
-    """'Use suggested' and, once cnnlab.lr_finder exists, the LR finder."""
-    c1, c2 = st.columns(2)
+    """The LR finder and, once it has run, 'use suggested' and its curve; side by side."""
     suggested = st.session_state.get(SUGGESTED_LR)
-    if suggested:
-        c1.button(f"Use suggested lr {suggested:.1e}", on_click=_use_suggested)
-    if importlib.util.find_spec("cnnlab.lr_finder") is None:
-        return
-    if c2.button("Find a learning rate", help="A short sweep of increasing learning rates"):
-        from cnnlab import lr_finder
-
+    with st.container(horizontal=True):
+        find = st.button("Find a learning rate", help="A short sweep of increasing learning rates")
+        if suggested:
+            st.button(f"Use suggested lr {suggested:.1e}", on_click=_use_suggested)
+    if find:
         try:
             with st.spinner("Sweeping learning rates…"):
                 result = lr_finder.find_lr(cfg)
@@ -99,97 +92,112 @@ def _lr_tools(cfg: RunConfig) -> None:
             ui.show_error(exc)
             return
         st.session_state[SUGGESTED_LR] = result.suggestion
-        st.session_state["_lr_result"] = result
+        st.session_state[LR_RESULT] = result
         st.rerun()  # so the 'use suggested' button shows the new value
-    result = st.session_state.get("_lr_result")
-    if result is not None and hasattr(plots, "lr_finder_figure"):
+    result = st.session_state.get(LR_RESULT)
+    if result is not None:
         with st.expander(f"LR finder: suggestion {result.suggestion:.1e}"):
+            st.caption(
+                "Suggested: fastai's valley rule, two thirds down the longest stretch where the "
+                "loss keeps falling; the steepest point is marked too (more cautious)."
+            )
             st.plotly_chart(plots.lr_finder_figure(result))
 
 
 def _start(cfg: RunConfig) -> None:
     try:
-        job = _jobs().start(cfg)
+        job = ui.job_manager().start(cfg)
     except CnnlabError as exc:
         ui.show_error(exc)
         return
     st.session_state[JOB_ID] = job.job_id
     st.query_params[QUERY_JOB] = job.job_id
     st.session_state.pop(ui.ACTIVE_RUN_ID, None)  # set again once the new run has an id
+    st.session_state.pop(ui.LOADED_FROM, None)
     st.rerun()
 
 
-def _thin(rows: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
-    """At most ~MAX_POINTS rows, always keeping the last one."""
-    step = max(1, -(-len(rows) // MAX_POINTS))
-    return (
-        list(rows[::step]) if not rows or (len(rows) - 1) % step == 0 else [*rows[::step], rows[-1]]
+def _run_caption(snap: jobs.JobSnapshot) -> None:
+    """What the shown job trains: the run's own saved settings, not this session's form."""
+    if not snap.run_id:
+        return
+    try:
+        cfg = runs.read_config(runs.load_run(snap.run_id))
+    except CnnlabError:
+        return
+    name = f" ({cfg.name})" if cfg.name else ""
+    st.caption(
+        f"Run `{snap.run_id}`{name}: model **{cfg.model.name}** · {cfg.data.image_size} px · "
+        f"{progress.plural(cfg.train.epochs, 'epoch')} · lr {cfg.train.lr:.1e} · data "
+        f"`{Path(cfg.data.path).name}`"
     )
 
 
 def _progress(snap: jobs.JobSnapshot) -> None:
-    """Progress bar: data preparation first, then epoch/batch with ETA and images/s."""
-    if snap.run_info is None:
-        p = snap.preparing
-        frac = p["done"] / max(p["total"], 1) if p else 0.0
-        text = f"Preparing data: {p['stage']} {p['done']:,}/{p['total']:,}" if p else "Starting…"
-        st.progress(min(frac, 1.0), text=text)
-        return
-    planned = snap.epochs_planned or 1
-    p = snap.progress
-    done = len(snap.epochs)
-    if p and p["epoch"] == done + 1:
-        frac = (done + p["batch"] / max(p["n_batches"], 1)) / planned
-        text = f"Epoch {p['epoch']}/{planned} · batch {p['batch']}/{p['n_batches']}"
-        text += f" · {p['images_per_s']:,.0f} images/s"
-    elif done == 0:
-        frac, text = 0.0, f"Epoch 1/{planned} starting…"
-    else:
-        frac, text = done / planned, f"Epoch {done}/{planned} done"
-    if snap.eta_s is not None:
-        text += f" · ETA {snap.eta_s:,.0f} s"
-    st.progress(min(frac, 1.0), text=text)
+    frac, text = progress.progress_line(snap)
+    st.progress(frac, text=text)
 
 
-def _curves(snap: jobs.JobSnapshot) -> None:
-    if not snap.epochs:
-        st.caption("The curves appear after the first epoch.")
+def _figures(snap: jobs.JobSnapshot, live: bool):
+    """The loss and accuracy figures, rebuilt only when the job has new points."""
+    key = (snap.job_id, snap.curve_version, live)
+    cached = st.session_state.get(FIGURES)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    rows = progress.thin(snap.epochs)
+    diagnosis = None if live else evaluate.diagnose(list(snap.epochs))
+    loss = plots.loss_figure(rows, diagnosis, curve=snap.curve)
+    acc = plots.accuracy_figure(rows)
+    st.session_state[FIGURES] = (key, loss, acc)
+    return loss, acc
+
+
+def _curves(snap: jobs.JobSnapshot, live: bool) -> None:
+    if not snap.epochs and not snap.curve:
+        st.caption("The loss curve appears with the first batches.")
         return
-    rows = _thin(snap.epochs)
+    loss, acc = _figures(snap, live)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.loss_figure(rows, evaluate.diagnose(rows)), key="t_loss_chart")
-    c2.plotly_chart(plots.accuracy_figure(rows), key="t_acc_chart")
+    c1.plotly_chart(loss, key="t_loss_chart")
+    if snap.epochs:
+        c2.plotly_chart(acc, key="t_acc_chart")
+    else:
+        c2.caption("Accuracy is measured at the end of each epoch.")
 
 
 @st.fragment(run_every=1)
 def _live(job_id: str) -> None:
     """Redrawn every second while the job runs; one full rerun when it ends."""
-    snap = _jobs().snapshot(job_id)
+    snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
     if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
+    _run_caption(snap)
     _progress(snap)
-    _curves(snap)
+    _curves(snap, live=True)
 
 
 def _result(snap: jobs.JobSnapshot) -> None:
     """The finished job: error, or the summary with links onwards."""
+    _run_caption(snap)
     if snap.status == "failed":
         st.error(f"Training failed: {snap.error}", icon=":material/error:")
         return
     s = snap.summary or {}
     if snap.run_id:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
+    epochs_run = s.get("epochs_run") or 0
     if snap.status == "stopped":
-        st.warning(f"Stopped by you after {s.get('epochs_run', 0)} epoch(s).")
+        st.warning(f"Stopped by you after {progress.plural(epochs_run, 'epoch')}.")
     elif s.get("stopped_early"):
-        waited = s.get("epochs_run", 0) - (s.get("best_epoch") or 0)
+        waited = epochs_run - (s.get("best_epoch") or 0)
         st.info(
-            f"Early stopping: the validation loss did not improve for {waited} epochs, so "
-            f"training stopped at epoch {s.get('epochs_run')}; the best epoch's weights were kept."
+            f"Early stopping: the validation loss did not improve for "
+            f"{progress.plural(waited, 'epoch')}, so training stopped at epoch {epochs_run}; "
+            "the best epoch's weights were kept."
         )
-    _curves(snap)
+    _curves(snap, live=False)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Best epoch", s.get("best_epoch") or "–")
     for col, key, label in (
@@ -197,28 +205,30 @@ def _result(snap: jobs.JobSnapshot) -> None:
         (c3, "test_accuracy", "Test accuracy"),
     ):
         col.metric(label, f"{s[key]:.1%}" if isinstance(s.get(key), float) else "–")
-    c4.metric("Time", f"{s.get('seconds') or snap.elapsed_s:,.1f} s")
+    seconds = s.get("seconds") or snap.run_seconds  # a resumed run's total, earlier parts too
+    c4.metric("Time", progress.format_seconds(seconds))
     st.caption(f"Run `{snap.run_id}` · {s.get('device', '')}")
-    l1, l2 = st.columns(2)
-    l1.page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
-    l2.page_link("pages/predict.py", label="Predict with it", icon=":material/image_search:")
+    with st.container(horizontal=True):
+        st.page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
+        st.page_link("pages/predict.py", label="Predict with it", icon=":material/image_search:")
 
 
 def _current_job() -> str | None:
-    """This session's job (or the one named in the URL after a reload), else the active run's
-    job, else one the user re-attaches to."""
-    manager = _jobs()
-    candidates = (
-        st.session_state.get(JOB_ID),
-        st.query_params.get(QUERY_JOB),
-        st.session_state.get(ui.ACTIVE_RUN_ID),
-    )
-    for ident in candidates:
+    """This session's job (or the one named in the URL after a reload), else the running job of
+    the active run, else one the user re-attaches to."""
+    manager = ui.job_manager()
+    for ident in (st.session_state.get(JOB_ID), st.query_params.get(QUERY_JOB)):
         job = manager.get(ident) if ident else None
         if job is not None:
             st.session_state[JOB_ID] = job.job_id
             st.query_params[QUERY_JOB] = job.job_id
             return job.job_id
+    active = st.session_state.get(ui.ACTIVE_RUN_ID)
+    job = manager.get(active) if active else None
+    if job is not None and job.active:
+        st.session_state[JOB_ID] = job.job_id
+        st.query_params[QUERY_JOB] = job.job_id
+        return job.job_id
     running = manager.list(kind="train", active_only=True)
     if running:
         labels = {
@@ -237,9 +247,12 @@ def _controls(dataset: str, running: bool) -> RunConfig:
     base = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
     data_cfg = st.session_state.get(ui.DATA_CONFIG) or base.data or DataConfig()
     data_cfg = dataclasses.replace(data_cfg, path=dataset)
+    loaded = st.session_state.get(ui.LOADED_FROM)
+    if loaded:
+        st.success(loaded, icon=":material/star:")
     st.caption(
-        f"Model **{base.model.name}** · {data_cfg.image_size} px · data `{dataset}` "
-        "(change them on the Data, Augment and Model pages)"
+        f"Start trains model **{base.model.name}** · {data_cfg.image_size} px · data "
+        f"`{Path(dataset).name}` (change them on the Data, Augment and Model pages)"
     )
     with st.expander("Hyperparameters", expanded=not running):
         tc = _hyperparameters(base.train)
@@ -250,13 +263,26 @@ def _controls(dataset: str, running: bool) -> RunConfig:
     return cfg
 
 
+def _blockers(cfg: RunConfig | None, running: bool) -> list[str]:
+    """Why Start is off (empty when it is on): a run in progress, no data, preflight problems."""
+    if running:
+        return ["A run is in progress: stop it, or wait for it to end."]
+    if cfg is None:
+        return ["Choose a data set on the Data page first."]
+    try:
+        scan = ui.scan_dataset(cfg.data.path)
+    except CnnlabError as exc:
+        return [str(exc)]
+    return [str(p) for p in preflight.check(cfg, scan)]
+
+
 def main() -> None:
     """Render the page."""
     ui.use_app_navigation()
     st.title("Train")
     # the job comes first: a reload (fresh session, no data chosen) must still find a running job
     job_id = _current_job()
-    snap = _jobs().snapshot(job_id) if job_id else None
+    snap = ui.job_manager().snapshot(job_id) if job_id else None
     running = snap is not None and snap.active
     if snap is None:
         dataset: str | None = ui.require_dataset()
@@ -265,20 +291,38 @@ def main() -> None:
         dataset = dataset if dataset and Path(dataset).is_dir() else None
 
     cfg = _controls(dataset, running) if dataset else None
+    blockers = _blockers(cfg, running)
     c1, c2 = st.columns(2)
     start = c1.button(
-        "Start", type="primary", icon=":material/play_arrow:", disabled=running or cfg is None
+        "Start",
+        type="primary",
+        icon=":material/play_arrow:",
+        disabled=bool(blockers),
+        help=blockers[0] if blockers else "Train with these settings in the background",
     )
     if start and cfg is not None:
         _start(cfg)
-    if c2.button("Stop", icon=":material/stop:", disabled=not running):
-        _jobs().stop(job_id)
+    stop = c2.button(
+        "Stop",
+        icon=":material/stop:",
+        disabled=not running,
+        help="Stop after the current batch; the best epoch so far is kept"
+        if running
+        else "Nothing is training now",
+    )
+    if stop:
+        ui.job_manager().stop(job_id)
         # fit honours a stop within one batch and then evaluates the test split once: wait for
         # that here so this rerun shows the result instead of the next fragment tick doing it
-        after = _jobs().wait(job_id, timeout=STOP_WAIT_S)
+        after = ui.job_manager().wait(job_id, timeout=STOP_WAIT_S)
         if after is not None and after.active:
             st.toast("Stopping after the current batch…")
         st.rerun()
+    if blockers and not running:
+        st.warning(
+            "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),
+            icon=":material/block:",
+        )
 
     if snap is None:
         return

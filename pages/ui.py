@@ -9,6 +9,8 @@ Session state conventions — the only keys pages share:
 - st.session_state["active_run_id"]: str, the run that Train/Evaluate/Predict show.
 - st.session_state["train_job_id"]: str, the cnnlab.jobs job the Train page shows (Home clears
   it for a fresh start; Runs sets it to re-attach to a running or resumed job).
+- st.session_state["loaded_from"]: str, a note the Train page shows above its form (Tune's
+  "Train the best configuration" says which trial it loaded); cleared by Start.
 Pages import these names instead of spelling the strings. SESSION_KEYS (these, and a few
 widgets) are saved per browser session (cnnlab.session) under the id in the URL's `?s=`, so a
 reload gets them back.
@@ -33,6 +35,7 @@ DATA_CONFIG = "data_config"
 RUN_CONFIG = "run_config"
 ACTIVE_RUN_ID = "active_run_id"
 TRAIN_JOB_ID = "train_job_id"
+LOADED_FROM = "loaded_from"  # str: where the Train page's config came from (Tune's best trial)
 DATA_PAGE = "pages/data.py"
 QUERY_SESSION = "s"  # URL query: this browser session's id (cnnlab.session)
 SESSION_KEYS = (DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, "data_source")

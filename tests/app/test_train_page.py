@@ -5,6 +5,7 @@ AppTest never fires `run_every` timers, so the tests poll the page with `at.run(
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from cnnlab import jobs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cnnlab.errors import TrainingError
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
@@ -94,22 +96,61 @@ def test_start_shows_progress_then_curves_and_summary(workspace: Path, digits_di
     assert not button(at, "Start").disabled
 
 
+def _loss_traces(at: AppTest) -> dict[str, list]:
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    return {t["name"]: t["x"] for t in spec["data"]}
+
+
+def test_the_loss_curve_moves_within_the_first_epoch(workspace: Path, digits_dir: Path) -> None:
+    """One long epoch: the running train loss is drawn at fractional epochs before it ends."""
+    at = open_train_page(digits_dir, epochs=1, batch_size=4)
+    button(at, "Start").click().run()
+    job_id = at.session_state["train_job_id"]
+    poll_until(at, lambda a: bool(a.get("plotly_chart")))
+    snap = jobs.get_manager().snapshot(job_id)
+    xs = _loss_traces(at)["train (running)"]
+    if not snap.epochs:  # (on a very fast machine the one epoch may be over already)
+        assert all(0 < x < 1 for x in xs), xs
+    poll_until(at, lambda a: len(_loss_traces(a).get("train (running)", [])) > len(xs))
+    jobs.get_manager().stop(job_id)
+
+
 def test_stop_button_ends_the_job(workspace: Path, digits_dir: Path) -> None:
     at = open_train_page(digits_dir, epochs=200, batch_size=8)
     button(at, "Start").click().run()
-    poll_until(at, lambda a: "active_run_id" in a.session_state and len(a.get("plotly_chart")) == 2)
+    poll_until(at, lambda a: "active_run_id" in a.session_state and a.get("plotly_chart"))
     button(at, "Stop").click().run()
     poll_until(at, finished, timeout=10)
     assert any("Stopped by you" in w.value for w in at.warning)
 
 
-def test_failed_job_shows_its_message(workspace: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    at = open_train_page(empty)
-    button(at, "Start").click().run()
-    poll_until(at, finished, timeout=20)
-    assert at.error and "Training failed" in at.error[0].value
+def test_start_is_off_with_every_reason_listed(workspace: Path, tmp_path: Path) -> None:
+    """A class with 1 image: Start is disabled, the reason is in its tooltip and listed below."""
+    from PIL import Image
+
+    root = tmp_path / "bad"
+    for name, n in (("many", 6), ("lonely", 1), ("other", 6)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (9 * i, 80, 20)).save(root / name / f"{i}.png")
+    at = open_train_page(root)
+    start = button(at, "Start")
+    assert start.disabled and "'lonely' (1)" in start.help
+    assert any("Start is off" in w.value and "'lonely' (1)" in w.value for w in at.warning)
+    assert button(at, "Stop").disabled and button(at, "Stop").help  # says why too
+    assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
+
+
+def test_failed_job_shows_its_message(workspace: Path, digits_dir: Path) -> None:
+    def crash(stop_event, emit):
+        raise TrainingError("the disk is full: free some space")
+
+    job = jobs.get_manager().start_callable(crash, kind="train")
+    jobs.get_manager().wait(job.job_id, timeout=10)
+    at = open_train_page(digits_dir)
+    at.session_state["train_job_id"] = job.job_id
+    at.run()
+    assert at.error and "Training failed: the disk is full" in at.error[0].value
 
 
 def test_a_fresh_session_reattaches_to_a_running_job(workspace: Path, digits_dir: Path) -> None:
