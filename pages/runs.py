@@ -9,92 +9,38 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from cnnlab import evaluate, jobs, plots, runs, train, workspace
+from cnnlab import evaluate, jobs, plots, run_table, runs, train, workspace
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.progress import format_seconds
 from pages import ui
 
 TRAIN_PAGE = ui.TRAIN_PAGE
-COMPARE_DEFAULT = 3  # newest runs with curves preselected for the overlay
-# statuses train.resume continues from last.pt (its own list once it has one)
-RESUMABLE = getattr(train, "RESUMABLE", ("interrupted", "stopped"))
 CONFIRM_DELETE = "runs_confirm_delete"  # session key: the run whose deletion awaits a yes
+DELETED = "runs_deleted"  # session key: the run just deleted (confirmed after the rerun)
 OPEN_RUN = "runs_open"  # session key (the selectbox): the run shown in detail
-
-
-def _config(run_id: str) -> RunConfig | None:
-    """A run's config.json, or None when it cannot be read (shown as blanks in the table)."""
-    try:
-        return runs.read_config(runs.load_run(run_id))
-    except CnnlabError:
-        return None
-
-
-def _duration(summary: dict[str, Any]) -> float | None:
-    if isinstance(summary.get("seconds"), (int, float)):
-        return float(summary["seconds"])
-    if summary.get("status") == "running" and isinstance(summary.get("created"), (int, float)):
-        return time.time() - summary["created"]
-    return None
-
-
-def _pct(value: Any) -> float | None:
-    return round(100 * value, 1) if isinstance(value, (int, float)) else None
-
-
-def _table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run: status, model, key hyperparameters, accuracies, duration."""
-    rows = []
-    for s in summaries:
-        cfg = _config(s["run_id"])
-        tc = cfg.train if cfg else None
-        created = s.get("created")
-        rows.append(
-            {
-                "run": s["run_id"],
-                "name": s.get("name") or "",
-                "status": s.get("status", "?"),
-                "model": s.get("model") or (cfg.model.name if cfg else ""),
-                "lr": tc.lr if tc else None,
-                "batch": tc.batch_size if tc else None,
-                "optimizer": tc.optimizer if tc else "",
-                "epochs": f"{s.get('epochs_run', '–')}/{tc.epochs if tc else '?'}",
-                "best val acc %": _pct(s.get("val_accuracy")),
-                "test acc %": _pct(s.get("test_accuracy")),
-                "duration s": _duration(s),
-                "created": datetime.fromtimestamp(created) if isinstance(created, float) else None,
-            }
-        )
-    return rows
 
 
 def _table(summaries: list[dict[str, Any]]) -> None:
     st.dataframe(
-        _table_rows(summaries),
+        run_table.table_rows(summaries),
         hide_index=True,
         width="stretch",
         column_config={
             "lr": st.column_config.NumberColumn(format="%.1e"),
-            "best val acc %": st.column_config.NumberColumn(format="%.1f"),
+            "val acc %": st.column_config.NumberColumn(
+                format="%.1f", help="Best epoch's; a pruned run's last epoch"
+            ),
             "test acc %": st.column_config.NumberColumn(format="%.1f"),
             "duration s": st.column_config.NumberColumn(format="%.1f"),
             "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         },
     )
-
-
-def _metrics(run_id: str) -> list[dict[str, Any]]:
-    try:
-        return runs.read_metrics(runs.load_run(run_id))
-    except CnnlabError:
-        return []
 
 
 def _compare(summaries: list[dict[str, Any]]) -> None:
@@ -109,24 +55,27 @@ def _compare(summaries: list[dict[str, Any]]) -> None:
     if not with_curves:
         st.caption("Runs get curves once they finish an epoch.")
         return
-    st.session_state.setdefault("runs_compare", with_curves[:COMPARE_DEFAULT])
+    st.session_state.setdefault("runs_compare", run_table.compare_default(summaries))
     st.session_state["runs_compare"] = [
         r for r in st.session_state["runs_compare"] if r in with_curves
     ]
-    picked = st.multiselect("Runs to compare", with_curves, key="runs_compare")
+    labels = {s["run_id"]: run_table.label(s) for s in summaries}
+    picked = st.multiselect(
+        "Runs to compare", with_curves, format_func=labels.get, key="runs_compare"
+    )
     split = st.radio("Curves of", ["validation", "train"], horizontal=True, key="runs_split")
     if not picked:
         return
     prefix = "val" if split == "validation" else "train"
-    rows = {run_id: _metrics(run_id) for run_id in picked}
+    rows = {run_id: run_table.metrics_of(run_id) for run_id in picked}
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.overlay_figure(rows, f"{prefix}_loss"), key="runs_overlay_loss")
-    c2.plotly_chart(plots.overlay_figure(rows, f"{prefix}_acc"), key="runs_overlay_acc")
+    c1.plotly_chart(plots.overlay_figure(rows, f"{prefix}_loss", labels), key="runs_overlay_loss")
+    c2.plotly_chart(plots.overlay_figure(rows, f"{prefix}_acc", labels), key="runs_overlay_acc")
 
 
 def _live_job(run_id: str) -> jobs.JobSnapshot | None:
     """This server's job training run_id, if it is still going."""
-    snap = jobs.get_manager().snapshot(run_id)
+    snap = ui.job_manager().snapshot(run_id)
     return snap if snap is not None and snap.active else None
 
 
@@ -149,7 +98,7 @@ def _resume(run_id: str, cfg: RunConfig | None) -> None:
     def work(stop_event, emit):
         return train.resume(run_id, callbacks=(emit,), stop_event=stop_event)
 
-    job = jobs.get_manager().start_callable(work, kind="train", name=f"resume {run_id}")
+    job = ui.job_manager().start_callable(work, kind="train", name=f"resume {run_id}")
     _follow_on_train_page(job.job_id, run_id, cfg)
 
 
@@ -175,7 +124,7 @@ def _delete(run_id: str) -> None:
         if st.session_state.get(ui.ACTIVE_RUN_ID) == run_id:
             st.session_state.pop(ui.ACTIVE_RUN_ID)
         st.session_state.pop(OPEN_RUN, None)
-        st.toast(f"Deleted run {run_id}")
+        st.session_state[DELETED] = run_id  # confirmed on the next run (a toast would be lost)
         st.rerun()
     if c2.button("Cancel", key="runs_delete_no"):
         st.session_state.pop(CONFIRM_DELETE, None)
@@ -183,29 +132,27 @@ def _delete(run_id: str) -> None:
 
 
 def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
-    """Use / watch / resume buttons for the opened run."""
-    c1, c2, c3 = st.columns(3)
-    if c1.button("Make it the active run", icon=":material/check_circle:", key="runs_use"):
-        st.session_state[ui.ACTIVE_RUN_ID] = run_id
-        st.toast(f"Evaluate and Predict now show {run_id}")
-    live = _live_job(run_id)
-    if live is not None:
-        if c2.button("Watch it train", icon=":material/monitoring:", key="runs_attach"):
-            _follow_on_train_page(live.job_id, run_id, cfg)
-    elif status == "running":
-        c2.caption("Running in another process (e.g. the CLI): its curves grow here on refresh.")
-    if status in RESUMABLE:
-        if not hasattr(train, "resume"):
-            c3.caption("Resuming needs a newer cnnlab (train.resume).")
-        elif not runs.load_run(run_id).last_path.is_file():
-            c3.caption("It never finished an epoch (no last.pt): nothing to resume from.")
-        elif c3.button("Resume training", icon=":material/resume:", key="runs_resume"):
-            _resume(run_id, cfg)
+    """Use / watch / resume buttons for the opened run (they wrap on a narrow window)."""
+    with st.container(horizontal=True):
+        if st.button("Make it the active run", icon=":material/check_circle:", key="runs_use"):
+            st.session_state[ui.ACTIVE_RUN_ID] = run_id
+            st.toast(f"Evaluate and Predict now show {run_id}")
+        live = _live_job(run_id)
+        if live is not None:
+            if st.button("Watch it train", icon=":material/monitoring:", key="runs_attach"):
+                _follow_on_train_page(live.job_id, run_id, cfg)
+        elif status == "running":
+            st.caption("Running in another process (e.g. the CLI): its curves grow on refresh.")
+        if status in train.RESUMABLE:
+            if not runs.load_run(run_id).last_path.is_file():
+                st.caption("It never finished an epoch (no last.pt): nothing to resume from.")
+            elif st.button("Resume training", icon=":material/resume:", key="runs_resume"):
+                _resume(run_id, cfg)
 
 
 def _diagnosis_text(diagnosis: evaluate.Diagnosis) -> None:
-    for f in diagnosis.findings:
-        st.markdown(f"**{f.kind.replace('_', ' ').capitalize()}:** {f.message}  \n→ {f.suggestion}")
+    for f in diagnosis.findings:  # one: the verdict
+        st.markdown(f"**{diagnosis.label}:** {f.message}  \n→ {f.suggestion}")
 
 
 def _repeat(run_id: str, cfg: RunConfig | None) -> None:
@@ -236,29 +183,27 @@ def _open(summaries: list[dict[str, Any]]) -> None:
     if st.session_state.get(OPEN_RUN) not in ids:
         st.session_state[OPEN_RUN] = active if active in ids else ids[0]
     labels = {
-        s["run_id"]: f"{s['run_id']} · {s.get('model', '?')} · {s.get('status')}" for s in summaries
+        s["run_id"]: f"{run_table.label(s)} · {s.get('model', '?')} · {s.get('status')}"
+        for s in summaries
     }
     run_id = st.selectbox("Run", ids, format_func=labels.get, key=OPEN_RUN)
     summary = next(s for s in summaries if s["run_id"] == run_id)
     status = summary.get("status", "?")
-    cfg = _config(run_id)
+    cfg = run_table.config_of(run_id)
 
-    c1, c2, c3, c4, c5 = st.columns(5)
-    c1.metric("Status", status)
-    c2.metric("Best epoch", summary.get("best_epoch") or "–")
-    for col, key, label in (
-        (c3, "val_accuracy", "Val accuracy"),
-        (c4, "test_accuracy", "Test accuracy"),
-    ):
-        value = summary.get(key)
-        col.metric(label, f"{value:.1%}" if isinstance(value, float) else "–")
-    seconds = _duration(summary)
-    c5.metric("Duration", f"{seconds:,.1f} s" if seconds is not None else "–")
+    with st.container(horizontal=True):  # metrics wrap instead of being cut on a narrow window
+        st.metric("Status", status)
+        st.metric("Best epoch", run_table.best_epoch_text(summary))
+        for key, label in (("val_accuracy", "Val accuracy"), ("test_accuracy", "Test accuracy")):
+            value = run_table.accuracy(summary, key)
+            st.metric(label, f"{value:.1%}" if value is not None else "–")
+        seconds = run_table.duration(summary)
+        st.metric("Duration", format_seconds(seconds) if seconds is not None else "–")
     if summary.get("error"):
         st.error(f"This run failed: {summary['error']}", icon=":material/error:")
     _actions(run_id, status, cfg)
 
-    rows = _metrics(run_id)
+    rows = run_table.metrics_of(run_id)
     if rows:
         diagnosis = evaluate.diagnose(rows)
         c1, c2 = st.columns(2)
@@ -279,6 +224,9 @@ def main() -> None:
     ui.use_app_navigation()
     st.title("Runs")
     summaries = runs.list_runs()
+    deleted_last = not summaries and st.session_state.pop(DELETED, None)
+    if deleted_last:
+        st.success(f"Deleted run `{deleted_last}`.", icon=":material/delete:")
     if not summaries:
         st.info("No runs yet: train a model and it appears here.", icon=":material/info:")
         st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")
@@ -286,6 +234,9 @@ def main() -> None:
             "pages/home.py", label="Or try the demo digits from Home", icon=":material/home:"
         )
         return
+    deleted = st.session_state.pop(DELETED, None)
+    if deleted:
+        st.success(f"Deleted run `{deleted}`.", icon=":material/delete:")
     st.caption(f"{len(summaries)} run(s) in `{workspace.runs_dir()}`, newest first.")
     _table(summaries)
     _compare(summaries)

@@ -14,6 +14,7 @@ import pytest
 
 from cnnlab import jobs, plots, runs, train
 from cnnlab.config import RunConfig
+from cnnlab.progress import format_seconds
 
 PAGE = "pages/runs.py"
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
@@ -63,7 +64,9 @@ def test_table_overlay_and_detail(
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # overlay loss + accuracy, then the opened run's loss + accuracy
     overlay = json.loads(charts[0].proto.spec)
-    assert [t["name"] for t in overlay["data"]] == [second["run_id"], first["run_id"]]
+    names = [t["name"] for t in overlay["data"]]  # names and a short id, in distinct colours
+    assert names == [f"second · {second['run_id'][-4:]}", f"first · {first['run_id'][-4:]}"]
+    assert len({t["line"]["color"] for t in overlay["data"]}) == 2
     assert [len(t["x"]) for t in overlay["data"]] == [3, 2]
 
     at.multiselect(key="runs_compare").unselect(first["run_id"]).run()
@@ -149,18 +152,36 @@ def test_interrupted_run_resumes_on_the_train_page(
     at = fresh_app(PAGE)
     assert at.dataframe[0].value.iloc[0]["status"] == "interrupted"
     resume = [b for b in at.button if b.label == "Resume training"]
-    if not hasattr(train, "resume"):
-        assert not resume and any("train.resume" in c.value for c in at.caption)
-        return
     resume[0].click().run()
     assert not at.exception
     assert at.title[0].value == "Train"
     assert at.session_state["active_run_id"] == run_id
-    snap = jobs.get_manager().wait(at.session_state["train_job_id"], timeout=60)
+    at.switch_page("pages/train.py")  # AppTest forgets a script's switch_page on the next run
+    # watch it as the fragment would: the progress continues at the run's own epoch
+    texts, end = [], time.monotonic() + 60
+    while not at.metric:
+        assert time.monotonic() < end, texts
+        texts += [p.proto.text for p in at.get("progress")]
+        captions = [c.value for c in at.caption]
+        assert any(f"Run `{run_id}`" in c and "16 px" in c and "3 epochs" in c for c in captions)
+        time.sleep(0.1)
+        at.run()
+        assert not at.exception
+    assert texts and not [t for t in texts if t.startswith("Epoch 1/")], texts
+    assert all(t.startswith(("Epoch 2/3", "Epoch 3/3")) for t in texts), texts
+    snap = jobs.get_manager().snapshot(at.session_state["train_job_id"])
     assert snap.status == "completed", snap.error
     run = runs.load_run(run_id)
-    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3]  # went on from epoch 2
+    rows = runs.read_metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # went on from epoch 2
     assert runs.read_summary(run)["status"] == "completed"
+    # the whole history is drawn, and the time adds up over both sessions
+    acc = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert acc["data"][0]["x"] == [1, 2, 3]
+    total = runs.read_summary(run)["seconds"]
+    assert total >= sum(r["seconds"] for r in rows)
+    shown = {m.label: m.value for m in at.metric}["Time"]
+    assert shown == format_seconds(total)
 
 
 def test_a_run_without_a_checkpoint_cannot_be_resumed(
