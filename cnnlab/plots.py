@@ -263,21 +263,48 @@ def _tune_layout(fig: go.Figure, title: str) -> go.Figure:
     return fig
 
 
-def tune_history_figure(study) -> go.Figure:
-    """Each finished trial's val accuracy and the best so far, by trial number."""
+def _finished(study) -> list:
+    """The study's complete and pruned trials (what the tuning charts can draw)."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def _whole_numbers(axis_len: int) -> dict[str, Any]:
+    """Axis settings for trial numbers or epochs: integer ticks, never 0.5 or -1."""
+    return {"tick0": 0, "dtick": max(1, -(-axis_len // 10)), "rangemode": "nonnegative"}
+
+
+def tune_history_figure(study) -> go.Figure | None:
+    """Each finished trial's val accuracy and the best so far, by trial number; None until a
+    trial completed (Optuna would draw empty axes and log a warning)."""
+    import optuna
     from optuna.visualization import plot_optimization_history
 
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
     fig = plot_optimization_history(study, target_name="val accuracy")
+    fig.update_xaxes(**_whole_numbers(max(t.number for t in complete) + 1))
     return _tune_layout(fig, "Optimization history")
 
 
-def tune_intermediate_figure(study) -> go.Figure:
-    """Val accuracy per epoch of every trial; pruned trials end early (that is the pruning)."""
+def tune_intermediate_figure(study) -> go.Figure | None:
+    """Val accuracy per epoch of every trial, a legend entry each; pruned trials end early (that
+    is the pruning). None until a trial reported an epoch."""
     from optuna.visualization import plot_intermediate_values
 
+    trials = [t for t in _finished(study) if t.intermediate_values] or [
+        t for t in study.get_trials(deepcopy=False) if t.intermediate_values
+    ]
+    if not trials:
+        return None
     fig = plot_intermediate_values(study)
-    fig.update_xaxes(title="epoch")
+    epochs = max(max(t.intermediate_values) for t in trials)
+    fig.update_xaxes(title="epoch", **_whole_numbers(epochs + 1))
     fig.update_yaxes(title="val accuracy")
+    fig.update_layout(showlegend=True)
     return _tune_layout(fig, "Val accuracy per epoch (pruned trials stop early)")
 
 
@@ -295,9 +322,13 @@ def tune_importance_figure(study) -> go.Figure | None:
     return _tune_layout(fig, "Parameter importance")
 
 
-def tune_parallel_figure(study) -> go.Figure:
-    """Parallel coordinates: one line per complete trial through its parameter values."""
+def tune_parallel_figure(study) -> go.Figure | None:
+    """Parallel coordinates: one line per complete trial through its parameter values; None
+    until a trial completed."""
+    import optuna
     from optuna.visualization import plot_parallel_coordinate
 
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return None
     fig = plot_parallel_coordinate(study, target_name="val accuracy")
     return _tune_layout(fig, "Parallel coordinates")

@@ -13,6 +13,16 @@ from cnnlab.predict import Predictor
 from pages import ui
 
 GALLERY = 24  # images shown per confusion cell
+NAME_CHARS = 16  # file names in captions are shortened in the middle to this many characters
+
+
+def _short(path: str) -> str:
+    """A file name short enough for a 96 px caption ('IMG_2024…_0042.png'), never wrapped."""
+    name = Path(path).name
+    if len(name) <= NAME_CHARS:
+        return name
+    keep = NAME_CHARS - 1
+    return f"{name[: keep // 2]}…{name[-(keep - keep // 2) :]}"
 
 
 @st.cache_resource(show_spinner="Evaluating the run...", max_entries=4)
@@ -57,7 +67,6 @@ tabs = st.tabs(
 
 with tabs[0]:
     normalized = st.toggle("Row-normalised", key="ev_norm")
-    st.plotly_chart(plots.confusion_figure(result.confusion, result.classes, normalized))
     cm = result.confusion
     cells = sorted(
         ((t, p) for t in range(len(cm)) for p in range(len(cm)) if cm[t, p]),
@@ -67,20 +76,50 @@ with tabs[0]:
         f"true {result.classes[c[0]]} → predicted {result.classes[c[1]]} ({cm[c]})": c
         for c in cells
     }
+    st.caption("Click a cell to see its images (or pick one below).")
+    event = st.plotly_chart(
+        plots.confusion_figure(result.confusion, result.classes, normalized),
+        on_select="rerun",
+        selection_mode="points",
+        key=f"ev_confusion_{run_id}_{split}_{normalized}",
+    )
+    clicked = plots.confusion_cell(event)
+    if clicked is not None and clicked != st.session_state.get("_ev_clicked"):
+        st.session_state["_ev_clicked"] = clicked  # a new click wins over the dropdown once
+        label = next((k for k, c in by_label.items() if c == clicked), None)
+        if label is None:
+            st.caption(
+                f"No images in true {result.classes[clicked[0]]} → predicted "
+                f"{result.classes[clicked[1]]}."
+            )
+        else:
+            st.session_state["ev_cell"] = label
+    if st.session_state.get("ev_cell") not in by_label:
+        st.session_state.pop("ev_cell", None)
     choice = st.selectbox("Show the images of a cell", list(by_label), key="ev_cell")
     if choice is not None:
         cell = by_label[choice]
         idx = result.cell_indices(result.classes[cell[0]], result.classes[cell[1]])[:GALLERY]
-        _gallery(
-            result, idx, lambda i: f"{result.probs[i].max():.0%} · {Path(result.paths[i]).name}"
-        )
+        _gallery(result, idx, lambda i: f"{result.probs[i].max():.0%} · {_short(result.paths[i])}")
 
 with tabs[1]:
-    worst = result.worst()
-    st.caption("Highest loss first: confidently wrong predictions, or mislabelled images.")
-    by_index = {w["index"]: w for w in worst}
-    _gallery(result, list(by_index), lambda i: (f"{by_index[i]['true']} → {by_index[i]['predicted']} "
-                                                f"({by_index[i]['confidence']:.0%})"))  # fmt: skip
+    wrong = [w for w in result.worst(len(result.paths)) if w["true"] != w["predicted"]][:GALLERY]
+    st.caption(
+        "Mistakes with the highest loss first: confidently wrong predictions, or mislabelled "
+        "images. Each shows true → predicted, the confidence in the prediction and in the "
+        "true class."
+    )
+    if not wrong:
+        st.success("No mistakes on this split.")
+    else:
+        by_index = {w["index"]: w for w in wrong}
+        true_prob = {
+            w["index"]: float(result.probs[w["index"], result.classes.index(w["true"])])
+            for w in wrong
+        }
+        _gallery(result, list(by_index), lambda i: (
+            f"{by_index[i]['true']} → {by_index[i]['predicted']} {by_index[i]['confidence']:.0%}"
+            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"))  # fmt: skip
 
 with tabs[2]:
     st.plotly_chart(plots.per_class_figure(result.per_class))
@@ -91,10 +130,8 @@ with tabs[2]:
 with tabs[3]:
     rows = runs.read_metrics(run)
     diagnosis = evaluate.diagnose(rows)
-    for f in diagnosis.findings:
-        st.markdown(
-            f"**{f.kind.replace('_', ' ').capitalize()}** — {f.message}  \n*Try:* {f.suggestion}"
-        )
+    for f in diagnosis.findings:  # one: the verdict
+        st.markdown(f"**{diagnosis.label}** — {f.message}  \n*Try:* {f.suggestion}")
     st.plotly_chart(plots.loss_figure(rows, diagnosis))
     st.plotly_chart(plots.accuracy_figure(rows))
 
@@ -103,7 +140,7 @@ with tabs[4]:
     st.caption(f"First-layer filters ({len(filters)}): what the first convolution looks for.")
     st.image([explain.display_image(f, 48) for f in filters[:64]], width=48)
     pick = st.selectbox(
-        "Image", range(result.n), format_func=lambda i: result.paths[i], key="ev_img"
+        "Image", range(result.n), format_func=lambda i: Path(result.paths[i]).name, key="ev_img"
     )
     layer = st.selectbox("Layer", explain.layer_names(predictor.model), key="ev_layer")
     maps = explain.feature_maps(

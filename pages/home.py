@@ -11,13 +11,17 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import demo, runs
+from cnnlab import demo, evaluate, run_table, runs
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.device import describe_device
 from cnnlab.errors import CnnlabError
+from cnnlab.progress import format_seconds
 from pages import ui
 
 RECENT = 5  # runs listed under "Recent runs"
+DEMO_NAME = "demo digits"  # the demo run's name (how Home finds this machine's last demo time)
+# docs/performance.md: the default demo run on an idle 2-core CPU (data cached)
+MEASURED = "6 s measured on an idle 2-core CPU; longer while the machine is busy"
 # Widget-state prefixes of the Augment, Model and Train pages: cleared by the demo path so those
 # pages show the demo's settings instead of values left from an earlier visit.
 WIDGET_PREFIXES = ("a_", "m_", "t_")
@@ -26,7 +30,7 @@ WIDGET_PREFIXES = ("a_", "m_", "t_")
 def demo_config(path: str) -> RunConfig:
     """The defaults a newcomer gets when they just press Train (32 px, custom CNN, 15 epochs):
     test accuracy ~1.0 on the digits in about 6 s on two CPU cores (docs/performance.md)."""
-    return RunConfig(data=DataConfig(path=path), name="demo digits")
+    return RunConfig(data=DataConfig(path=path), name=DEMO_NAME)
 
 
 @st.cache_resource(show_spinner=False)
@@ -48,12 +52,33 @@ def _start_demo() -> None:
     st.switch_page("pages/train.py")
 
 
+def _demo_time(run_list: list[dict[str, Any]]) -> str:
+    """How long the demo takes: this machine's last finished demo run, else the documented
+    measurement, saying which."""
+    for r in run_list:
+        seconds = run_table.duration(r)
+        if r.get("name") == DEMO_NAME and r.get("status") == "completed" and seconds:
+            return (
+                f"{format_seconds(seconds)} here last time, on {r.get('device') or 'this machine'}"
+            )
+    return MEASURED
+
+
 def _steps(run_list: list[dict[str, Any]]) -> None:
-    """The workflow as steps, each ticked when done, with a link to its page."""
+    """The workflow as steps, each ticked when done, with a link to its page; 'Next' is the
+    first step not done, so the ticks and the hint never disagree."""
     dataset = st.session_state.get(ui.DATASET_PATH)
     cfg = st.session_state.get(ui.RUN_CONFIG)
-    trained = [r for r in run_list if r.get("status") == "completed"]
+    usable = {r["run_id"]: r for r in evaluate.usable_runs()}  # runs with a best checkpoint
     active = st.session_state.get(ui.ACTIVE_RUN_ID)
+    active = active if active in usable else None
+    stopped = sum(r.get("status") in ("stopped", "interrupted") for r in usable.values())
+    train_detail = (
+        f"{len(usable)} trained run(s)"
+        + (f", {stopped} stopped (resume on Runs)" if stopped else "")
+        if usable
+        else "no trained run yet"
+    )
     steps = [
         ("pages/data.py", "1. Data", bool(dataset and Path(dataset).is_dir()),
          f"`{Path(dataset).name}`" if dataset else "choose a folder, zip or the demo"),
@@ -61,10 +86,9 @@ def _steps(run_list: list[dict[str, Any]]) -> None:
          "random crops, flips, jitter" if cfg is None else "set"),
         ("pages/model.py", "3. Model", cfg is not None,
          cfg.model.name if cfg is not None else "custom CNN or transfer"),
-        ("pages/train.py", "4. Train", bool(trained),
-         f"{len(trained)} finished run(s)" if trained else "no finished run yet"),
+        ("pages/train.py", "4. Train", bool(usable), train_detail),
         ("pages/evaluate.py", "5. Evaluate", bool(active),
-         f"run `{active}`" if active else "pick a run"),
+         f"run `{active}`" if active else "pick a trained run"),
         ("pages/predict.py", "6. Predict", bool(active), "classify new images"),
     ]  # fmt: skip
     cols = st.columns(3) + st.columns(3)  # two rows of three: labels stay whole on a laptop
@@ -73,7 +97,7 @@ def _steps(run_list: list[dict[str, Any]]) -> None:
             icon = ":material/check_circle:" if done else ":material/radio_button_unchecked:"
             st.page_link(page, label=label, icon=icon)
             st.caption(detail)
-    missing = next((s for s in steps[:4] if not s[2]), None)
+    missing = next((s for s in steps if not s[2]), None)
     if missing is not None:
         st.caption(f"Next: **{missing[1][3:]}**.")
 
@@ -88,9 +112,7 @@ def _recent(run_list: list[dict[str, Any]]) -> None:
             "run": r["run_id"],
             "status": r.get("status", "?"),
             "model": r.get("model", ""),
-            "val acc": f"{r['val_accuracy']:.1%}"
-            if isinstance(r.get("val_accuracy"), float)
-            else "–",
+            "val acc": "–" if (acc := run_table.accuracy(r)) is None else f"{acc:.1%}",
             "test acc": f"{r['test_accuracy']:.1%}"
             if isinstance(r.get("test_accuracy"), float)
             else "–",
@@ -114,19 +136,19 @@ def main() -> None:
         "Every run is saved with its config, so the command line can repeat it exactly."
     )
     st.caption(f"Device in use: **{_device_label()}**")
+    run_list = runs.list_runs()
 
     with st.container(border=True):
         c1, c2 = st.columns([2, 1], vertical_alignment="center")
         c1.markdown(
             "**New here?** Train a small CNN on 1,797 handwritten digits: one click picks the "
             "data and settings, then press **Start** on the Train page and watch it learn "
-            "(about ten seconds on a 2-core CPU)."
+            f"({_demo_time(run_list)}; the Train page shows the time left)."
         )
         if c2.button("Try it on the demo digits", type="primary", icon=":material/bolt:"):
             _start_demo()
 
     st.subheader("Workflow")
-    run_list = runs.list_runs()
     _steps(run_list)
     _recent(run_list)
 

@@ -15,30 +15,27 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cnnlab import jobs, models, plots, tune
-from cnnlab.config import OPTIMIZERS, STRATEGIES, TrainConfig
+from cnnlab import jobs, models, plots, preflight, progress, tune
+from cnnlab.config import OPTIMIZERS, STRATEGIES, ModelConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.search_space import Choices, Range, SearchSpace
 from pages import ui
 
 JOB_ID = "tune_job_id"  # session key: the tuning job this session shows
 STUDY = "tune_study"  # session key: (study name, storage URL or None) shown below the controls
-# dimension -> (label, kind, searched default, fixed default, options for choices)
-DIMS: dict[str, tuple[str, str, Any, Any, tuple]] = {
-    "lr": ("Learning rate", "log", (1e-4, 1e-1), 3e-3, ()),
-    "batch_size": ("Batch size", "choices", (32, 64, 128), 64, (16, 32, 64, 128, 256)),
-    "optimizer": ("Optimizer", "choices", ("adamw", "sgd"), "adamw", OPTIMIZERS),
-    "weight_decay": ("Weight decay", "log", (1e-6, 1e-2), 5e-4, ()),
-    "dropout": ("Dropout", "float", (0.0, 0.5), 0.2, ()),
-    "n_blocks": ("Conv blocks", "int", (1, 2), 2, ()),
-    "base_width": ("First block width", "choices", (8, 16), 16, (8, 16, 32, 64)),
-    "strategy": ("Transfer strategy", "choices", STRATEGIES, "fine_tune", STRATEGIES),
+_TRAIN, _MODEL = TrainConfig(), ModelConfig()
+# dimension -> (label, kind, fixed value when not searched, options for choices); the searched
+# ranges and which dimensions a model has come from SearchSpace.default_for
+DIMS: dict[str, tuple[str, str, Any, tuple]] = {
+    "lr": ("Learning rate", "log", _TRAIN.lr, ()),
+    "batch_size": ("Batch size", "choices", _TRAIN.batch_size, (16, 32, 64, 128, 256)),
+    "optimizer": ("Optimizer", "choices", _TRAIN.optimizer, OPTIMIZERS),
+    "weight_decay": ("Weight decay", "log", _TRAIN.weight_decay, ()),
+    "dropout": ("Dropout", "float", _MODEL.dropout, ()),
+    "n_blocks": ("Conv blocks", "int", len(tune.TUNE_CHANNELS), ()),
+    "base_width": ("First block width", "choices", tune.TUNE_CHANNELS[0], (8, 16, 32, 64)),
+    "strategy": ("Transfer strategy", "choices", _MODEL.strategy, STRATEGIES),
 }
-
-
-@st.cache_resource
-def _jobs() -> jobs.JobManager:
-    return jobs.get_manager()
 
 
 @st.cache_resource
@@ -47,32 +44,25 @@ def _studies() -> dict[str, tuple[str, str | None]]:
     return {}
 
 
-def _dims_for(model: str) -> list[str]:
-    """The dimensions that apply to a model (shape for custom CNNs, strategy for transfer)."""
-    names = ["lr", "batch_size", "optimizer", "weight_decay", "dropout"]
-    if model in ("custom",):
-        names += ["n_blocks", "base_width"]
-    elif models.is_transfer(model):
-        names.append("strategy")
-    return names
-
-
-def _dimension(name: str) -> Any:
+def _dimension(name: str, searched: Range | Choices) -> Any:
     """One row: 'search it' checkbox, then a range / choices, or one fixed value."""
-    label, kind, searched, fixed, options = DIMS[name]
+    label, kind, fixed, options = DIMS[name]
     c1, c2, c3 = st.columns([1.2, 1, 1])
     on = c1.checkbox(f"Search {label.lower()}", value=True, key=f"tn_{name}_on")
     if kind == "choices":
         if on:
-            picked = c2.multiselect(label, options, default=list(searched), key=f"tn_{name}_ch")
+            default = [v for v in searched.values if v in options]
+            picked = c2.multiselect(label, options, default=default, key=f"tn_{name}_ch")
             return Choices(tuple(picked))
         return c2.selectbox(label, options, index=options.index(fixed), key=f"tn_{name}_fix")
     fmt = "%.1e" if kind == "log" else ("%d" if kind == "int" else "%.2f")
     cast = int if kind == "int" else float
     if not on:
         return c2.number_input(label, value=cast(fixed), format=fmt, key=f"tn_{name}_fix")
-    low = c2.number_input(f"{label} from", value=cast(searched[0]), format=fmt, key=f"tn_{name}_lo")
-    high = c3.number_input("to", value=cast(searched[1]), format=fmt, key=f"tn_{name}_hi")
+    low = c2.number_input(
+        f"{label} from", value=cast(searched.low), format=fmt, key=f"tn_{name}_lo"
+    )
+    high = c3.number_input("to", value=cast(searched.high), format=fmt, key=f"tn_{name}_hi")
     return Range(low, high, log=kind == "log")
 
 
@@ -83,9 +73,11 @@ def _controls(dataset: str) -> dict[str, Any] | None:
     epochs = c2.number_input("Epochs per trial", 1, 200, value=tune.TUNE_EPOCHS, key="tn_epochs")
     size = c3.number_input("Image size (px)", 8, 512, value=tune.TUNE_IMAGE_SIZE, key="tn_size")
     with st.expander("What to search", expanded=True):
+        defaults = SearchSpace.default_for(model)  # the dimensions this model has, and ranges
         space = SearchSpace(**dict.fromkeys(DIMS))
-        for name in _dims_for(model):
-            setattr(space, name, _dimension(name))
+        for name in DIMS:
+            if getattr(defaults, name) is not None:
+                setattr(space, name, _dimension(name, getattr(defaults, name)))
     c1, c2, c3, c4 = st.columns(4)
     sampler = c1.radio("Sampler", tune.SAMPLERS, format_func=str.upper, key="tn_sampler")
     pruner = c2.radio("Pruner", tune.PRUNERS, key="tn_pruner")
@@ -96,6 +88,13 @@ def _controls(dataset: str) -> dict[str, Any] | None:
         space.validate(model)
     except CnnlabError as exc:
         ui.show_error(exc)
+        return None
+    problems = preflight.check(base, ui.scan_dataset(dataset))
+    if problems:
+        st.warning(
+            "**Start is off until this is fixed:**\n" + "\n".join(f"- {p}" for p in problems),
+            icon=":material/block:",
+        )
         return None
     c1, c2 = st.columns(2)
     name = c1.text_input("Study name", value=tune.default_study_name(base), key="tn_study")
@@ -117,20 +116,32 @@ def _start(args: dict[str, Any]) -> None:
         study = tune.tune(**args, stop_event=stop_event, on_trial=emit)
         return tune.tune_summary(study)
 
-    job = _jobs().start_callable(run, kind="tune", name=args["study_name"])
+    job = ui.job_manager().start_callable(run, kind="tune", name=args["study_name"])
     _studies()[job.job_id] = (args["study_name"], args["storage"])
     st.session_state[JOB_ID] = job.job_id
     st.session_state[STUDY] = (args["study_name"], args["storage"])
     st.rerun()
 
 
-def _train_best(study) -> None:
-    """Hand the best trial's config to the Train page (its widgets re-seed from it)."""
+def _train_best(study, summary: dict[str, Any]) -> None:
+    """Hand the best trial's config to the Train page with the full epoch budget, say so there,
+    and clear the Train page's previous result."""
     cfg = tune.best_config(study)
+    trial_epochs = cfg.train.epochs
+    cfg.train.epochs = max(TrainConfig().epochs, trial_epochs)
+    cfg.name = f"{study.study_name} best (trial {summary['best_trial']})"
     st.session_state[ui.RUN_CONFIG] = cfg
     st.session_state[ui.DATA_CONFIG] = cfg.data
     for name in TrainConfig.__dataclass_fields__:  # the Train page's widget keys, stale now
         st.session_state.pop(f"t_{name}", None)
+    st.session_state.pop(ui.TRAIN_JOB_ID, None)  # the Train page starts fresh, not on a result
+    st.query_params.pop("job", None)
+    st.session_state[ui.LOADED_FROM] = (
+        f"Loaded from trial {summary['best_trial']} of study **{study.study_name}** (val "
+        f"accuracy {summary['best_value']:.1%}): its settings, with "
+        f"{progress.plural(cfg.train.epochs, 'epoch')} instead of the trial's "
+        f"{trial_epochs}. Press Start to train it."
+    )
     st.switch_page("pages/train.py")
 
 
@@ -170,27 +181,31 @@ def _study_view(name: str, storage: str | None, live: bool) -> None:
         return
     st.dataframe(_table(summary["trials"]), width="stretch")
     tabs = st.tabs(["History", "Per epoch", "Importance", "Parallel coordinates"])
-    tabs[0].plotly_chart(plots.tune_history_figure(study), key="tn_hist")
-    tabs[1].plotly_chart(plots.tune_intermediate_figure(study), key="tn_inter")
-    importance = plots.tune_importance_figure(study)
-    if importance is None:
-        tabs[2].caption("Importances need at least two complete trials that differ.")
-    else:
-        tabs[2].plotly_chart(importance, key="tn_imp")
-    tabs[3].plotly_chart(plots.tune_parallel_figure(study), key="tn_par")
+    figures = (
+        (plots.tune_history_figure(study), "tn_hist", "once the first trial completes"),
+        (plots.tune_intermediate_figure(study), "tn_inter", "after the first trial's epoch"),
+        (plots.tune_importance_figure(study), "tn_imp", "with two complete trials that differ"),
+        (plots.tune_parallel_figure(study), "tn_par", "once the first trial completes"),
+    )
+    for tab, (fig, key, when) in zip(tabs, figures, strict=True):
+        if fig is None:
+            tab.caption(f"This chart appears {when}.")
+        else:
+            tab.plotly_chart(fig, key=key)
     if best is not None and not live:
         st.caption(f"Best: trial {summary['best_trial']} (run `{summary['best_run_id']}`)")
         if st.button("Train the best configuration", type="primary", icon=":material/star:"):
-            _train_best(study)
+            _train_best(study, summary)
 
 
 @st.fragment(run_every=1)
 def _live(job_id: str, name: str, storage: str | None) -> None:
     """Redrawn every second while the study runs; one full rerun when it ends."""
-    snap = _jobs().snapshot(job_id)
+    snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
-    st.info(f"Study **{name}** is running ({snap.elapsed_s:,.0f} s).", icon=":material/sync:")
+    elapsed = progress.format_seconds(snap.elapsed_s)
+    st.info(f"Study **{name}** is running ({elapsed}).", icon=":material/sync:")
     _study_view(name, storage, live=True)
 
 
@@ -200,11 +215,11 @@ def main() -> None:
     st.title("Tune")
     job_id = st.session_state.get(JOB_ID)
     if job_id is None:  # a reload or another tab: re-attach to a running study
-        running_jobs = _jobs().list(kind="tune", active_only=True)
+        running_jobs = ui.job_manager().list(kind="tune", active_only=True)
         if running_jobs and running_jobs[0].job_id in _studies():
             job_id = st.session_state[JOB_ID] = running_jobs[0].job_id
             st.session_state[STUDY] = _studies()[job_id]
-    snap = _jobs().snapshot(job_id) if job_id else None
+    snap = ui.job_manager().snapshot(job_id) if job_id else None
     running = snap is not None and snap.active
     dataset = st.session_state.get(ui.DATASET_PATH)
     if not running:
@@ -213,10 +228,20 @@ def main() -> None:
     args = _controls(dataset) if dataset and Path(dataset).is_dir() else None
     c1, c2 = st.columns(2)
     idle = args is not None and not running
-    if c1.button("Start", type="primary", icon=":material/play_arrow:", disabled=not idle):
+    why = (
+        "A study is running: stop it, or wait for it to end"
+        if running
+        else "Fix the problems shown above first"
+        if args is None
+        else "Run the trials in the background"
+    )
+    if c1.button(
+        "Start", type="primary", icon=":material/play_arrow:", disabled=not idle, help=why
+    ):
         _start(args)
-    if c2.button("Stop", icon=":material/stop:", disabled=not running):
-        _jobs().stop(job_id)
+    stop_help = "Stop after the running trial's current batch" if running else "No study runs"
+    if c2.button("Stop", icon=":material/stop:", disabled=not running, help=stop_help):
+        ui.job_manager().stop(job_id)
         st.toast("Stopping: the running trial ends after its current batch…")
     shown = st.session_state.get(STUDY)
     if running:

@@ -114,3 +114,28 @@ def test_overlay_names_runs_in_distinct_colours() -> None:
     fig = plots.overlay_figure(rows, "val_acc", labels={"r1": "demo digits", "r2": "r2"})
     assert [t.name for t in fig.data] == ["demo digits", "r2"]
     assert fig.data[0].line.color != fig.data[1].line.color
+
+
+def test_tune_figures_wait_for_data_and_use_whole_numbers() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(direction="maximize")
+    running = study.ask()  # the first trial, still running: nothing to draw yet
+    assert plots.tune_history_figure(study) is None
+    assert plots.tune_intermediate_figure(study) is None
+    assert plots.tune_parallel_figure(study) is None
+    running.report(0.5, 1)
+    assert plots.tune_intermediate_figure(study) is not None  # its first epoch is there
+    running.suggest_float("lr", 1e-4, 1e-1, log=True)
+    study.tell(running, 0.6)
+    for value in (0.7, 0.4):
+        t = study.ask()
+        t.suggest_float("lr", 1e-4, 1e-1, log=True)
+        for epoch in range(1, 3):
+            t.report(value, epoch)
+        study.tell(t, value)
+    history = plots.tune_history_figure(study)
+    assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.rangemode == "nonnegative"
+    inter = plots.tune_intermediate_figure(study)
+    assert inter.layout.showlegend and inter.layout.xaxis.dtick == 1

@@ -65,3 +65,27 @@ def test_demo_button_sets_up_everything_and_opens_train(workspace: Path, fresh_a
     assert "train_job_id" not in at.session_state
     start = next(b for b in at.button if b.label == "Start")
     assert not start.disabled
+
+
+def test_demo_time_is_measured_and_steps_agree_after_a_stopped_run(
+    workspace: Path, colours_dir: Path, fresh_app, tiny_config
+) -> None:
+    """A stopped run with a best checkpoint: Train and Evaluate agree, Next points past them."""
+    import threading
+
+    from cnnlab import train
+
+    stop = threading.Event()
+    summary = train.fit(
+        tiny_config(colours_dir, epochs=3),
+        callbacks=(lambda e: stop.set() if type(e).__name__ == "EpochEnd" else None,),
+        stop_event=stop,
+    )
+    assert summary["status"] == "stopped"
+    at = fresh_app(active_run_id=summary["run_id"])
+    intro = next(m.value for m in at.markdown if "New here?" in m.value)
+    assert "measured on an idle 2-core CPU" in intro and "ten seconds" not in intro
+    icons = step_icons(at)
+    assert icons["4. Train"] == icons["5. Evaluate"] == ":material/check_circle:"
+    assert "Next: **Data**." in [c.value for c in at.caption]  # the first step not done
+    assert any("1 stopped (resume on Runs)" in c.value for c in at.caption)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cnnlab.config import RunConfig
+from cnnlab.config import RunConfig, TrainConfig
 
 
 def _button(at: AppTest, label: str):
@@ -68,5 +68,13 @@ def test_tiny_study_runs_live_and_hands_the_best_to_train(
     assert not at.exception
     cfg = at.session_state["run_config"]
     assert isinstance(cfg, RunConfig) and cfg.data.image_size == 12
-    assert cfg.model.channels == [8] and cfg.train.epochs == 2
+    assert cfg.model.channels == [8] and cfg.train.epochs == TrainConfig().epochs  # full budget
     assert at.title[0].value == "Train"
+    assert "train_job_id" not in at.session_state  # no old result on the Train page
+    assert "best (trial" in cfg.name  # not the trial run's own name
+    at.switch_page("pages/train.py").run()  # AppTest forgets a script's switch_page
+    assert not at.exception
+    loaded = [s.value for s in at.success if "Loaded from trial" in s.value]
+    assert loaded and "page-study" in loaded[0] and "instead of the trial's 2" in loaded[0]
+    assert at.number_input(key="t_epochs").value == TrainConfig().epochs
+    assert not at.metric  # the previous result is gone
