@@ -118,19 +118,24 @@ def _start(cfg: RunConfig) -> None:
 
 
 def _run_caption(snap: jobs.JobSnapshot) -> None:
-    """What the shown job trains: the run's own saved settings, not this session's form."""
+    """What the shown job trains: the run's own saved settings, not this session's form (read
+    once per run: the live fragment calls this every second)."""
     if not snap.run_id:
         return
-    try:
-        cfg = runs.read_config(runs.load_run(snap.run_id))
-    except CnnlabError:
-        return
-    name = f" ({cfg.name})" if cfg.name else ""
-    st.caption(
-        f"Run `{snap.run_id}`{name}: model **{cfg.model.name}** · {cfg.data.image_size} px · "
-        f"{progress.plural(cfg.train.epochs, 'epoch')} · lr {cfg.train.lr:.1e} · data "
-        f"`{Path(cfg.data.path).name}`"
-    )
+    memo = st.session_state.setdefault("_t_run_caption", {})
+    if snap.run_id not in memo:
+        try:
+            cfg = runs.read_config(runs.load_run(snap.run_id))
+        except CnnlabError:
+            return
+        name = f" ({cfg.name})" if cfg.name else ""
+        memo.clear()
+        memo[snap.run_id] = (
+            f"Run `{snap.run_id}`{name}: model **{cfg.model.name}** · {cfg.data.image_size} px · "
+            f"{progress.plural(cfg.train.epochs, 'epoch')} · lr {cfg.train.lr:.1e} · data "
+            f"`{Path(cfg.data.path).name}`"
+        )
+    st.caption(memo[snap.run_id])
 
 
 def _progress(snap: jobs.JobSnapshot) -> None:

@@ -1,0 +1,128 @@
+"""Does watching slow training? The same demo run started from the Train page, with the page left
+open (the live fragment redrawing every second in headless Chromium) or closed right after Start.
+
+Each run is the Home page's demo (digits, defaults) started with the Start button; its time is
+summary.json's `seconds` (fit's own clock, data preparation excluded). Runs alternate watched /
+unwatched so a change in machine load hits both. Prints each run and the ratio of the medians
+(goal: watched / unwatched <= 1.10).
+
+    .venv/bin/python benchmarks/bench_watch.py [--repeats 3] [--epochs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("CNNLAB_CHROMIUM", "/usr/bin/chromium")
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(home: Path) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    env = {**os.environ, "CNNLAB_HOME": str(home)}
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+        "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.25)
+    proc.kill()
+    raise SystemExit("streamlit did not start")
+
+
+def _newest_summary(home: Path) -> dict:
+    runs = sorted((home / "runs").iterdir())
+    return json.loads((runs[-1] / "summary.json").read_text()) if runs else {}
+
+
+def one_run(browser, url: str, home: Path, epochs: int, watch: bool) -> float:
+    """Start the demo from the Train page; watch it to the end or close the page at once."""
+    before = len(list((home / "runs").iterdir())) if (home / "runs").is_dir() else 0
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    page.wait_for_selector(IDLE)
+    page.get_by_role("button", name="Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for()
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
+    box = page.get_by_label("Epochs", exact=True)
+    box.fill(str(epochs))
+    box.press("Enter")
+    page.wait_for_timeout(300)
+    page.wait_for_selector(IDLE)
+    page.get_by_role("button", name="Start").first.click()
+    while len(list((home / "runs").iterdir())) <= before:  # the run folder exists: it started
+        time.sleep(0.05)
+    if not watch:
+        ctx.close()  # nobody watches: the job goes on in the server alone
+    while _newest_summary(home).get("status") in (None, "running"):
+        time.sleep(0.2)
+    if watch:
+        ctx.close()
+    summary = _newest_summary(home)
+    assert summary["status"] == "completed", summary
+    return float(summary["seconds"])
+
+
+def main() -> None:
+    """Alternate watched and unwatched runs; print the times and the ratio of the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=15)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    home = Path(tempfile.mkdtemp(prefix="cnnlab-bench-watch-"))
+    proc, url = _serve(home)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            one_run(browser, url, home, 2, watch=False)  # warm-up: demo data, decode cache
+            for i in range(args.repeats):
+                for watch in (i % 2 == 0, i % 2 == 1):
+                    t = one_run(browser, url, home, args.epochs, watch)
+                    times[watch].append(t)
+                    print(f"{'watched  ' if watch else 'unwatched'} {t:6.2f} s", flush=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    w, u = statistics.median(times[True]), statistics.median(times[False])
+    print(f"median watched {w:.2f} s, unwatched {u:.2f} s: watching costs {w / u - 1:+.1%}")
+
+
+if __name__ == "__main__":
+    main()

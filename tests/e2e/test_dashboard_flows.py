@@ -1,0 +1,254 @@
+"""The dashboard as people use it, in a real browser (issue 17): a resumed run's progress, a click
+on a confusion-matrix cell, a reload that keeps the session, and a loss curve that moves within
+the first epoch.
+
+This module serves the app from its own workspace (`home`), so the tests can make runs there
+with the core first (a stopped run to resume) and then look at them in the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_browser import SHAPES, _image, button, open_page, set_number, wait_idle
+
+from cnnlab import runs, train
+from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+START_TIMEOUT_S = 60
+
+TRAIN_TIMEOUT_MS = 120_000
+PROGRESS = "[data-testid='stProgress']"
+# the x values of one trace (by name) of the first Plotly chart on the page, read from Plotly
+TRACE_X = """name => {
+    const plot = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+    const trace = plot && plot.data ? plot.data.find(t => t.name === name) : null;
+    return trace ? Array.from(trace.x) : null;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+            return r.status == 200 and r.read().strip() == b"ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The workspace the server uses; this test process writes runs into it too."""
+    path = tmp_path_factory.mktemp("flows-home")
+    before = os.environ.get("CNNLAB_HOME")
+    os.environ["CNNLAB_HOME"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("CNNLAB_HOME", None)
+    else:
+        os.environ["CNNLAB_HOME"] = before
+
+
+@pytest.fixture(scope="module")
+def server(home: Path, chromium: Path) -> Iterator[str]:
+    """`streamlit run app.py` on a free port over `home` (overrides conftest's server)."""
+    port = _free_port()
+    env = {**os.environ, "CNNLAB_HOME": str(home)}
+    env.pop("CNNLAB_DATA_ROOTS", None)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / f"streamlit-flows-{port}.log", "wb")  # noqa: SIM115 (closed below)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + START_TIMEOUT_S
+        while not _healthy(url):
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}; see {log.name}")
+            if time.monotonic() > end:
+                pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s; see {log.name}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(home: Path) -> Path:
+    """3 classes x 40 pictures of coloured shapes, in the workspace."""
+    import random
+
+    rng = random.Random(1)
+    root = home / "datasets" / "shapes"
+    for kind, colour in SHAPES.items():
+        (root / kind).mkdir(parents=True)
+        for i in range(40):
+            _image(kind, colour, rng).save(root / kind / f"{kind}_picture_number_{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def stopped_run(shapes_dir: Path) -> str:
+    """A 40-epoch run stopped by its user after epoch 2 (so resumable, with best.pt)."""
+    stop = threading.Event()
+    cfg = RunConfig(
+        data=DataConfig(path=str(shapes_dir), image_size=32),
+        model=ModelConfig(channels=[8, 16], head_units=0),
+        train=TrainConfig(epochs=40, batch_size=4, device="cpu", patience=0),
+        name="to resume",
+    )
+
+    def stop_after_two(event) -> None:
+        if type(event).__name__ == "EpochEnd" and event.epoch == 2:
+            stop.set()
+
+    summary = train.fit(cfg, callbacks=(stop_after_two,), stop_event=stop)
+    assert summary["status"] == "stopped" and summary["epochs_run"] == 2
+    return summary["run_id"]
+
+
+def _progress_text(page) -> str:
+    bar = page.locator(PROGRESS)
+    return bar.first.inner_text() if bar.count() else ""
+
+
+def test_resume_continues_at_the_runs_own_epoch_with_its_history(
+    page, shot, stopped_run: str
+) -> None:
+    wait_idle(page)
+    open_page(page, "Runs")
+    button(page, "Resume training").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    seen: list[str] = []
+    end = time.monotonic() + 60
+    while not any(re.match(r"Epoch \d+/40 · batch", t) for t in seen):
+        assert time.monotonic() < end, seen
+        text = _progress_text(page)
+        if text:
+            seen.append(text)
+        page.wait_for_timeout(100)
+    assert not [t for t in seen if t.startswith(("Epoch 1/", "Epoch 2/"))], seen
+    assert all(re.match(r"(Epoch (\d+)/40|Starting|Preparing)", t) for t in seen), seen
+    caption = page.locator("[data-testid='stCaptionContainer']", has_text=f"Run `{stopped_run}`")
+    assert "32 px" in caption.first.inner_text()  # the run's own settings
+    # the whole history: the validation points start at epoch 1
+    page.wait_for_function(f"() => ({TRACE_X})('validation') !== null", timeout=60_000)
+    val_x = page.evaluate(TRACE_X, "validation")
+    assert val_x[:2] == [1, 2], val_x
+    shot(page, "20-resumed")
+    button(page, "Stop").click()
+    page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+    wait_idle(page)
+    total = runs.read_summary(runs.load_run(stopped_run))["seconds"]
+    per_epoch = sum(r["seconds"] for r in runs.read_metrics(runs.load_run(stopped_run)))
+    assert total >= per_epoch  # the time adds up over both sessions
+
+
+def test_clicking_a_confusion_cell_opens_its_images(page, shot, stopped_run: str) -> None:
+    wait_idle(page)
+    open_page(page, "Evaluate")
+    chart = page.get_by_test_id("stPlotlyChart").first
+    chart.wait_for(timeout=60_000)
+    wait_idle(page)
+    picker = page.get_by_test_id("stSelectbox").filter(has_text="Show the images of a cell")
+    before = picker.inner_text()
+    classes = sorted(SHAPES)
+    # the first diagonal cell whose label differs from the preselected one
+    target = next(c for c in classes if f"true {c} → predicted {c}" not in before)
+    k = classes.index(target) * len(classes) + classes.index(target)  # row-major cell order
+    cell = chart.locator(".scatterlayer .trace").last.locator(".point").nth(k)
+    box = cell.bounding_box()
+    assert box is not None, "the cell markers are not drawn"
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        "t => Array.from(document.querySelectorAll(\"[data-testid='stSelectbox']\"))"
+        ".some(e => e.innerText.includes(t))",
+        arg=f"true {target} → predicted {target}",
+        timeout=30_000,
+    )
+    wait_idle(page)
+    captions = page.locator("[data-testid='stImageCaption']").all_inner_texts()
+    assert captions and all("…" in c or len(c) < 40 for c in captions), captions[:3]
+    shot(page, "21-confusion-click", focus=chart)
+
+
+def test_reload_keeps_the_sessions_choices(page, shot) -> None:
+    wait_idle(page)
+    button(page, "Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    set_number(page, "Epochs", 1)
+    button(page, "Start").click()
+    page.get_by_text("Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    wait_idle(page)
+    assert "job=" in page.url and "s=" in page.url
+    page.reload()
+    page.get_by_text("Test accuracy").first.wait_for(timeout=60_000)  # the same result
+    wait_idle(page)
+    sidebar = page.get_by_test_id("stSidebar").inner_text()
+    assert "demo-digits" in sidebar and "none chosen" not in sidebar, sidebar
+    page.get_by_text("Hyperparameters").first.wait_for()
+    assert page.get_by_label("Epochs", exact=True).input_value() == "1"
+    assert page.get_by_role("button", name="Start").is_enabled()
+    shot(page, "22-after-reload")
+    open_page(page, "Model")  # the other pages kept the choices too
+    assert "none chosen" not in page.get_by_test_id("stSidebar").inner_text()
+
+
+def test_the_loss_curve_moves_within_the_first_epoch(page, shot) -> None:
+    wait_idle(page)
+    button(page, "Try it on the demo digits").click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+    wait_idle(page)
+    set_number(page, "Batch size", 2)  # ~630 steps: the first epoch lasts a while
+    set_number(page, "Epochs", 2)
+    started = time.monotonic()
+    button(page, "Start").click()
+    page.wait_for_function(f"() => ({TRACE_X})('train (running)') !== null", timeout=60_000)
+    first_s = time.monotonic() - started
+    print(f"first point of the live curve {first_s:.1f} s after Start")  # pytest -rP shows it
+    first = page.evaluate(TRACE_X, "train (running)")
+    page.wait_for_function(
+        f"n => {{ const x = ({TRACE_X})('train (running)'); return x && x.length > n; }}",
+        arg=len(first),
+        timeout=60_000,
+    )
+    later = page.evaluate(TRACE_X, "train (running)")
+    progress = _progress_text(page)
+    if progress.startswith("Epoch 1/"):  # still in the first epoch: the points are fractions
+        assert all(0 < x < 1 for x in later), later
+    assert later[-1] > first[-1]
+    shot(page, "23-moving-curve")
+    button(page, "Stop").click()
+    page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
