@@ -8,7 +8,6 @@ import streamlit as st
 
 from cnnlab import workspace
 from cnnlab.device import describe_device
-from cnnlab.progress import plural
 from pages import ui
 
 st.set_page_config(page_title="cnnlab", page_icon=":material/neurology:", layout="wide")
@@ -40,8 +39,7 @@ with st.sidebar:
     st.caption(f"**Data set:** {dataset.rsplit('/', 1)[-1] if dataset else 'none chosen'}")
     for snap in ui.job_manager().list(active_only=True):
         what = "Tuning" if snap.kind == "tune" else "Training"
-        done = f" · {plural(len(snap.epochs), 'epoch')} done" if snap.kind == "train" else ""
-        st.caption(f"**{what}:** {snap.name or snap.run_id or 'starting'}{done}")
+        st.caption(f"**{what}:** {snap.name or snap.run_id or 'starting'}")
         target = "pages/tune.py" if snap.kind == "tune" else ui.TRAIN_PAGE
         st.page_link(target, label="Watch it", icon=":material/monitoring:")
 
