@@ -142,27 +142,24 @@ def trainable_count(model: nn.Module) -> int:
 
 
 def phase_plan(model: nn.Module, cfg: ModelConfig, epochs: int) -> list[dict[str, Any]]:
-    """The training phases of cfg on `model`: epochs covered and trainable parameter count each."""
+    """The training phases of cfg on `model`: phase name, epochs covered, trainable parameters."""
+    head = _head(model)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     rows: list[dict[str, Any]] = []
     for epoch in range(1, epochs + 1):
         want = _wanted(model, cfg, epoch)
-        count = sum(p.numel() for p in model.parameters() if want is None or id(p) in want)
-        if rows and rows[-1]["trainable"] == count:
-            rows[-1]["last_epoch"] = epoch
+        if want is None:
+            phase = "whole model"
+        elif want == head_ids:
+            phase = "head only"
         else:
-            rows.append({"first_epoch": epoch, "last_epoch": epoch, "trainable": count})
-    for row, label in zip(rows, _phase_labels(cfg, len(rows)), strict=True):
-        row["phase"] = label
+            phase = f"head + last {cfg.unfreeze_blocks} stage(s)"
+        if rows and rows[-1]["phase"] == phase:
+            rows[-1]["last_epoch"] = epoch
+            continue
+        count = sum(p.numel() for p in model.parameters() if want is None or id(p) in want)
+        rows.append({"phase": phase, "first_epoch": epoch, "last_epoch": epoch, "trainable": count})
     return rows
-
-
-def _phase_labels(cfg: ModelConfig, n: int) -> list[str]:
-    if n == 1:
-        return ["head only" if cfg.strategy == "feature_extraction" else "whole model"][:1]
-    what = (
-        "whole model" if cfg.unfreeze_blocks <= 0 else f"head + last {cfg.unfreeze_blocks} stage(s)"
-    )
-    return ["head only", what]
 
 
 def freeze_bn_stats(model: nn.Module) -> nn.Module:

@@ -113,9 +113,7 @@ def tiny_spec():
     def build(cfg: ModelConfig, n: int, size: int) -> nn.Module:
         return Tiny(n)
 
-    spec = ModelSpec(
-        "test_tiny", build, transfer=True, weights=SimpleNamespace(url=url), head="fc"
-    )
+    spec = ModelSpec("test_tiny", build, transfer=True, weights=SimpleNamespace(url=url), head="fc")
     MODELS[spec.name] = spec
     yield spec, source, payload
     MODELS.pop(spec.name)
