@@ -45,7 +45,8 @@ SETTINGS = [  # (label, model config, image size)
 
 GPU_SETTING = (
     "ResNet-18 fine-tune @224px",
-    ModelConfig(name="resnet18", strategy="fine_tune", weights="random"),  # speed, not accuracy
+    # speed, not accuracy; freeze_epochs=0: every loop trains the whole network from epoch 1
+    ModelConfig(name="resnet18", strategy="fine_tune", weights="random", freeze_epochs=0),
     224,
 )
 
