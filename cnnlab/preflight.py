@@ -1,7 +1,7 @@
 """Pre-flight check: every problem known to make a run fail, found before a run is created.
 
 `check(config)` lists them all (a bad field, a missing data folder, a class too small to split, a
-model that does not fit the image size, ImageNet weights missing from the local cache...), so the
+model that does not fit the image size, a weights file or run that is not there...), so the
 CLI refuses with the whole list before it makes a run folder and the Train and Tune pages disable
 Start and show the list. `ensure(config)` raises them as one PreflightError.
 """
@@ -31,35 +31,34 @@ class Problem:
 
 
 def _weights_problems(config: RunConfig) -> list[Problem]:
+    """A weights file or run that is not there. ImageNet weights and URLs are not checked: a
+    missing file is downloaded when the run starts (and that error names what to do)."""
     m = config.model
-    spec = models.MODELS.get(m.name)
-    if spec is None or m.weights == "random":
-        return []
-    if m.weights == "imagenet":
-        if spec.imagenet is None:
-            return []  # that model has no ImageNet weights; it starts from random init
-        path = weights.hub_file(spec.imagenet)
-        if path.is_file():
-            return []
-        return [
-            Problem(
-                "model.weights",
-                f"ImageNet weights for {m.name} are not in the local torch cache: put "
-                f"{path.name} into {path.parent}, or choose 'Random (train from scratch)' or a "
-                ".pth file on the Model page (--weights random on the command line)",
-            )
-        ]
+    try:
+        spec = models.get_spec(m.name)
+    except CnnlabError as exc:
+        return [Problem("model", str(exc))]
+    problems = []
+    if config.data.image_size < spec.min_size:
+        problems.append(
+            Problem("data.image_size", f"{m.name} needs images of at least {spec.min_size} px, "
+                    f"got {config.data.image_size}: choose a larger image size on the Data page")
+        )  # fmt: skip
+    if m.weights in ("random", "imagenet") or weights.is_url(m.weights):
+        return problems
     if m.weights.startswith("run:"):
         from . import runs  # lazy: runs imports models
 
         try:
             runs.checkpoint_path(m.weights.removeprefix("run:"))
         except CnnlabError as exc:
-            return [Problem("model.weights", str(exc))]
-        return []
-    if not Path(m.weights).expanduser().is_file():
-        return [Problem("model.weights", f"weights file {m.weights} does not exist")]
-    return []
+            problems.append(Problem("model.weights", str(exc)))
+    elif not Path(m.weights).expanduser().is_file():
+        problems.append(
+            Problem("model.weights", f"weights file {m.weights} does not exist: choose another "
+                    "file, or 'Random (train from scratch)' on the Model page")
+        )  # fmt: skip
+    return problems
 
 
 def _data_problems(

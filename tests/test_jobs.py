@@ -167,3 +167,37 @@ def test_concurrent_jobs_do_not_mix_events(workspace: Path, digits_dir: Path) ->
     assert [r["epoch"] for r in sb.epochs] == [1, 2, 3]
     assert {e.get("run_id") for e in sa.events if e["kind"] == "RunStarted"} == {sa.run_id}
     assert manager.get(sa.run_id) is a and manager.get(sb.run_id) is b
+
+
+def test_a_resumed_run_keeps_its_history_and_the_curve_moves_within_epochs(
+    workspace: Path,
+) -> None:
+    """Recorded events only (no training): what the Train page reads of a resumed run."""
+    from cnnlab import progress
+    from cnnlab.events import EpochEnd, Progress, RunStarted
+
+    run = runs.create_run(RunConfig(), ["a", "b"])
+    for epoch in (1, 2):
+        runs.append_metrics(run, {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
+                                  "val_loss": 1.0, "val_acc": 0.5, "lr": 0.1, "seconds": 4.0,
+                                  "images_per_s": 10.0, "best_epoch": epoch, "is_best": True})  # fmt: skip
+    job = jobs.Job(job_id="j", kind="train", status="running")
+    job.record(RunStarted(run.run_id, str(run.run_dir), 5, 10, 2, 2, "CPU", ["a", "b"]))
+    snap = job.snapshot()
+    assert [r["epoch"] for r in snap.epochs] == [1, 2] and snap.prior_epochs == 2
+    assert snap.prior_seconds == 8.0 and snap.run_seconds >= 8.0
+    assert progress.progress_line(snap)[1] == "Epoch 3/5 starting…"
+    job.record(Progress(3, 2, 10, 0.8, 50.0))  # mean of batches 1-2
+    job.record(Progress(3, 4, 10, 0.7, 50.0))  # mean of 1-4: batches 3-4 averaged 0.6
+    snap = job.snapshot()
+    assert [x for x, _ in snap.curve] == [2.2, 2.4]
+    assert snap.curve[0][1] == pytest.approx(0.8)
+    assert snap.curve[1][1] == pytest.approx(0.3 * 0.6 + 0.7 * 0.8)  # smoothed
+    assert progress.progress_line(snap)[1].startswith("Epoch 3/5 · batch 4/10")
+    version = snap.curve_version
+    job.record(EpochEnd(3, 0.7, 0.6, 0.9, 0.6, 0.1, 4.0, 10.0, 3, True))
+    snap = job.snapshot()
+    assert [r["epoch"] for r in snap.epochs] == [1, 2, 3] and snap.curve_version > version
+    for i in range(2 * jobs.MAX_CURVE):
+        job.record(Progress(4, i + 1, 10**6, 0.5, 50.0))
+    assert len(job.snapshot().curve) <= jobs.MAX_CURVE

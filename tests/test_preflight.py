@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from cnnlab import cli, preflight, runs
@@ -32,17 +31,17 @@ def test_a_good_config_has_no_problems(tmp_path: Path) -> None:
     assert preflight.check(_config(_folder(tmp_path / "d", {"a": 6, "b": 6}))) == []
 
 
-def test_every_problem_is_listed_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "d", {"a": 6, "lonely": 1, "pair": 2})
     cfg = _config(folder)
     cfg = dataclasses.replace(
-        cfg, model=ModelConfig(name="resnet18", weights="imagenet", strategy="fine_tune")
+        cfg, model=ModelConfig(name="swin_t", weights=str(tmp_path / "gone.pth"))
     )
+    cfg.data.image_size = 16
     problems = preflight.check(cfg)
     text = " | ".join(map(str, problems))
-    assert [p.where for p in problems] == ["model.weights", "data"], text
-    assert "'lonely' (1)" in text and "'pair' (2)" in text and "resnet18" in text
+    assert [p.where for p in problems] == ["data.image_size", "model.weights", "data"], text
+    assert "'lonely' (1)" in text and "'pair' (2)" in text and "gone.pth" in text
     assert "Random (train from scratch)" in text
 
 
