@@ -237,6 +237,8 @@ def save_uploaded_zip(data: bytes, filename: str, progress: Progress | None = No
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return safe_extract_zip(tmp_name, target, progress=progress)
+    except DataError as exc:  # name the user's file, not the temporary copy
+        raise type(exc)(str(exc).replace(Path(tmp_name).name, filename)) from exc
     finally:
         os.unlink(tmp_name)
 

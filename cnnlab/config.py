@@ -240,6 +240,34 @@ class RunConfig:
         return cls.from_json(p.read_text())
 
 
+def section_from_dict(section: str, raw: dict[str, Any]) -> Any:
+    """One config section ("data", "augment", "model", "train") from a dict: unknown fields
+    refused, values coerced to the field's type, then validated (errors name the field)."""
+    klass = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig,
+             "train": TrainConfig}.get(section)  # fmt: skip
+    if klass is None:
+        raise ConfigError(f"unknown config section {section!r}; use data, augment, model or train")
+    value = _section_from_dict(section, klass, raw)
+    value.validate()
+    return value
+
+
+def section_from_json(section: str, text: str) -> Any:
+    """section_from_dict of JSON text (e.g. a section cached as a string)."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{section} config is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section} config must be a JSON object, got {type(raw).__name__}")
+    return section_from_dict(section, raw)
+
+
+def section_to_json(value: Any) -> str:
+    """A config section as compact JSON text (section_from_json reads it back)."""
+    return json.dumps(dataclasses.asdict(value), sort_keys=True)
+
+
 def _section_from_dict(section: str, klass: type, raw: dict[str, Any]) -> Any:
     names = {f.name: f for f in dataclasses.fields(klass)}
     unknown = set(raw) - set(names)

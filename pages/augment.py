@@ -20,7 +20,7 @@ from cnnlab.errors import CnnlabError
 from pages import ui
 
 IMAGE_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224)
-N_IMAGES = 4  # rows of the grid: one image per class (the first classes)
+N_IMAGES = 4  # rows of the grid per page: one image per class, every class over the pages
 N_COPIES = 5  # augmented copies of each image
 DISPLAY_PX = 72  # small images are blown up (nearest) to about this width to stay visible
 PHOTOS_DIR = "demo-photos"
@@ -120,22 +120,43 @@ def _controls(aug: AugmentConfig) -> tuple[AugmentConfig, int]:
 
 
 def _sample_files() -> tuple[list[Path], list[str], str]:
-    """A few images (one per class) of the chosen data set, else the demo photos."""
+    """One image per class of the chosen data set (a page of N_IMAGES classes at a time, picked
+    below the grid), else the demo photos."""
     path = st.session_state.get(ui.DATASET_PATH)
     if path and Path(path).is_dir():
         result = ui.scan_dataset(path)
         firsts: dict[int, Path] = {}
         for f, label in zip(result.files, result.labels, strict=True):
             firsts.setdefault(label, f)
-            if len(firsts) == N_IMAGES:
-                break
         labels = sorted(firsts)
-        return [firsts[i] for i in labels], [result.classes[i] for i in labels], Path(path).name
+        pages = max(1, -(-len(labels) // N_IMAGES))
+        page = min(int(st.session_state.get("a_page", 1)), pages)
+        shown = labels[(page - 1) * N_IMAGES : page * N_IMAGES]
+        where = Path(path).name
+        if pages > 1:
+            where += f", classes {(page - 1) * N_IMAGES + 1}-{(page - 1) * N_IMAGES + len(shown)}"
+            where += f" of {len(labels)}"
+        return [firsts[i] for i in shown], [result.classes[i] for i in shown], where
+
     photos = workspace.datasets_dir() / PHOTOS_DIR
     if not photos.is_dir():
         demo.write_photos(photos)
     files = sorted(photos.glob("*/*.jpg"))
     return files, [f.parent.name for f in files], "the demo photos (no data set chosen yet)"
+
+
+def _class_pages() -> None:
+    """The page picker under the grid when the data set has more classes than one page shows."""
+    path = st.session_state.get(ui.DATASET_PATH)
+    if not (path and Path(path).is_dir()):
+        return
+    n = len(ui.scan_dataset(path).classes)
+    pages = max(1, -(-n // N_IMAGES))
+    if pages > 1:
+        st.number_input(
+            f"Classes page (of {pages})", 1, pages, key="a_page",
+            help=f"{N_IMAGES} classes a page; every class of the data set is on one of them",
+        )  # fmt: skip
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -191,6 +212,7 @@ def _preview(aug: AugmentConfig, size: int) -> None:
     if not aug.enabled:
         st.info("Every transform is off: training images are used as they are.")
     _grid(images, names, aug, compare)
+    _class_pages()
 
 
 def main() -> None:

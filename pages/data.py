@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
-from cnnlab import archive, data, demo, workspace
+from cnnlab import archive, data, demo, plots, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
@@ -26,14 +25,26 @@ def _uploaded_once(key: str, make) -> str:
     if key not in memo:
         with st.status("Unpacking the upload…") as status:
             _, progress = ui.progress_bar("Unpacking")
-            memo[key] = str(make(progress))
+            try:
+                memo[key] = str(make(progress))
+            except CnnlabError:
+                status.update(label="The upload could not be unpacked", state="error")
+                raise
             status.update(label="Upload unpacked", state="complete")
     return memo[key]
 
 
+def _path_entered() -> None:
+    """Enter in the path field loads it, as the button does."""
+    st.session_state["_data_path_entered"] = True
+
+
 def _choose_source() -> str | None:
     """Render the source picker; returns a newly chosen path or None."""
+    # the radio's own state is dropped while another page shows: keep the choice apart
+    ui.seed_widget("data_source", st.session_state.get(ui.DATA_SOURCE, SOURCES[0]))
     source = st.radio("Source", SOURCES, horizontal=True, key="data_source")
+    st.session_state[ui.DATA_SOURCE] = source
     if source == "Demo digits":
         st.caption("scikit-learn's 1,797 handwritten digits, 10 classes, written as PNGs.")
         if st.button("Use the demo digits", icon=":material/bolt:"):
@@ -45,10 +56,17 @@ def _choose_source() -> str | None:
                 up.file_id, lambda p: archive.save_uploaded_zip(up.getvalue(), up.name, p)
             )
     elif source == "Upload a folder":
+        # a folder of hundreds of files would list a chip per file: hide them, count them
+        st.html("<style>.st-key-data_folder [data-testid='stFileUploaderFile'],"
+                ".st-key-data_folder [data-testid='stFileUploaderPagination']"
+                "{display: none}</style>")  # fmt: skip
         ups = st.file_uploader(
-            "A folder with one sub-folder per class", accept_multiple_files="directory"
+            "A folder with one sub-folder per class",
+            accept_multiple_files="directory",
+            key="data_folder",
         )
         if ups:
+            st.caption(f"{len(ups):,} files uploaded.")
             top = ups[0].name.replace("\\", "/").split("/", 1)[0] or "upload"
             return _uploaded_once(
                 "|".join(sorted(u.file_id for u in ups)),
@@ -57,21 +75,19 @@ def _choose_source() -> str | None:
     else:
         roots = ", ".join(f"`{r}`" for r in workspace.data_roots())
         st.caption(f"Allowed folders: {roots} (set CNNLAB_DATA_ROOTS to change).")
-        raw = st.text_input("Folder or .zip on this server", key="data_server_path")
-        if st.button("Use this path", disabled=not raw.strip()):
+        raw = st.text_input(
+            "Folder or .zip on this server", key="data_server_path", on_change=_path_entered
+        )
+        clicked = st.button(
+            "Use this path",
+            disabled=not raw.strip(),
+            help="Type a path first" if not raw.strip() else "Read this folder or .zip",
+        )
+        if (clicked or st.session_state.pop("_data_path_entered", False)) and raw.strip():
             checked = workspace.check_inside_roots(raw.strip())
             with st.status("Reading…"):
                 return str(data.resolve_dataset(checked))  # a server-side .zip is extracted
     return None
-
-
-def _balance_chart(counts: dict[str, int]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), marker_color="#3b6fd4"))
-    fig.update_layout(
-        title="Images per class", xaxis_title="class", yaxis_title="usable images",
-        xaxis_type="category", height=320, margin=dict(l=10, r=10, t=40, b=10),
-    )  # fmt: skip
-    return fig
 
 
 def _show_samples(result: data.ScanResult) -> None:
@@ -104,7 +120,7 @@ def _show_dataset(path: str) -> None:
     c2.metric("Usable images", f"{result.n_images:,}")
     c3.metric("Problems", len(result.problems))
 
-    st.plotly_chart(_balance_chart(counts))
+    st.plotly_chart(plots.class_counts_figure(counts))
     ratio = max(counts.values()) / min(counts.values())
     if ratio >= IMBALANCE_RATIO:
         small = min(counts, key=counts.get)
@@ -176,6 +192,11 @@ try:
         st.markdown(f"**Data set:** `{current}`")
         _show_dataset(current)
     else:
-        st.info("Pick a source above to load a data set.", icon=":material/info:")
+        hint = {
+            "Demo digits": "press **Use the demo digits**",
+            "Upload a zip": "drop a .zip with one folder per class above",
+            "Upload a folder": "choose a folder with one sub-folder per class above",
+        }.get(st.session_state.get("data_source"), "type a path above and press Enter")
+        st.info(f"No data set loaded yet: {hint}.", icon=":material/info:")
 except CnnlabError as exc:
     ui.show_error(exc)

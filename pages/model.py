@@ -8,13 +8,12 @@ changes, cached on the config's JSON so reruns of the same config are free.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from cnnlab import archive, models, registry, runs, weights, workspace
+from cnnlab import archive, config, models, registry, runs, weights, workspace
 from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.errors import CnnlabError, WeightsError
 from pages import ui
@@ -43,7 +42,7 @@ def _n_classes() -> int:
 
 
 def _use_simple_cnn() -> None:
-    """The guide's SimpleCNN at its 64 px input (a button callback: runs before the widgets)."""
+    """The tutorial's SimpleCNN (two conv layers) at its 64 px input (a button callback)."""
     st.session_state["m_family"] = "Custom CNN"
     st.session_state["m_custom_name"] = "simple_cnn"
     st.session_state["m_image_size"] = 64
@@ -59,7 +58,7 @@ def _summarise(
     start of training does that, with a progress bar. The summary then uses a random-init twin,
     as it does when the weights cannot be used: shapes and counts do not depend on them.
     """
-    cfg = ModelConfig(**json.loads(model_json))
+    cfg = config.section_from_json("model", model_json)  # validated, like any config
     twin = dataclasses.replace(cfg, weights="random")
     weights_error = None
     if pending:
@@ -251,7 +250,12 @@ def main() -> None:
     ui.use_app_navigation()
     st.title("Model")
     cfg = ui.session_run_config()
-    st.button("Use the guide's SimpleCNN", on_click=_use_simple_cnn, help="simple_cnn at 64 px")
+    st.button(
+        "Use the classic SimpleCNN",
+        on_click=_use_simple_cnn,
+        help="The two-convolution CNN of the classic PyTorch image-classification tutorial, at "
+        "64 px: a small, quick baseline to compare your own model against",
+    )
     ui.seed_widget(
         "m_family", "Transfer learning" if models.is_transfer(cfg.model.name) else "Custom CNN"
     )
@@ -285,7 +289,7 @@ def main() -> None:
     try:
         pending = weights.needs_download(model_cfg.weights, models.get_spec(model_cfg.name))
         info = _summarise(
-            json.dumps(dataclasses.asdict(model_cfg)), n_classes, size, train_cfg.epochs, pending
+            config.section_to_json(model_cfg), n_classes, size, train_cfg.epochs, pending
         )
     except CnnlabError as exc:
         ui.show_error(exc)

@@ -35,10 +35,12 @@ DATA_CONFIG = "data_config"
 RUN_CONFIG = "run_config"
 ACTIVE_RUN_ID = "active_run_id"
 TRAIN_JOB_ID = "train_job_id"
+DATA_SOURCE = "data_source_kept"  # str: the Data page's source choice (its radio's state is
+# dropped while another page shows)
 LOADED_FROM = "loaded_from"  # str: where the Train page's config came from (Tune's best trial)
 DATA_PAGE = "pages/data.py"
 QUERY_SESSION = "s"  # URL query: this browser session's id (cnnlab.session)
-SESSION_KEYS = (DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, "data_source")
+SESSION_KEYS = (DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, DATA_SOURCE)
 _SESSION_ID = "_session_id"
 _SESSION_SAVED = "_session_saved"
 _SCAN_CACHE_SIZE = 8

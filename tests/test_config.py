@@ -90,3 +90,17 @@ def test_the_example_config_in_assets_is_complete_and_valid():
     cfg.data.path = "/data"
     cfg.validate()
     assert set(json.loads(path.read_text())) == set(RunConfig().to_dict())  # every section
+
+
+def test_each_section_round_trips_validated() -> None:
+    from cnnlab import config as config_mod
+
+    model = config_mod.ModelConfig(channels=[8, 16], dropout=0.3)
+    text = config_mod.section_to_json(model)
+    assert config_mod.section_from_json("model", text) == model
+    with pytest.raises(config_mod.ConfigError, match="model.dropout"):
+        config_mod.section_from_dict("model", {"dropout": 7})  # validated, unlike Model(**raw)
+    with pytest.raises(config_mod.ConfigError, match="unknown field"):
+        config_mod.section_from_dict("train", {"epochz": 3})
+    with pytest.raises(config_mod.ConfigError, match="unknown config section"):
+        config_mod.section_from_dict("optimizer", {})

@@ -79,3 +79,23 @@ def test_grid_uses_the_chosen_data_and_follows_the_controls(
     assert at.session_state["data_config"].image_size == 48
     assert at.session_state["run_config"].data.image_size == 48
     assert not at.exception and not at.error
+
+
+def test_every_class_is_previewed_page_by_page(workspace: Path, fresh_app) -> None:
+    from PIL import Image
+
+    root = workspace / "seven"
+    names = [f"class{i}" for i in range(7)]
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (12, 12), (30 * i, 20 * j, 90)).save(root / name / f"{j}.png")
+    at = fresh_app("pages/augment.py", dataset_path=str(root))
+    assert not at.exception
+
+    def shown() -> list[str]:
+        return [m.value.strip("*") for m in at.markdown if m.value.startswith("**class")]
+
+    assert shown() == names[:4]
+    at.number_input(key="a_page").set_value(2).run()
+    assert not at.exception and shown() == names[4:]

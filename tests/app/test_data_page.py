@@ -45,7 +45,7 @@ def test_empty_state_then_demo_digits(workspace: Path, fresh_app) -> None:
     at = fresh_app("pages/data.py")
     assert not at.exception
     assert at.title[0].value == "Data"
-    assert any("Pick a source" in i.value for i in at.info)
+    assert any("No data set loaded yet: press **Use the demo digits**" in i.value for i in at.info)
     assert not at.get("plotly_chart")
 
     next(b for b in at.button if b.label == "Use the demo digits").click()
@@ -158,3 +158,29 @@ def test_directory_upload_is_saved_and_scanned(workspace: Path, fresh_app) -> No
     assert not at.exception and not at.error
     assert [m.value for m in at.metric] == ["2", "6", "0"]
     assert Path(at.session_state["dataset_path"]).name == "insects"
+
+
+def test_a_bad_zip_names_the_users_file_and_the_source_is_kept(workspace: Path, fresh_app) -> None:
+    at = fresh_app("pages/data.py")
+    at.radio(key="data_source").set_value("Upload a zip").run()
+    assert any("drop a .zip" in i.value for i in at.info)  # the hint follows the source
+    at.file_uploader[0].set_value(("holiday photos.zip", b"not a zip", "application/zip")).run()
+    assert not at.exception
+    assert "holiday photos.zip is not a readable zip" in at.error[0].value
+    assert ".upload-" not in at.error[0].value
+    at.switch_page("pages/model.py").run()
+    at.switch_page("pages/data.py").run()  # back: the source stays what the user picked
+    assert at.radio(key="data_source").value == "Upload a zip"
+
+
+def test_enter_in_the_path_field_loads_it(workspace: Path, fresh_app) -> None:
+    root = workspace / "two"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (12, 12), (60 * i, 90, 9)).save(root / cls / f"{i}.png")
+    at = fresh_app("pages/data.py")
+    at.radio(key="data_source").set_value("Path on this server").run()
+    at.text_input(key="data_server_path").input(str(root)).run()  # Enter, no button click
+    assert not at.exception and not at.error
+    assert at.session_state["dataset_path"] == str(root)
