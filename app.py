@@ -30,6 +30,12 @@ PAGES = [
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
 ]
 page = st.navigation(PAGES)
+# A narrow window (a laptop split screen, ~800 px): a slimmer sidebar leaves the page room, and
+# the pages' metric and button rows wrap instead of cutting their labels.
+st.html(
+    "<style>@media (max-width: 1000px) {section[data-testid='stSidebar'] "
+    "{width: 190px !important; min-width: 190px !important;}}</style>"
+)
 ui.restore_session()  # a reload gets the session's choices back (the id is in the URL)
 
 with st.sidebar:

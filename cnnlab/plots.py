@@ -234,7 +234,7 @@ def lr_finder_figure(result) -> go.Figure:
     # and their annotations are easily misplaced.
     log_lrs = np.log(np.asarray(result.lrs))
     marks = [(result.suggestion, "suggested (valley)", "green", "top right")]
-    steepest = getattr(result, "steepest", None)  # results pickled before it existed lack it
+    steepest = result.steepest
     if steepest is not None and not np.isclose(steepest, result.suggestion):
         marks.append((steepest, "steepest", "#7f7f7f", "bottom left"))
     for lr, label, colour, position in marks:

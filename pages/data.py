@@ -125,7 +125,8 @@ def _show_dataset(path: str) -> None:
     if ratio >= IMBALANCE_RATIO:
         small = min(counts, key=counts.get)
         st.warning(
-            f"Classes are imbalanced: the largest has {ratio:.1f}x the images of the smallest "
+            f"Classes are imbalanced: the largest has {ratio:,.{0 if ratio >= 10 else 1}f} times "
+            "the images of the smallest "
             f"({small!r}, {counts[small]}). Consider class weights on the Train page."
         )
     _show_samples(result)

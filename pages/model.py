@@ -297,8 +297,10 @@ def main() -> None:
     except RuntimeError as exc:  # e.g. the input is too small for this many poolings
         st.error(f"This model cannot take {size} px inputs: {exc}")
         return
-    if info["weights_error"]:
-        st.warning(info["weights_error"])
+    if info["weights_error"]:  # the core's words are the CLI's: name this page's option
+        st.warning(
+            info["weights_error"].replace("weights 'random'", f"'{WEIGHT_SOURCES['random']}'")
+        )
     if pending:
         _download(model_cfg)
     st.subheader("Summary")
