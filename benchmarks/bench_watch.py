@@ -58,8 +58,12 @@ def _serve(home: Path) -> tuple[subprocess.Popen, str]:
 
 
 def _newest_summary(home: Path) -> dict:
+    """The newest run's summary ({} while its folder is still being written)."""
     runs = sorted((home / "runs").iterdir())
-    return json.loads((runs[-1] / "summary.json").read_text()) if runs else {}
+    try:
+        return json.loads((runs[-1] / "summary.json").read_text()) if runs else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def one_run(browser, url: str, home: Path, epochs: int, watch: bool) -> float:
