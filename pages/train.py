@@ -11,6 +11,7 @@ cnnlab.preflight finds a problem that would make the run fail.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -25,7 +26,8 @@ STOP_WAIT_S = 3.0  # how long the Stop click waits for the job to wind down befo
 QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
 LR_RESULT = "_lr_result"  # session key: the LR finder's whole result (for its chart)
-FIGURES = "_t_figures"  # session key: (job id, curve version, loss figure, accuracy figure)
+FIGURES = "_t_figures"  # session key: the figures drawn last, with what they were drawn from
+LOSS_REDRAW_S = 2.0  # the live loss figure is redrawn at most this often (new points or not)
 DEFAULTS = TrainConfig()
 # TrainConfig fields with a widget here; backbone_lr lives on the Model page, the rest in configs
 WIDGET_FIELDS = (
@@ -144,17 +146,26 @@ def _progress(snap: jobs.JobSnapshot) -> None:
 
 
 def _figures(snap: jobs.JobSnapshot, live: bool):
-    """The loss and accuracy figures, rebuilt only when the job has new points."""
-    key = (snap.job_id, snap.curve_version, live)
+    """The loss and accuracy figures, rebuilt only when the job has new points: the accuracy
+    figure at epoch ends, the loss figure at most every LOSS_REDRAW_S while the job runs. An
+    unchanged figure is sent as it was, which the browser does not redraw; a changed one is
+    remounted and redrawn whole, which costs the browser (and a shared CPU) far more."""
     cached = st.session_state.get(FIGURES)
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
-    rows = progress.thin(snap.epochs)
-    diagnosis = None if live else evaluate.diagnose(list(snap.epochs))
-    loss = plots.loss_figure(rows, diagnosis, curve=snap.curve)
-    acc = plots.accuracy_figure(rows)
-    st.session_state[FIGURES] = (key, loss, acc)
-    return loss, acc
+    fresh = cached is None or cached["job"] != (snap.job_id, live)
+    now = time.monotonic()
+    if fresh or (
+        cached["version"] != snap.curve_version
+        and (not live or now - cached["at"] >= LOSS_REDRAW_S or len(snap.epochs) != cached["n"])
+    ):
+        rows = progress.thin(snap.epochs)
+        diagnosis = None if live else evaluate.diagnose(list(snap.epochs))
+        loss = plots.loss_figure(rows, diagnosis, curve=snap.curve)
+        acc = cached["acc"] if not fresh and cached["n"] == len(snap.epochs) else None
+        cached = {"job": (snap.job_id, live), "version": snap.curve_version, "at": now,
+                  "n": len(snap.epochs), "loss": loss,
+                  "acc": acc or plots.accuracy_figure(rows)}  # fmt: skip
+        st.session_state[FIGURES] = cached
+    return cached["loss"], cached["acc"]
 
 
 def _curves(snap: jobs.JobSnapshot, live: bool) -> None:
