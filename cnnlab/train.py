@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -55,6 +56,7 @@ __all__ = [  # events and loop pieces are re-exported: callers listen via `train
     "Preparing",
     "Progress",
     "RunStarted",
+    "Setup",
     "build_optimizer",
     "build_scheduler",
     "class_weights",
@@ -62,10 +64,13 @@ __all__ = [  # events and loop pieces are re-exported: callers listen via `train
     "fit",
     "predict_logits",
     "resume",
+    "setup",
     "train_one_epoch",
 ]
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
 
 
 def _split_files(data: PreparedData) -> dict[str, list[str]]:
@@ -169,7 +174,15 @@ def fit(
             )
         )
         result = _fit_loop(
-            config, data, run, device, emit, stop_event, epoch_hook, t_start, resume_state
+            config,
+            data,
+            run,
+            device,
+            emit,
+            stop_event=stop_event,
+            epoch_hook=epoch_hook,
+            t_start=t_start,
+            resume_state=resume_state,
         )
     except CnnlabError as exc:
         _fail(run, summary, str(exc), t_start, emit)
@@ -205,23 +218,44 @@ def _fail(
     emit(Failed(message))
 
 
-def _fit_loop(
-    config: RunConfig,
-    data: PreparedData,
-    run: runs.Run,
-    device: torch.device,
-    emit: Callback,
-    stop_event: threading.Event | None,
-    epoch_hook,
-    t_start: float,
-    resume_state: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+# ---------------------------------------------------------------- the loop, phase by phase
+@dataclass
+class Setup:
+    """What one training needs besides its run folder; built by setup(), shared with lr_finder."""
+
+    config: RunConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    ctx: BatchContext
+    images: torch.Tensor  # the whole uint8 cache (on the device when it fits)
+    labels: torch.Tensor
+    rows: dict[str, torch.Tensor]  # "train" / "val" / "test" row indices into images
+    batch_size: int
+    base_lrs: list[float]  # each parameter group's lr before the schedule touched it
+    ckpt_meta: dict[str, Any]  # saved with every checkpoint: what predict/export need
+
+
+@dataclass
+class LoopState:
+    """What changes from epoch to epoch (and what last.pt saves to resume)."""
+
+    epoch: int = 0  # the last completed epoch
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    stopped_by_user: bool = False
+
+
+def setup(config: RunConfig, data: PreparedData, device: torch.device) -> Setup:
+    """Seed, then build the model, normalisation, batch context, loss, optimizer and schedule."""
     tc = config.train
     _seed_everything(tc.seed)
     n_classes = len(data.classes)
-    train_rows = torch.as_tensor(data.split.train, dtype=torch.long)
-    val_rows = torch.as_tensor(data.split.val, dtype=torch.long)
-    test_rows = torch.as_tensor(data.split.test, dtype=torch.long)
+    rows = {s: torch.as_tensor(getattr(data.split, s), dtype=torch.long) for s in SPLITS}
 
     model = models.create_model(config.model, n_classes, config.data.image_size)
     channels_last = tc.channels_last and device.type != "mps"
@@ -229,6 +263,7 @@ def _fit_loop(
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
     # Stats from (at most) 5k training images: exact for small sets, cheap for huge memory maps.
+    train_rows = rows["train"]
     sample = train_rows[torch.randperm(len(train_rows))[:5_000]].sort().values
     mean, std = augment.normalization(config.augment, config.model.name, data.images[sample])
     generator = torch.Generator(device=device)
@@ -247,22 +282,19 @@ def _fit_loop(
     )
     images = _to_device_if_fits(data.images, device)  # the whole uint8 cache, gathered by rows
     labels = data.labels.to(images.device)
-    train_rows, val_rows, test_rows = (
-        r.to(images.device) for r in (train_rows, val_rows, test_rows)
-    )
+    rows = {s: r.to(images.device) for s, r in rows.items()}
 
     weight = (
-        class_weights(labels[train_rows].cpu(), n_classes).to(device) if tc.class_weights else None
+        class_weights(labels[rows["train"]].cpu(), n_classes).to(device)
+        if tc.class_weights
+        else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
-    optimizer = build_optimizer(models.param_groups(model, config.model, tc), tc)
+    groups = models.param_groups(model, config.model, tc)
+    base_lrs = [g.get("lr", tc.lr) for g in groups]
+    optimizer = build_optimizer(groups, tc)
     bs = min(tc.batch_size, len(train_rows))
-    steps_per_epoch = len(train_rows) // bs
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
-
-    best_loss, best_epoch, bad_epochs = math.inf, 0, 0
-    stopped_early = stopped_by_user = False
-    history: list[dict[str, Any]] = []
+    scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
         "config": config.to_dict(),
         "classes": list(data.classes),
@@ -270,130 +302,176 @@ def _fit_loop(
         "mean": list(mean),
         "std": list(std),
     }
-    start_epoch = 1
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model_state"])
-        optimizer.load_state_dict(resume_state["optimizer_state"])
-        scheduler.load_state_dict(resume_state["scheduler_state"])
-        torch.set_rng_state(resume_state["torch_rng"])
-        generator.set_state(resume_state["generator_rng"])
-        best_loss = resume_state["best_loss"]
-        best_epoch, bad_epochs = resume_state["best_epoch"], resume_state["bad_epochs"]
-        start_epoch = resume_state["epoch"] + 1
-        # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
-        history = [r for r in runs.read_metrics(run) if r["epoch"] < start_epoch]
-        runs.rewrite_metrics(run, history)
-        log.info("resuming run %s at epoch %d", run.run_id, start_epoch)
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, tc.epochs + 1):
-        t0 = time.perf_counter()
-        try:
-            tr_loss, tr_acc, seen = train_one_epoch(
-                model,
-                images,
-                labels,
-                optimizer,
-                scheduler,
-                loss_fn,
-                ctx,
-                bs,
-                epoch,
-                emit,
-                stop_event,
-                rows=train_rows,
-            )
-        except StopRequested:
-            stopped_by_user = True
-            epoch -= 1
-            break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_secs = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
-        if not math.isfinite(va_loss) and len(val_rows):
-            raise nan_error(epoch, optimizer)
-        monitor = va_loss if len(val_rows) else tr_loss
-        is_best = monitor < best_loss
-        if is_best:
-            best_loss, best_epoch, bad_epochs = monitor, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            runs.save_checkpoint_atomic(
-                run.best_path,
-                {
-                    **ckpt_meta,
-                    "model_state": best_state,
-                    "epoch": epoch,
-                    "val_loss": va_loss,
-                    "val_acc": va_acc,
-                },
-            )
-        else:
-            bad_epochs += 1
-        row = {
-            "epoch": epoch,
-            "train_loss": tr_loss,
-            "train_acc": tr_acc,
-            "val_loss": va_loss,
-            "val_acc": va_acc,
-            "lr": max(g["lr"] for g in optimizer.param_groups),
-            "seconds": time.perf_counter() - t0,
-            "train_seconds": train_secs,
-            "images_per_s": seen / max(train_secs, 1e-9),
-            "best_epoch": best_epoch,
-            "is_best": is_best,
-        }
-        history.append(row)
-        runs.append_metrics(run, row)
+    return Setup(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        ctx=ctx,
+        images=images,
+        labels=labels,
+        rows=rows,
+        batch_size=bs,
+        base_lrs=base_lrs,
+        ckpt_meta=ckpt_meta,
+    )
+
+
+def _restore(s: Setup, run: runs.Run, state: dict[str, Any] | None) -> LoopState:
+    """A fresh LoopState, or the one saved in last.pt (weights, optimizer, schedule, RNG too)."""
+    if state is None:
+        return LoopState()
+    s.model.load_state_dict(state["model_state"])
+    s.optimizer.load_state_dict(state["optimizer_state"])
+    s.scheduler.load_state_dict(state["scheduler_state"])
+    torch.set_rng_state(state["torch_rng"])
+    s.ctx.generator.set_state(state["generator_rng"])
+    loop = LoopState(
+        epoch=state["epoch"],
+        best_loss=state["best_loss"],
+        best_epoch=state["best_epoch"],
+        bad_epochs=state["bad_epochs"],
+    )
+    # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
+    loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
+    runs.rewrite_metrics(run, loop.history)
+    log.info("resuming run %s at epoch %d", run.run_id, loop.epoch + 1)
+    return loop
+
+
+def _train_epoch(
+    s: Setup, epoch: int, emit: Callback, stop_event: threading.Event | None
+) -> dict[str, Any] | None:
+    """Train one epoch and evaluate on val: the epoch's metrics row, or None when stopped."""
+    t0 = time.perf_counter()
+    try:
+        tr_loss, tr_acc, seen = train_one_epoch(
+            s.model,
+            s.images,
+            s.labels,
+            s.optimizer,
+            s.scheduler,
+            s.loss_fn,
+            s.ctx,
+            s.batch_size,
+            epoch,
+            emit,
+            stop_event,
+            rows=s.rows["train"],
+        )
+    except StopRequested:
+        return None
+    if s.ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    train_secs = time.perf_counter() - t0
+    va_loss, va_acc = _evaluate(s, "val")
+    if not math.isfinite(va_loss) and len(s.rows["val"]):
+        raise nan_error(epoch, s.optimizer)
+    return {
+        "epoch": epoch,
+        "train_loss": tr_loss,
+        "train_acc": tr_acc,
+        "val_loss": va_loss,
+        "val_acc": va_acc,
+        "lr": max(g["lr"] for g in s.optimizer.param_groups),
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_secs,
+        "images_per_s": seen / max(train_secs, 1e-9),
+    }
+
+
+def _evaluate(s: Setup, split: str) -> tuple[float, float]:
+    """(plain cross-entropy, accuracy) of the current weights on one split."""
+    return evaluate(s.model, s.images, s.labels, s.ctx, rows=s.rows[split])
+
+
+def _track_best(s: Setup, loop: LoopState, row: dict[str, Any]) -> bool:
+    """Update best/patience counters from the epoch's row (val loss, or train loss without val)."""
+    monitor = row["val_loss"] if len(s.rows["val"]) else row["train_loss"]
+    is_best = monitor < loop.best_loss
+    if is_best:
+        loop.best_loss, loop.best_epoch, loop.bad_epochs = monitor, row["epoch"], 0
+    else:
+        loop.bad_epochs += 1
+    row.update(best_epoch=loop.best_epoch, is_best=is_best)
+    return is_best
+
+
+def _checkpoint(s: Setup, run: runs.Run, loop: LoopState, row: dict[str, Any]) -> None:
+    """best.pt when the epoch is the best so far, then the metrics line, then last.pt (resume)."""
+    epoch = row["epoch"]
+    if row["is_best"]:
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
         runs.save_checkpoint_atomic(
-            run.last_path,
+            run.best_path,
             {
-                **ckpt_meta,
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
+                **s.ckpt_meta,
+                "model_state": best_state,
                 "epoch": epoch,
-                "best_loss": best_loss,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "torch_rng": torch.get_rng_state(),
-                "generator_rng": generator.get_state(),
+                "val_loss": row["val_loss"],
+                "val_acc": row["val_acc"],
             },
         )
-        emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
-        if epoch_hook is not None:
-            epoch_hook(epoch, row)
-        if tc.patience and bad_epochs >= tc.patience and epoch < tc.epochs:
-            stopped_early = True
-            log.info("early stop at epoch %d: no better val loss for %d epochs", epoch, bad_epochs)
-            break
-        if stop_event is not None and stop_event.is_set():
-            stopped_by_user = True
-            break
+    loop.history.append(row)
+    runs.append_metrics(run, row)
+    runs.save_checkpoint_atomic(
+        run.last_path,
+        {
+            **s.ckpt_meta,
+            "model_state": s.model.state_dict(),
+            "optimizer_state": s.optimizer.state_dict(),
+            "scheduler_state": s.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_loss": loop.best_loss,
+            "best_epoch": loop.best_epoch,
+            "bad_epochs": loop.bad_epochs,
+            "torch_rng": torch.get_rng_state(),
+            "generator_rng": s.ctx.generator.get_state(),
+        },
+    )
 
+
+def _decide(s: Setup, loop: LoopState, stop_event: threading.Event | None) -> bool:
+    """True when the loop ends after this epoch: patience ran out, or a stop was requested."""
+    tc = s.config.train
+    if tc.patience and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs:
+        loop.stopped_early = True
+        log.info(
+            "early stop at epoch %d: no better val loss for %d epochs", loop.epoch, loop.bad_epochs
+        )
+        return True
+    if stop_event is not None and stop_event.is_set():
+        loop.stopped_by_user = True
+        return True
+    return False
+
+
+def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[str, Any]:
+    """Restore the best weights, evaluate val and test once, write and return summary.json."""
     summary = runs.read_summary(run)
     summary.update(
-        status="stopped" if stopped_by_user else "completed",
-        epochs_run=epoch,
-        stopped_early=stopped_early,
-        best_epoch=best_epoch,
+        status="stopped" if loop.stopped_by_user else "completed",
+        epochs_run=loop.epoch,
+        stopped_early=loop.stopped_early,
+        best_epoch=loop.best_epoch,
         seconds=time.perf_counter() - t_start,
-        train_images_per_s=_steady_rate(history),
+        train_images_per_s=_steady_rate(loop.history),
     )
-    by_epoch = {r["epoch"]: r for r in history}
-    if best_epoch in by_epoch:
-        # Restore the best weights (lowest val loss) and evaluate the held-out test split once.
-        best = runs.read_checkpoint(run.best_path, device)
-        model.load_state_dict(best["model_state"])
-        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
-        te_loss, te_acc = evaluate(model, images, labels, ctx, rows=test_rows)
+    by_epoch = {r["epoch"]: r for r in loop.history}
+    if loop.best_epoch in by_epoch:
+        best = runs.read_checkpoint(run.best_path, s.ctx.device)
+        s.model.load_state_dict(best["model_state"])
+        va_loss, va_acc = _evaluate(s, "val")
+        te_loss, te_acc = _evaluate(s, "test")
         summary.update(
             best_val_loss=va_loss,
             val_loss=va_loss,
             val_accuracy=va_acc,
             test_loss=te_loss,
             test_accuracy=te_acc,
-            best_train_loss=by_epoch[best_epoch]["train_loss"],
-            best_train_accuracy=by_epoch[best_epoch]["train_acc"],
+            best_train_loss=by_epoch[loop.best_epoch]["train_loss"],
+            best_train_accuracy=by_epoch[loop.best_epoch]["train_acc"],
         )
     summary = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
@@ -401,6 +479,37 @@ def _fit_loop(
     }
     runs.write_summary(run, summary)
     return summary
+
+
+def _fit_loop(
+    config: RunConfig,
+    data: PreparedData,
+    run: runs.Run,
+    device: torch.device,
+    emit: Callback,
+    *,
+    stop_event: threading.Event | None,
+    epoch_hook: Callable[[int, dict[str, Any]], None] | None,
+    t_start: float,
+    resume_state: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Set up, then per epoch: train + evaluate, checkpoint, report, decide; then finish."""
+    s = setup(config, data, device)
+    loop = _restore(s, run, resume_state)
+    for epoch in range(loop.epoch + 1, config.train.epochs + 1):
+        row = _train_epoch(s, epoch, emit, stop_event)
+        if row is None:  # stopped mid-epoch: that epoch does not count
+            loop.stopped_by_user = True
+            break
+        loop.epoch = epoch
+        _track_best(s, loop, row)
+        _checkpoint(s, run, loop, row)
+        emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
+        if epoch_hook is not None:
+            epoch_hook(epoch, row)
+        if _decide(s, loop, stop_event):
+            break
+    return _finish(s, run, loop, t_start)
 
 
 def _steady_rate(history: list[dict[str, Any]]) -> float | None:
