@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import augment, models, runs
+from . import augment, distributed, models, runs
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -119,24 +119,29 @@ def fit(
     config.validate()
     models.is_transfer(config.model.name)  # an unknown model name fails before any data work
 
-    def emit(event: Event) -> None:
-        for cb in callbacks:
-            cb(event)
-
     device = resolve_device(config.train.device)
     if device.type == "cpu":
         configure_cpu_threads()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
+    world, device = distributed.init(device)  # under torchrun: this rank's device and group
+    main = world.is_main  # rank 0 alone writes the run folder and reports events
+
+    def emit(event: Event) -> None:
+        for cb in callbacks if main else ():
+            cb(event)
+
     if data is None:
 
         def on_progress(done: int, total: int, stage: str) -> None:
             emit(Preparing(done, total, stage))
-            if stop_event is not None and stop_event.is_set():
+            # (a lone rank leaving here would hang the others: distributed runs prepare to the end)
+            if stop_event is not None and stop_event.is_set() and not world.active:
                 raise StopRequested  # scanning/decoding a big folder can take a while
 
         try:
-            data = prepare(config.data, progress=on_progress)
+            with distributed.main_first(world):  # one decode per machine, then cache hits
+                data = prepare(config.data, progress=on_progress)
         except StopRequested:
             log.info("stopped while preparing %s; no run was created", config.data.path)
             return {"status": "stopped", "run_id": None, "epochs_run": 0, "stopped_early": False}
@@ -145,10 +150,15 @@ def fit(
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
     if run is None:
-        run = runs.create_run(config, data.classes, _split_files(data))
-    runs.mark_active(run, True)
+        run = runs.create_run(config, data.classes, _split_files(data)) if main else None
+        run = distributed.shared_run(world, run)
+    if main:
+        runs.mark_active(run, True)
     t_start = time.perf_counter()
-    summary: dict[str, Any] = runs.read_summary(run)
+    summary: dict[str, Any] = runs.read_summary(run) if main else {}
+    signal_stop = threading.Event()  # set by SIGTERM / Ctrl-C under torchrun
+    if world.active:
+        stop_event = distributed.CollectiveStop(world, [e for e in (stop_event, signal_stop) if e])
     try:
         summary.update(
             status="running",
@@ -159,8 +169,10 @@ def fit(
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
+            world_size=world.world_size,
         )
-        runs.write_summary(run, summary)
+        if main:
+            runs.write_summary(run, summary)
         emit(
             RunStarted(
                 run.run_id,
@@ -173,17 +185,19 @@ def fit(
                 list(data.classes),
             )
         )
-        result = _fit_loop(
-            config,
-            data,
-            run,
-            device,
-            emit,
-            stop_event=stop_event,
-            epoch_hook=epoch_hook,
-            t_start=t_start,
-            resume_state=resume_state,
-        )
+        with distributed.stop_on_signals(world, signal_stop):
+            result = _fit_loop(
+                config,
+                data,
+                run,
+                device,
+                emit,
+                stop_event=stop_event,
+                epoch_hook=epoch_hook,
+                t_start=t_start,
+                resume_state=resume_state,
+                world=world,
+            )
     except CnnlabError as exc:
         _fail(run, summary, str(exc), t_start, emit)
         raise
@@ -201,7 +215,8 @@ def fit(
         _fail(run, summary, f"{type(exc).__name__}: {exc}", t_start, emit)
         raise
     finally:
-        runs.mark_active(run, False)
+        if main:
+            runs.mark_active(run, False)
     emit(Finished(result))
     return result
 
@@ -209,6 +224,8 @@ def fit(
 def _fail(
     run: runs.Run, summary: dict[str, Any], message: str, t_start: float, emit: Callback
 ) -> None:
+    if not distributed.is_main_process():
+        return  # rank 0 records the failure (every rank meets the same error)
     try:
         runs.update_summary(
             run, status="failed", error=message, seconds=time.perf_counter() - t_start
@@ -224,7 +241,7 @@ class Setup:
     """What one training needs besides its run folder; built by setup(), shared with lr_finder."""
 
     config: RunConfig
-    model: nn.Module
+    model: nn.Module  # the plain module: state dicts, evaluation, checkpoints
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loss_fn: nn.Module
@@ -235,6 +252,12 @@ class Setup:
     batch_size: int
     base_lrs: list[float]  # each parameter group's lr before the schedule touched it
     ckpt_meta: dict[str, Any]  # saved with every checkpoint: what predict/export need
+    net: nn.Module | None = None  # what training calls: DDP around model when distributed
+    world: distributed.World = distributed.SINGLE
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
 
 
 @dataclass
@@ -250,7 +273,12 @@ class LoopState:
     stopped_by_user: bool = False
 
 
-def setup(config: RunConfig, data: PreparedData, device: torch.device) -> Setup:
+def setup(
+    config: RunConfig,
+    data: PreparedData,
+    device: torch.device,
+    world: distributed.World = distributed.SINGLE,
+) -> Setup:
     """Seed, then build the model, normalisation, batch context, loss, optimizer and schedule."""
     tc = config.train
     _seed_everything(tc.seed)
@@ -258,6 +286,7 @@ def setup(config: RunConfig, data: PreparedData, device: torch.device) -> Setup:
     rows = {s: torch.as_tensor(getattr(data.split, s), dtype=torch.long) for s in SPLITS}
 
     model = models.create_model(config.model, n_classes, config.data.image_size)
+    model = distributed.sync_batchnorm(model, world, device)
     channels_last = tc.channels_last and device.type != "mps"
     model = model.to(
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
@@ -280,6 +309,9 @@ def setup(config: RunConfig, data: PreparedData, device: torch.device) -> Setup:
         generator=generator,
         scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
     )
+    if world.active:  # same permutation on every rank, each takes its slice of every batch
+        ctx.shard = (world.rank, world.world_size)
+        ctx.perm_generator = torch.Generator(device=device)
     images = _to_device_if_fits(data.images, device)  # the whole uint8 cache, gathered by rows
     labels = data.labels.to(images.device)
     rows = {s: r.to(images.device) for s, r in rows.items()}
@@ -315,6 +347,8 @@ def setup(config: RunConfig, data: PreparedData, device: torch.device) -> Setup:
         batch_size=bs,
         base_lrs=base_lrs,
         ckpt_meta=ckpt_meta,
+        net=distributed.ddp(model, world, device),
+        world=world,
     )
 
 
@@ -334,8 +368,9 @@ def _restore(s: Setup, run: runs.Run, state: dict[str, Any] | None) -> LoopState
         bad_epochs=state["bad_epochs"],
     )
     # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
-    loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
-    runs.rewrite_metrics(run, loop.history)
+    if s.world.is_main:
+        loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
+        runs.rewrite_metrics(run, loop.history)
     log.info("resuming run %s at epoch %d", run.run_id, loop.epoch + 1)
     return loop
 
@@ -344,10 +379,15 @@ def _train_epoch(
     s: Setup, epoch: int, emit: Callback, stop_event: threading.Event | None
 ) -> dict[str, Any] | None:
     """Train one epoch and evaluate on val: the epoch's metrics row, or None when stopped."""
+    if s.world.active:
+        # Per-epoch seeds: one permutation on every rank, each rank its own augmentation draws;
+        # a resume needs no per-rank generator state.
+        s.ctx.perm_generator.manual_seed(s.config.train.seed * 100_003 + epoch)
+        s.ctx.generator.manual_seed(s.config.train.seed + 1_000_003 * epoch + s.world.rank)
     t0 = time.perf_counter()
     try:
         tr_loss, tr_acc, seen = train_one_epoch(
-            s.model,
+            s.net,
             s.images,
             s.labels,
             s.optimizer,
@@ -364,6 +404,13 @@ def _train_epoch(
         return None
     if s.ctx.device.type == "cuda":
         torch.cuda.synchronize()
+    if s.world.active:  # every rank saw its share: the epoch's numbers are the sums over ranks
+        loss_sum, correct, seen = distributed.sum_all(
+            s.world, [tr_loss * seen, tr_acc * seen, float(seen)]
+        )
+        tr_loss, tr_acc, seen = loss_sum / seen, correct / seen, int(seen)
+        if not math.isfinite(tr_loss):  # the same sums on every rank: all raise together
+            raise nan_error(epoch, s.optimizer)
     train_secs = time.perf_counter() - t0
     va_loss, va_acc = _evaluate(s, "val")
     if not math.isfinite(va_loss) and len(s.rows["val"]):
@@ -383,6 +430,8 @@ def _train_epoch(
 
 def _evaluate(s: Setup, split: str) -> tuple[float, float]:
     """(plain cross-entropy, accuracy) of the current weights on one split."""
+    if s.world.active:  # each rank scores its shard: every image counted exactly once
+        return distributed.evaluate(s.model, s.images, s.labels, s.ctx, s.rows[split], s.world)
     return evaluate(s.model, s.images, s.labels, s.ctx, rows=s.rows[split])
 
 
@@ -401,6 +450,9 @@ def _track_best(s: Setup, loop: LoopState, row: dict[str, Any]) -> bool:
 def _checkpoint(s: Setup, run: runs.Run, loop: LoopState, row: dict[str, Any]) -> None:
     """best.pt when the epoch is the best so far, then the metrics line, then last.pt (resume)."""
     epoch = row["epoch"]
+    loop.history.append(row)
+    if not s.world.is_main:
+        return  # rank 0 alone writes the run folder
     if row["is_best"]:
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
         runs.save_checkpoint_atomic(
@@ -413,7 +465,6 @@ def _checkpoint(s: Setup, run: runs.Run, loop: LoopState, row: dict[str, Any]) -
                 "val_acc": row["val_acc"],
             },
         )
-    loop.history.append(row)
     runs.append_metrics(run, row)
     runs.save_checkpoint_atomic(
         run.last_path,
@@ -435,7 +486,8 @@ def _checkpoint(s: Setup, run: runs.Run, loop: LoopState, row: dict[str, Any]) -
 def _decide(s: Setup, loop: LoopState, stop_event: threading.Event | None) -> bool:
     """True when the loop ends after this epoch: patience ran out, or a stop was requested."""
     tc = s.config.train
-    if tc.patience and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs:
+    patience_out = tc.patience and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs
+    if distributed.broadcast(s.world, bool(patience_out)):  # rank 0 decides for all
         loop.stopped_early = True
         log.info(
             "early stop at epoch %d: no better val loss for %d epochs", loop.epoch, loop.bad_epochs
@@ -449,7 +501,8 @@ def _decide(s: Setup, loop: LoopState, stop_event: threading.Event | None) -> bo
 
 def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[str, Any]:
     """Restore the best weights, evaluate val and test once, write and return summary.json."""
-    summary = runs.read_summary(run)
+    main = s.world.is_main
+    summary = runs.read_summary(run) if main else {}
     summary.update(
         status="stopped" if loop.stopped_by_user else "completed",
         epochs_run=loop.epoch,
@@ -460,8 +513,7 @@ def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[st
     )
     by_epoch = {r["epoch"]: r for r in loop.history}
     if loop.best_epoch in by_epoch:
-        best = runs.read_checkpoint(run.best_path, s.ctx.device)
-        s.model.load_state_dict(best["model_state"])
+        s.model.load_state_dict(_best_weights(s, run))
         va_loss, va_acc = _evaluate(s, "val")
         te_loss, te_acc = _evaluate(s, "test")
         summary.update(
@@ -477,8 +529,17 @@ def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[st
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in summary.items()
     }
-    runs.write_summary(run, summary)
+    if main:
+        runs.write_summary(run, summary)
     return summary
+
+
+def _best_weights(s: Setup, run: runs.Run) -> dict[str, torch.Tensor]:
+    """best.pt's weights; distributed, rank 0 reads the file and every rank gets them."""
+    if not s.world.active:
+        return runs.read_checkpoint(run.best_path, s.ctx.device)["model_state"]
+    best = runs.read_checkpoint(run.best_path, "cpu")["model_state"] if s.world.is_main else None
+    return distributed.broadcast(s.world, best)
 
 
 def _fit_loop(
@@ -492,9 +553,10 @@ def _fit_loop(
     epoch_hook: Callable[[int, dict[str, Any]], None] | None,
     t_start: float,
     resume_state: dict[str, Any] | None,
+    world: distributed.World = distributed.SINGLE,
 ) -> dict[str, Any]:
     """Set up, then per epoch: train + evaluate, checkpoint, report, decide; then finish."""
-    s = setup(config, data, device)
+    s = setup(config, data, device, world)
     loop = _restore(s, run, resume_state)
     for epoch in range(loop.epoch + 1, config.train.epochs + 1):
         row = _train_epoch(s, epoch, emit, stop_event)
@@ -545,13 +607,18 @@ def resume(
         )
     config = runs.read_config(r)
     state = runs.read_checkpoint(r.last_path)
+    # Under torchrun every rank reads the run folder (one machine, or a shared file system).
+    world, _ = distributed.init(resolve_device(config.train.device))
     if data is None:
-        data = prepare(config.data)
+        with distributed.main_first(world):
+            data = prepare(config.data)
     saved = runs.read_split(r).get("files") or {}
     if saved and saved != _split_files(data):
         raise TrainingError(
             f"the data set at {config.data.path} changed since run {r.run_id} started (its split "
             "differs), so it cannot be resumed faithfully; train a new run instead"
         )
-    runs.update_summary(r, resumed=runs.read_summary(r).get("resumed", 0) + 1, error=None)
+    distributed.barrier(world)  # every rank checked the status before rank 0 marks it running
+    if world.is_main:
+        runs.update_summary(r, resumed=runs.read_summary(r).get("resumed", 0) + 1, error=None)
     return fit(config, data, callbacks, stop_event, run=r, resume_state=state)
