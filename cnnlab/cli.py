@@ -313,6 +313,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         on_trial=show,
+        heartbeat=args.heartbeat,
     )
     summary = tune.tune_summary(study)
     if args.json:
@@ -446,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials",
         type=int,
         required=True,
-        help="trials the study should hold: a rerun continues up to N; workers split them",
+        help="finished (complete + pruned) trials the study should hold: a rerun continues up "
+        "to N; workers split them",
     )
     p.add_argument("--timeout", type=float, help="stop asking for new trials after S seconds")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
@@ -458,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     p.add_argument("--model", default="custom", help="model to tune (see `cnnlab models`)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a running trial's heartbeats; a worker silent for 3 of them is "
+        "taken as dead and its trial is retried",
+    )
     p.add_argument("--json", action="store_true", help="print only the study summary as JSON")
     p.set_defaults(func=_cmd_tune)
 
