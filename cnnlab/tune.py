@@ -178,7 +178,15 @@ def _rdb_storage(url: str, heartbeat: int | None = HEARTBEAT_S) -> optuna.storag
         kwargs = {"pool_pre_ping": True}  # a server may drop idle connections between trials
     hb: dict[str, Any] = {}
     if heartbeat:
-        retry = optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)
+        # optuna 4.9 renamed RetryFailedTrialCallback (the old name now warns of its removal).
+        retry_cls = getattr(
+            optuna.storages,
+            "RetryHeartbeatStaleTrialCallback",
+            optuna.storages.RetryFailedTrialCallback,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = retry_cls(max_retry=MAX_RETRY)
         params = inspect.signature(optuna.storages.RDBStorage).parameters
         cb_name = (  # renamed in optuna 4.x; the old name warns
             "heartbeat_stale_trial_callback"
