@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import train
+from . import child_run, train
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -222,6 +222,16 @@ class JobManager:
             return train.fit(config, data=data, callbacks=(emit,), stop_event=stop_event)
 
         return self.start_callable(run_fit, kind="train", name=name or config.name)
+
+    def start_distributed(self, config: RunConfig, nproc: int, name: str = "") -> Job:
+        """Train on nproc GPUs (or CPU processes) in a child `cnnlab train --nproc-per-node`;
+        the job follows its run folder, and stop() sends the child SIGTERM. Takes nproc slots."""
+        config.validate()
+
+        def run_child(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
+            return child_run.follow(config, nproc, stop_event, emit)
+
+        return self.start_callable(run_child, kind="train", name=name or config.name, slots=nproc)
 
     def start_callable(self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1) -> Job:
         """Run fn(stop_event, emit) in a daemon thread once a slot is free (queued until then);

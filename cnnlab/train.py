@@ -150,7 +150,9 @@ def fit(
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
     if run is None:
-        run = runs.create_run(config, data.classes, _split_files(data)) if main else None
+        # CNNLAB_RUN_ID: the id a parent (the dashboard's job) chose, to follow the run folder.
+        run_id = os.environ.pop("CNNLAB_RUN_ID", None)
+        run = runs.create_run(config, data.classes, _split_files(data), run_id) if main else None
         run = distributed.shared_run(world, run)
     if main:
         runs.mark_active(run, True)

@@ -219,3 +219,24 @@ def test_default_slots_come_from_the_setting(monkeypatch: pytest.MonkeyPatch) ->
 
     expected = torch.cuda.device_count() if torch.cuda.is_available() else 1
     assert jobs.default_slots() == max(1, expected)
+
+
+@pytest.mark.slow
+def test_a_multi_process_job_is_followed_through_its_run_folder_and_stops(
+    workspace: Path, digits_dir: Path
+) -> None:
+    """What the Train page's "use all N GPUs" starts, on CPU: 2 gloo processes in a child."""
+    manager = jobs.JobManager(max_running=2)
+    job = manager.start_distributed(tiny_config(digits_dir, epochs=40), nproc=2)
+    wait_until(lambda: job.snapshot().epochs or not job.snapshot().active, timeout=240)
+    snap = job.snapshot()
+    assert snap.status == "running", snap.error
+    assert snap.run_info["n_train"] == 1259 and snap.run_id
+    assert manager.get(snap.run_id) is not None  # found by run id, like a fit job
+    assert manager.stop(job.job_id)  # SIGTERM to the launcher, forwarded to both ranks
+    snap = manager.wait(job.job_id, timeout=120)
+    assert snap.status == "stopped", snap.error
+    assert snap.summary["world_size"] == 2 and snap.summary["epochs_run"] < 40
+    on_disk = runs.read_summary(runs.load_run(snap.run_id))
+    assert on_disk["status"] == "stopped"
+    assert [r["epoch"] for r in snap.epochs] == list(range(1, on_disk["epochs_run"] + 1))
