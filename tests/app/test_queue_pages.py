@@ -12,7 +12,6 @@ from cnnlab import jobs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
-
 @pytest.fixture
 def one_slot(monkeypatch: pytest.MonkeyPatch):
     """The process-wide manager with K=1, its slot held by a blocking job until the test ends."""
