@@ -131,6 +131,8 @@ def fit(
         for cb in callbacks if main else ():
             cb(event)
 
+    with distributed.main_first(world):  # one download per machine
+        models.fetch_weights(config.model, lambda d, t, what: emit(Preparing(d, t, what)))
     if data is None:
 
         def on_progress(done: int, total: int, stage: str) -> None:
@@ -296,7 +298,9 @@ def setup(
     # Stats from (at most) 5k training images: exact for small sets, cheap for huge memory maps.
     train_rows = rows["train"]
     sample = train_rows[torch.randperm(len(train_rows))[:5_000]].sort().values
-    mean, std = augment.normalization(config.augment, config.model.name, data.images[sample])
+    mean, std = augment.normalization(
+        config.augment, data.images[sample], models.input_stats(config.model.name)
+    )
     generator = torch.Generator(device=device)
     generator.manual_seed(tc.seed)
     amp = tc.amp and device.type == "cuda"
@@ -544,6 +548,13 @@ def _best_weights(s: Setup, run: runs.Run) -> dict[str, torch.Tensor]:
     return distributed.broadcast(s.world, best)
 
 
+def _set_phase(s: Setup, epoch: int) -> None:
+    """fine_tune: thaw the backbone after the head; DDP is rebuilt when trainable params change
+    (it registers them once)."""
+    if models.set_phase(s.model, s.config.model, epoch) and s.world.active:
+        s.net = distributed.ddp(s.model, s.world, s.ctx.device)
+
+
 def _fit_loop(
     config: RunConfig,
     data: PreparedData,
@@ -561,6 +572,7 @@ def _fit_loop(
     s = setup(config, data, device, world)
     loop = _restore(s, run, resume_state)
     for epoch in range(loop.epoch + 1, config.train.epochs + 1):
+        _set_phase(s, epoch)
         row = _train_epoch(s, epoch, emit, stop_event)
         if row is None:  # stopped mid-epoch: that epoch does not count
             loop.stopped_by_user = True
