@@ -375,6 +375,8 @@ def ask_lock_path(storage: str | None = None) -> Path | None:
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WAIT_POLL_S = 1.0  # how often a worker whose budget others are finishing looks again
+WAIT_STALL_S = 600.0  # ... and when it gives up if nothing finishes (a trial left RUNNING by an
+# old crash has no heartbeat row, so optuna never fails it: do not wait for it forever)
 
 
 def _next_trial(
@@ -389,6 +391,7 @@ def _next_trial(
     trial (failed after the heartbeat grace period, then retried) then needs a worker.
     """
     url = getattr(study._storage, "url", None)  # noqa: SLF001 (optuna exposes no public getter)
+    last, since = None, time.monotonic()
     while True:
         with _ask_lock(lock_path, url):
             if _heartbeats_on(study):
@@ -404,6 +407,15 @@ def _next_trial(
                 return _ask(study)
             if finished >= n_trials:
                 return None
+        if (finished, running) != last:
+            last, since = (finished, running), time.monotonic()
+        elif time.monotonic() - since > WAIT_STALL_S:
+            log.warning(
+                "%d trial(s) still running elsewhere and none finished for %.0f s: leaving them",
+                running,
+                WAIT_STALL_S,
+            )
+            return None
         if stop_event is not None and stop_event.is_set():
             return None
         time.sleep(WAIT_POLL_S)
