@@ -277,3 +277,15 @@ def test_imagenet_default_url_and_cache_folder(hub: Path) -> None:
     assert weights.cached_path(weights.imagenet_url(spec)) == hub / "resnet18-f37072fd.pth"
     assert weights.hash_prefix("resnet18-f37072fd.pth") == "f37072fd"
     assert weights.hash_prefix("model.pth") is None
+
+
+def test_a_dead_proxy_is_an_offline_error(hub: Path, monkeypatch) -> None:
+    import urllib.request
+
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads proxies once, then caches
+    with pytest.raises(WeightsError, match="cannot download w-0123abcd.pth .*Connection refused"):
+        weights.fetch("http://weights.example/w-0123abcd.pth")
+    assert _leftovers(hub) == []
