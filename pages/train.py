@@ -135,6 +135,8 @@ def _progress(snap: jobs.JobSnapshot) -> None:
         p = snap.preparing
         frac = p["done"] / max(p["total"], 1) if p else 0.0
         text = f"Preparing data: {p['stage']} {p['done']:,}/{p['total']:,}" if p else "Starting…"
+        if p and p["stage"].startswith("downloading"):  # weights, before the data (bytes)
+            text = f"{p['stage']}: {p['done'] / 1e6:.1f}/{p['total'] / 1e6:.1f} MB"
         st.progress(min(frac, 1.0), text=text)
         return
     planned = snap.epochs_planned or 1
