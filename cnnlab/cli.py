@@ -31,10 +31,21 @@ def _cmd_app(args: argparse.Namespace) -> int:
         )
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
     cmd += ["--server.address", args.address]
+    # Streamlit runs from app.py's folder: relative workspace settings must mean what they mean
+    # here, so resolve them once before starting it.
+    env = dict(os.environ)
+    if env.get("CNNLAB_HOME"):
+        env["CNNLAB_HOME"] = str(Path(env["CNNLAB_HOME"]).expanduser().resolve())
+    if env.get("CNNLAB_DATA_ROOTS"):
+        env["CNNLAB_DATA_ROOTS"] = os.pathsep.join(
+            str(Path(p).expanduser().resolve())
+            for p in env["CNNLAB_DATA_ROOTS"].split(os.pathsep)
+            if p.strip()
+        )
     print(
         f"cnnlab dashboard: http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}"
     )
-    return subprocess.call(cmd, cwd=app.parent)
+    return subprocess.call(cmd, cwd=app.parent, env=env)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -161,13 +172,23 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         f"{'run_id':<22} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
     )
     for r in rows:
-        va, te = r.get("val_accuracy"), r.get("test_accuracy")
         print(
-            f"{r.get('run_id', '?'):<22} {r.get('status', '?'):<12} {str(r.get('model', '?')):<12} "
-            f"{str(r.get('epochs_run', '-')):>6} {va if va is None else f'{va:.4f}':>8} "
-            f"{te if te is None else f'{te:.4f}':>8}"
+            f"{_cell(r.get('run_id')):<22} {_cell(r.get('status')):<12} "
+            f"{_cell(r.get('model')):<12} {_cell(r.get('epochs_run')):>6} "
+            f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8}"
         )
+        if r.get("status") == "damaged":
+            print(f"  damaged: {r.get('damage')}")
     return 0
+
+
+def _cell(value, spec: str = "") -> str:
+    """A table cell: '-' for a missing value, numbers formatted, anything else as text."""
+    if value is None or value == "":
+        return "-"
+    if spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)
 
 
 # ---------------------------------------------------------------- evaluate / predict / export / lr-find
@@ -206,6 +227,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import predict
 
+    if args.top_k < 1:
+        raise CnnlabError(f"--top-k must be at least 1, got {args.top_k}")
     predictor = predict.Predictor.from_run(args.run, device=args.device)
     rows = predictor.predict_files(args.paths, args.top_k)
     if not rows:
@@ -225,7 +248,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n_bad = sum("error" in r for r in rows)
     if n_bad:
         print(f"cnnlab predict: {n_bad} file(s) could not be read", file=sys.stderr)
-    return 0
+    # nothing predicted at all is a failure a script must see
+    return EXIT_USER_ERROR if n_bad == len(rows) else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -249,6 +273,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from . import lr_finder
 
     config = _config_from_args(args)
+    if args.steps < 2:
+        raise CnnlabError(f"--steps must be at least 2, got {args.steps}")
     result = lr_finder.find_lr(config, steps=args.steps)
     if args.json:
         console.print_json(result.to_dict())
