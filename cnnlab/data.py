@@ -192,6 +192,9 @@ def scan(
     if given:
         for name in SPLIT_NAMES:
             present = {result.labels[i] for i, s in enumerate(given) if s == name}
+            if not present and name != "train":
+                result.warnings.append(f"the layout gives no {name} split: it is carved from "
+                                       f"train with data.{name}_fraction")  # fmt: skip
             if present and len(present) < len(classes):
                 missing = [c for i, c in enumerate(classes) if i not in present]
                 result.warnings.append(f"the given {name} split has no images of class(es) "

@@ -87,3 +87,25 @@ def dropped(
             keep = min(g.members, key=lambda i: (rank[given[i] if given else ""], i))
             out.update(i for i in g.members if i != keep)
     return out
+
+
+def describe(
+    groups: Sequence[Group],
+    paths: Sequence[str],
+    class_of: Sequence[str],
+    split_of: dict[int, str],
+) -> list[dict]:
+    """`inspect --json`'s "duplicates": per group its paths, classes and splits (one per path)."""
+    out = []
+    for g in groups:
+        classes = [class_of[i] for i in g.members]
+        out.append(
+            {
+                "paths": [paths[i] for i in g.members],
+                "classes": classes,
+                "splits": [split_of.get(i, "") for i in g.members],
+                "kind": g.kind,
+                "label_conflict": len(set(classes)) > 1,
+            }
+        )
+    return out

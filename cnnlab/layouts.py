@@ -279,13 +279,18 @@ def _pick(header: list[str], given: str, names: tuple[str, ...], what: str, flag
     )
 
 
-def _image_index(folder: Path, roots: list[Path], problems: list[Problem]) -> dict[str, Path]:
-    """{path relative to folder without its suffix: file} for ids given without an extension."""
-    index: dict[str, Path] = {}
+def _image_index(folder: Path, roots: list[Path]) -> dict[str, Path | None]:
+    """For ids without an extension: {relative path without suffix, or bare name: file}.
+
+    A bare name found in two sub-folders maps to None (ambiguous: the id must give the folder).
+    """
+    index: dict[str, Path | None] = {}
+    stems: dict[str, Path | None] = {}
     for f in walk_images(folder, folder, roots, []):  # non-image litter is no problem here
-        key = os.path.relpath(f, folder).replace(os.sep, "/")
-        index.setdefault(key.rsplit(".", 1)[0], f)
-    return index
+        key = os.path.relpath(f, folder).replace(os.sep, "/").rsplit(".", 1)[0]
+        index.setdefault(key, f)
+        stems[f.stem] = None if f.stem in stems and stems[f.stem] != f else f
+    return {**stems, **index}
 
 
 def read_csv(
@@ -319,7 +324,7 @@ def read_csv(
         raise DataError(f"the images folder {base} does not exist; check --images")
     roots = allowed_roots(base, csv_path.parent)
     layout = Layout(base, "csv" if i_split is not None else "random")
-    index: dict[str, Path] | None = None
+    index: dict[str, Path | None] | None = None
     seen: dict[Path, int] = {}
     for n, row in enumerate(rows[1:], 2):
         cells = row + [""] * (len(header) - len(row))
@@ -343,8 +348,8 @@ def read_csv(
         path = base / ref.replace("\\", "/")
         if Path(ref).suffix.lower() not in IMAGE_EXTENSIONS:
             if index is None:
-                index = _image_index(base, roots, layout.problems)
-            path = index.get(ref.replace("\\", "/"), path)
+                index = _image_index(base, roots)
+            path = index.get(ref.replace("\\", "/")) or path
         if not path.is_file():
             layout.problems.append(
                 Problem(

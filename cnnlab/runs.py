@@ -136,23 +136,27 @@ def create_run(
             "disk space or make the workspace writable (CNNLAB_HOME)"
         ) from exc
     run = Run(run_id, run_dir)
-    write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
-    write_summary(
-        run,
-        {
-            "run_id": run_id,
-            "run_dir": str(run_dir),
-            "name": config.name,
-            "status": "running",
-            "model": config.model.name,
-            "classes": classes,
-            "created": time.time(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        },
-    )
-    # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
-    write_json_atomic(run.config_path, config.to_dict())
+    try:
+        write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
+        write_summary(
+            run,
+            {
+                "run_id": run_id,
+                "run_dir": str(run_dir),
+                "name": config.name,
+                "status": "running",
+                "model": config.model.name,
+                "classes": classes,
+                "created": time.time(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
+        )
+        # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
+        write_json_atomic(run.config_path, config.to_dict())
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a full disk leaves no half-made run folder
+        raise
     return run
 
 
