@@ -21,12 +21,12 @@ from cnnlab.errors import ConfigError, TrainingError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str, env: dict | None = None, preexec=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab.cli", *args],
-        capture_output=True, text=True, timeout=300, env=env, preexec_fn=preexec,
-        cwd=REPO,
-    )  # fmt: skip
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """The CLI in this process (a subprocess costs a torch import): (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def _env(home: Path) -> dict:
@@ -49,32 +49,33 @@ def _copy_trained(trained, workspace: Path, name: str) -> Path:
 
 
 # ---------------------------------------------------------------- 5: runs text with gaps
-def test_runs_text_prints_a_dash_for_missing_values(workspace: Path) -> None:
+def test_runs_text_prints_a_dash_for_missing_values(workspace: Path, capsys) -> None:
     runs.create_run(_config(), ["a", "b"])  # 'running' (interrupted): no epochs, no accuracy
-    result = _cli("runs", env=_env(workspace))
-    assert result.returncode == 0, result.stderr
-    line = result.stdout.splitlines()[1].split()
+    code, out, err = _main(capsys, "runs")
+    assert code == 0, err
+    line = out.splitlines()[1].split()
     assert line[1] == "interrupted" and line[-3:] == ["-", "-", "-"]
 
 
 # ---------------------------------------------------------------- 6/7: the run lock
+# another process training the run, reduced to what matters: it holds the flock on run.lock
 HOLDER = textwrap.dedent(
     """
-    import sys, time
-    from cnnlab import runs
-    runs.mark_active(runs.load_run(sys.argv[1]), True)
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     print("locked", flush=True)
     time.sleep(120)
     """
 )
 
 
-def test_a_run_in_progress_is_locked_against_resume_train_and_delete(workspace: Path) -> None:
+def test_a_run_in_progress_is_locked_against_resume_train_and_delete(workspace, capsys) -> None:
     run = runs.create_run(_config(), ["a", "b"])
     runs.update_summary(run, status="stopped")
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, run.run_id], stdout=subprocess.PIPE, text=True,
-        env=_env(workspace), cwd=REPO,
+        [sys.executable, "-c", HOLDER, str(run.run_dir / runs.LOCK_NAME)], stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -85,9 +86,8 @@ def test_a_run_in_progress_is_locked_against_resume_train_and_delete(workspace: 
         with pytest.raises(TrainingError, match="being trained by another"):
             runs.delete_run(run.run_id)
         assert run.config_path.is_file()
-        result = _cli("resume", run.run_id, env=_env(workspace))
-        assert result.returncode == 2
-        assert len(result.stderr.strip().splitlines()) == 1 and "is running" in result.stderr
+        code, _, err = _main(capsys, "resume", run.run_id)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "is running" in err
     finally:
         holder.kill()
         holder.wait()
@@ -120,7 +120,7 @@ def test_the_trainer_never_recreates_a_deleted_run_folder(workspace, colour_clas
 
 # ---------------------------------------------------------------- 8/9: damaged and copied runs
 def test_damaged_runs_are_listed_with_the_reason_and_the_rest_keeps_working(
-    trained, workspace: Path
+    trained, workspace: Path, capsys
 ) -> None:
     good = _copy_trained(trained, workspace, "20990101-000000000-good")
     bad_summary = _copy_trained(trained, workspace, "20990101-000001000-summ")
@@ -139,15 +139,12 @@ def test_damaged_runs_are_listed_with_the_reason_and_the_rest_keeps_working(
     for name in (bad_summary.name, bad_metrics.name, bad_config.name):
         assert listed[name]["status"] == "damaged"
 
-    env = _env(workspace)
-    text = _cli("runs", env=env)
-    assert text.returncode == 0 and text.stdout.count("damaged") >= 6, text.stderr
-    as_json = _cli("runs", "--json", env=env)
-    assert as_json.returncode == 0
-    assert {r["status"] for r in json.loads(as_json.stdout)} == {"completed", "damaged"}
-    evaluated = _cli("evaluate", good.name, "--json", env=env)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["run_id"] == good.name
+    code, out, err = _main(capsys, "runs")
+    assert code == 0 and out.count("damaged") >= 6, err
+    code, out, _ = _main(capsys, "runs", "--json")
+    assert code == 0 and {r["status"] for r in json.loads(out)} == {"completed", "damaged"}
+    code, out, err = _main(capsys, "evaluate", good.name, "--json")
+    assert code == 0 and json.loads(out)["run_id"] == good.name, err
 
 
 def test_a_copied_run_folder_has_its_own_id(trained, workspace: Path) -> None:
@@ -171,33 +168,39 @@ def _full_disk() -> None:
 def test_a_full_disk_keeps_inspect_working_and_fails_train_in_one_line(
     workspace: Path, colour_classes: Path
 ) -> None:
-    env = _env(workspace)
-    inspected = _cli("inspect", str(colour_classes), "--json", env=env, preexec=_full_disk)
-    assert inspected.returncode == 0, inspected.stderr
-    assert json.loads(inspected.stdout)["n_images"] == 90
-    assert inspected.stderr.count("could not write the cache") == 1  # warned once
-    trained_ = _cli(
-        "train", str(colour_classes), "--epochs", "1", "--image-size", "12", "--device", "cpu",
-        env=env, preexec=_full_disk,
-    )  # fmt: skip
-    assert trained_.returncode == 2
-    errors = [ln for ln in trained_.stderr.splitlines() if "error" in ln]
-    assert (
-        len(errors) == 1 and "could not write" in errors[0] and "Traceback" not in trained_.stderr
+    # inspect then train in one process (one torch import), on a disk that takes no byte
+    script = (
+        "from cnnlab import cli; "
+        f"a = cli.main(['inspect', {str(colour_classes)!r}]); "
+        f"b = cli.main(['train', {str(colour_classes)!r}, '--epochs', '1', '--image-size', '12', "
+        "'--device', 'cpu']); print('codes', a, b)"
     )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        env=_env(workspace), preexec_fn=_full_disk, cwd=REPO,
+    )  # fmt: skip
+    assert "codes 0 2" in result.stdout, result.stderr
+    assert "90 usable images" in result.stdout
+    assert result.stderr.count("could not write the cache") == 1  # warned once, kept going
+    errors = [ln for ln in result.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1 and "could not write" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
     leftovers = [p.name for p in workspace.rglob(".*") if p.is_file()]
     assert leftovers == [] and list((workspace / "runs").iterdir()) == []
 
 
-def test_an_unusable_workspace_still_inspects(tmp_path: Path, colour_classes: Path) -> None:
+def test_an_unusable_workspace_still_inspects(
+    tmp_path: Path, colour_classes: Path, monkeypatch, capsys, caplog
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    env = _env(blocker / "home")  # cannot be created: as good as read-only
-    inspected = _cli("inspect", str(colour_classes), env=env)
-    assert inspected.returncode == 0 and "continuing in memory" in inspected.stderr
-    trained_ = _cli("train", str(colour_classes), "--epochs", "1", env=env)
-    assert trained_.returncode == 2 and "cannot create the workspace" in trained_.stderr
-    assert "Traceback" not in trained_.stderr
+    monkeypatch.setenv("CNNLAB_HOME", str(blocker / "home"))  # cannot be created: read-only
+    monkeypatch.setattr(workspace, "_warned", set())
+    code, out, err = _main(capsys, "inspect", str(colour_classes))
+    assert code == 0 and "90 usable images" in out, err
+    assert "continuing in memory" in caplog.text
+    code, _, err = _main(capsys, "train", str(colour_classes), "--epochs", "1")
+    assert code == 2 and "cannot create the workspace" in err and len(err.splitlines()) == 1
 
 
 def test_stale_temp_files_are_cleaned_but_not_a_live_writers(workspace, colour_classes) -> None:
@@ -253,7 +256,7 @@ def test_links_leading_outside_the_data_roots_are_problems(tmp_path, monkeypatch
 
 # ---------------------------------------------------------------- 12: predict, lr-find, app
 def test_predict_folder_skips_litter_and_fails_when_nothing_is_read(
-    trained, tmp_path: Path
+    trained, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     folder = tmp_path / "in"
     (folder / "__MACOSX").mkdir(parents=True)
@@ -265,27 +268,26 @@ def test_predict_folder_skips_litter_and_fails_when_nothing_is_read(
         folder / ".thumbs" / "y.png",
     ):
         junk.write_bytes(b"\x00\x05\x16\x07 resource fork")
-    env = _env(trained[1])
+    monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
     run_id = trained[0]["run_id"]
-    ok = _cli("predict", run_id, str(folder), "--json", env=env)
-    assert ok.returncode == 0, ok.stderr
-    assert [Path(r["path"]).name for r in json.loads(ok.stdout)] == ["good.png"]
+    code, out, err = _main(capsys, "predict", run_id, str(folder), "--json")
+    assert code == 0, err
+    assert [Path(r["path"]).name for r in json.loads(out)] == ["good.png"]
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.png").write_bytes(b"\x89PNG broken")
-    failed = _cli("predict", run_id, str(bad), env=env)
-    assert failed.returncode == 2 and "could not be read" in failed.stderr
+    code, _, err = _main(capsys, "predict", run_id, str(bad))
+    assert code == 2 and "could not be read" in err
     for k in ("0", "-1"):
-        refused = _cli("predict", run_id, str(folder), "--top-k", k, env=env)
-        assert refused.returncode == 2 and "--top-k must be at least 1" in refused.stderr
+        code, _, err = _main(capsys, "predict", run_id, str(folder), "--top-k", k)
+        assert code == 2 and "--top-k must be at least 1" in err
 
 
-def test_lr_find_refuses_too_few_steps(workspace: Path, colour_classes: Path) -> None:
+def test_lr_find_refuses_too_few_steps(workspace: Path, colour_classes: Path, capsys) -> None:
     with pytest.raises(ConfigError, match="at least 2 steps"):
         lr_finder.find_lr(_config(str(colour_classes)), steps=0)
-    result = _cli("lr-find", str(colour_classes), "--steps", "0", env=_env(workspace))
-    assert result.returncode == 2 and "--steps must be at least 2" in result.stderr
-    assert "diverged" not in result.stderr
+    code, _, err = _main(capsys, "lr-find", str(colour_classes), "--steps", "0")
+    assert code == 2 and "--steps must be at least 2" in err and "diverged" not in err
 
 
 def test_app_resolves_relative_workspace_settings_once(tmp_path, monkeypatch) -> None:
