@@ -346,10 +346,13 @@ def read_csv(
                 )
                 continue
         path = base / ref.replace("\\", "/")
-        if Path(ref).suffix.lower() not in IMAGE_EXTENSIONS:
+        if not path.is_file():  # an id without extension, or a path under a wrapper folder
             if index is None:
                 index = _image_index(base, roots)
-            path = index.get(ref.replace("\\", "/")) or path
+            key = ref.replace("\\", "/")
+            if Path(key).suffix.lower() in IMAGE_EXTENSIONS:
+                key = key.rsplit(".", 1)[0]
+            path = index.get(key) or index.get(Path(key).name) or path
         if not path.is_file():
             layout.problems.append(
                 Problem(
