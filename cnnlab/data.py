@@ -42,7 +42,7 @@ MAX_PIXELS = 89_478_485  # width x height above which a file is refused as a dec
 # (PIL's own default, ~90 MP: PIL warns above it and raises above twice it)
 RAM_FRACTION = 0.25  # decode into a memory-mapped file instead of RAM above this share of RAM
 CACHE_VERSION = 1  # bump when decode_image changes, so old caches are not reused
-VERIFY_VERSION = 5  # bump when _verify's results (reasons, fingerprints) change
+VERIFY_VERSION = 8  # bump when _verify's results (reasons, fingerprints) change
 _WHITE = (255, 255, 255)
 SPLIT_NAMES = ("train", "val", "test")  # also the order of given splits within a class
 
