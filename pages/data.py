@@ -247,12 +247,14 @@ def _show_dataset(path: str) -> None:
         c for c in st.session_state["data_exclude"] if c in result.classes
     ]
     exclude = st.multiselect("Exclude classes", result.classes, key="data_exclude")
-    need = 1 + (val > 0) + (test > 0)
-    small = [c for c, n in counts.items() if n < need and c not in exclude]
+    given = set(result.given)  # a split the layout gives is not carved from train
+    carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
+    need = 1 + carve_val + carve_test
+    small = [c for c, n in counts.items() if n < need and c not in exclude and not given]
     st.caption(
         f"Each class needs at least {need} images: one to train on"
-        + (", one for validation" if val > 0 else "")
-        + (", one for the test" if test > 0 else "")
+        + (", one for validation" if carve_val else "")
+        + (", one for the test" if carve_test else "")
         + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0." if small
            else ".")
     )  # fmt: skip
