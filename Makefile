@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,timm]'
+	$(BIN)/python -m pip install -e '.[test,timm,postgres]'
 	touch $(STAMP)
 
 run: setup

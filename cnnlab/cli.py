@@ -31,10 +31,24 @@ def _cmd_app(args: argparse.Namespace) -> int:
         )
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
     cmd += ["--server.address", args.address]
-    print(
-        f"cnnlab dashboard: http://{'localhost' if args.address == '127.0.0.1' else args.address}:{args.port}"
-    )
-    return subprocess.call(cmd, cwd=app.parent)
+    # Streamlit runs from app.py's folder: relative workspace settings must mean what they mean
+    # here, so they are resolved once before starting it.
+    env = app_env(os.environ)
+    return subprocess.call(cmd, cwd=app.parent, env=env)
+
+
+def app_env(environ) -> dict[str, str]:
+    """A copy of environ with CNNLAB_HOME and CNNLAB_DATA_ROOTS made absolute (from this cwd)."""
+    env = dict(environ)
+    if env.get("CNNLAB_HOME"):
+        env["CNNLAB_HOME"] = str(Path(env["CNNLAB_HOME"]).expanduser().resolve())
+    if env.get("CNNLAB_DATA_ROOTS"):
+        env["CNNLAB_DATA_ROOTS"] = os.pathsep.join(
+            str(Path(p).expanduser().resolve())
+            for p in env["CNNLAB_DATA_ROOTS"].split(os.pathsep)
+            if p.strip()
+        )
+    return env
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -47,13 +61,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def inspect_report(
-    path: str, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    path: str,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    *,
+    path_column: str = "",
+    label_column: str = "",
+    images: str = "",
+    exclude_classes: list[str] | None = None,
+    drop_duplicates: bool = False,
+    drop_conflicts: bool = False,
 ) -> dict:
-    """What `cnnlab inspect --json` prints: classes, counts, problems, split sizes."""
-    from . import data
+    """What `cnnlab inspect --json` prints: classes, counts, problems, split, duplicates."""
+    from . import data, duplicates
 
-    scan = data.scan(path)
+    full = data.scan(path, path_column=path_column, label_column=label_column, images=images)
+    scan = data.filter_scan(full, exclude_classes or [], drop_duplicates, drop_conflicts)
     split = data.split(scan, val_fraction, test_fraction, seed)
+    groups = scan.duplicate_groups()
+    paths = [scan.rel(i) for i in range(scan.n_images)]
+    class_of = [scan.classes[label] for label in scan.labels]
     return {
         "path": str(Path(path).resolve()),
         "root": str(scan.root),
@@ -63,14 +91,36 @@ def inspect_report(
         "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
         "split": split.sizes(),
         "split_per_class": split.per_class(scan),
+        "split_source": scan.split_source,
+        "duplicates": duplicates.describe(groups, paths, class_of, split.of()),
+        "excluded_classes": list(exclude_classes or []),
+        "n_dropped": full.n_images - scan.n_images,
+        "min_per_class": 1 + (val_fraction > 0) + (test_fraction > 0),
+        "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
+    }
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """The data-layout flags shared by inspect, train, tune and lr-find."""
+    return {
+        "path_column": args.path_column or "",
+        "label_column": args.label_column or "",
+        "images": str(Path(args.images).resolve()) if args.images else "",
+        "exclude_classes": list(args.exclude_class or []),
+        "drop_duplicates": bool(args.drop_duplicates),
+        "drop_conflicts": bool(args.drop_conflicts),
     }
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    report = inspect_report(args.path, args.val_fraction, args.test_fraction, args.seed)
+    report = inspect_report(
+        args.path, args.val_fraction, args.test_fraction, args.seed, **_data_options(args)
+    )
     if args.json:
         console.print_json(report)
         return 0
+    source = {"folders": "given by the train/val/test folders", "csv": "given by the CSV's "
+              "split column", "random": "random, stratified"}[report["split_source"]]  # fmt: skip
     print(
         f"{report['root']}: {report['n_images']} usable images in {len(report['classes'])} classes"
     )
@@ -81,7 +131,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"  {cls:<{width}}  {n:>6}   train {per.get('train', 0)} / val {per.get('val', 0)} / test {per.get('test', 0)}"
         )
     s = report["split"]
-    print(f"split: train {s['train']}, val {s['val']}, test {s['test']}")
+    print(f"split ({source}): train {s['train']}, val {s['val']}, test {s['test']}")
+    if report["duplicates"]:
+        n_conflict = sum(g["label_conflict"] for g in report["duplicates"])
+        print(
+            f"{len(report['duplicates'])} group(s) of duplicate images ({n_conflict} with "
+            "different labels: likely label errors); --drop-duplicates / --drop-conflicts:"
+        )
+        for g in report["duplicates"]:
+            flag = "  LABEL CONFLICT" if g["label_conflict"] else ""
+            where = ", ".join(f"{p} [{c}, {sp}]" for p, c, sp in
+                              zip(g["paths"], g["classes"], g["splits"], strict=True))  # fmt: skip
+            print(f"  {g['kind']}: {where}{flag}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
     if report["problems"]:
         print(f"{len(report['problems'])} file(s) skipped:")
         for p in report["problems"]:
@@ -95,6 +158,9 @@ def _config_from_args(args: argparse.Namespace):
 
     config = RunConfig.load(args.config) if args.config else RunConfig()
     config.data.path = str(args.data)
+    for key, value in _data_options(args).items():
+        if value or not args.config:  # a flag given overrides the config file's value
+            setattr(config.data, key, value)
     overrides = {
         ("model", "name"): args.model,
         ("data", "image_size"): args.image_size,
@@ -123,13 +189,30 @@ def _config_from_args(args: argparse.Namespace):
     return config.validate()
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import preflight, train
+def _launch_if_asked(args: argparse.Namespace) -> int | None:
+    """`--nproc-per-node N`: start this same command in N processes through torchrun's launcher."""
+    from . import distributed
 
+    n = getattr(args, "nproc_per_node", None)
+    if not n or "LOCAL_RANK" in os.environ:  # already a torchrun worker: train here
+        return None
+    if n < 1:
+        raise CnnlabError(f"--nproc-per-node must be >= 1, got {n}")
+    return distributed.launch(n, distributed.strip_launch_flag(args.argv))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed, preflight, train
+
+    launched = _launch_if_asked(args)
+    if launched is not None:
+        return launched
     config = _config_from_args(args)
     preflight.ensure(config)  # every known problem at once, before a run folder exists
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
+    if not distributed.is_main_process():
+        return 0  # rank 0 prints the one summary
     if args.json:
         console.print_json(summary)
     else:
@@ -138,10 +221,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from . import train
+    from . import distributed, train
 
+    launched = _launch_if_asked(args)
+    if launched is not None:
+        return launched
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.resume(args.run, callbacks=[printer])
+    if not distributed.is_main_process():
+        return 0
     if args.json:
         console.print_json(summary)
     else:
@@ -160,16 +248,26 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `cnnlab train DATA`")
         return 0
     print(
-        f"{'run_id':<22} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
+        f"{'run_id':<24} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
     )
     for r in rows:
-        va, te = r.get("val_accuracy"), r.get("test_accuracy")
         print(
-            f"{r.get('run_id', '?'):<22} {r.get('status', '?'):<12} {str(r.get('model', '?')):<12} "
-            f"{str(r.get('epochs_run', '-')):>6} {va if va is None else f'{va:.4f}':>8} "
-            f"{te if te is None else f'{te:.4f}':>8}"
+            f"{_cell(r.get('run_id')):<24} {_cell(r.get('status')):<12} "
+            f"{_cell(r.get('model')):<12} {_cell(r.get('epochs_run')):>6} "
+            f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8}"
         )
+        if r.get("status") == "damaged":
+            print(f"  damaged: {r.get('damage')}")
     return 0
+
+
+def _cell(value, spec: str = "") -> str:
+    """A table cell: '-' for a missing value, numbers formatted, anything else as text."""
+    if value is None or value == "":
+        return "-"
+    if spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)
 
 
 # ---------------------------------------------------------------- models
@@ -234,6 +332,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import predict
 
+    if args.top_k < 1:
+        raise CnnlabError(f"--top-k must be at least 1, got {args.top_k}")
     predictor = predict.Predictor.from_run(args.run, device=args.device)
     rows = predictor.predict_files(args.paths, args.top_k)
     if not rows:
@@ -253,7 +353,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n_bad = sum("error" in r for r in rows)
     if n_bad:
         print(f"cnnlab predict: {n_bad} file(s) could not be read", file=sys.stderr)
-    return 0
+    # nothing predicted at all is a failure a script must see
+    return EXIT_USER_ERROR if n_bad == len(rows) else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -277,6 +378,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from . import lr_finder
 
     config = _config_from_args(args)
+    if args.steps < 2:
+        raise CnnlabError(f"--steps must be at least 2, got {args.steps}")
     result = lr_finder.find_lr(config, steps=args.steps)
     if args.json:
         console.print_json(result.to_dict())
@@ -295,6 +398,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table replaces its INFO lines
     base = tune.base_config(args.data, args.model, args.image_size, args.epochs)
+    for key, value in _data_options(args).items():
+        setattr(base.data, key, value)
+    base.validate()
     space = SearchSpace.load(args.space) if args.space else None
     study_name = args.study or tune.default_study_name(base)
     # --json keeps stdout for the one JSON object; the live table then goes to a terminal only.
@@ -319,6 +425,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         on_trial=show,
+        heartbeat=args.heartbeat,
     )
     summary = tune.tune_summary(study)
     if args.json:
@@ -344,7 +451,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
 
-    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument("data", help="image folder (class or train/val/test folders), .zip or .csv")
     p.add_argument("--config", help="config.json to start from (e.g. a run's); flags override it")
     p.add_argument("--model", help="simple_cnn, custom, resnet18, ... (see `cnnlab models`)")
     p.add_argument("--epochs", type=int)
@@ -369,6 +476,33 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    _add_data_args(p)
+    _add_launch_arg(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data layout (a labels .csv, classes, duplicates)")
+    g.add_argument("--path-column", help="CSV: the image path/id column (default: found by name)")
+    g.add_argument("--label-column", help="CSV: the label column (default: found by name)")
+    g.add_argument("--images", help="CSV: folder its paths are relative to (default: the CSV's)")
+    g.add_argument(
+        "--exclude-class", action="append", metavar="NAME", help="leave a class out (repeatable)"
+    )
+    g.add_argument(
+        "--drop-duplicates", action="store_true", help="keep one file of each group of copies"
+    )
+    g.add_argument(
+        "--drop-conflicts", action="store_true", help="leave out copies whose labels disagree"
+    )
+
+
+def _add_launch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="train in N processes on this machine (torch.distributed; one per GPU); "
+        "batch-size stays the global batch",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    _add_data_args(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("train", help="train a model on an image folder or zip")
@@ -406,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted or stopped run from its last epoch")
     p.add_argument("run", help="run id or run folder")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    _add_launch_arg(p)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME)")
@@ -447,12 +583,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (pruning, shared storage)")
-    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument("data", help="image folder (class or train/val/test folders), .zip or .csv")
     p.add_argument(
         "--trials",
         type=int,
         required=True,
-        help="trials the study should hold: a rerun continues up to N; workers split them",
+        help="finished (complete + pruned) trials the study should hold: a rerun continues up "
+        "to N; workers split them",
     )
     p.add_argument("--timeout", type=float, help="stop asking for new trials after S seconds")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
@@ -464,7 +601,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     p.add_argument("--model", default="custom", help="model to tune (see `cnnlab models`)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a running trial's heartbeats; a worker silent for 3 of them is "
+        "taken as dead and its trial is retried",
+    )
     p.add_argument("--json", action="store_true", help="print only the study summary as JSON")
+    _add_data_args(p)
     p.set_defaults(func=_cmd_tune)
 
     return parser
@@ -473,19 +618,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cnnlab` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what --nproc-per-node relaunches in each process
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet = int(os.environ.get("RANK", "0")) > 0  # torchrun ranks > 0: rank 0 says it once
     try:
         return int(args.func(args) or 0)
     except CnnlabError as exc:
-        print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "cnnlab.distributed" in sys.modules:  # leave a torchrun process group cleanly
+            sys.modules["cnnlab.distributed"].shutdown()
 
 
 if __name__ == "__main__":

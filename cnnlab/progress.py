@@ -35,6 +35,8 @@ def progress_line(snap: Any) -> tuple[float, str]:
         if not p:
             return 0.0, "Starting…"
         frac = p["done"] / max(p["total"], 1)
+        if p["stage"].startswith("downloading"):  # weights, before the data (bytes)
+            return min(frac, 1.0), f"{p['stage']}: {p['done'] / 1e6:.1f}/{p['total'] / 1e6:.1f} MB"
         return min(frac, 1.0), f"Preparing data: {p['stage']} {p['done']:,}/{p['total']:,}"
     planned = snap.epochs_planned or 1
     done = len(snap.epochs)

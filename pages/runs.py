@@ -199,7 +199,13 @@ def _open(summaries: list[dict[str, Any]]) -> None:
             st.metric(label, f"{value:.1%}" if value is not None else "–")
         seconds = run_table.duration(summary)
         st.metric("Duration", format_seconds(seconds) if seconds is not None else "–")
-    if summary.get("error"):
+    if summary.get("damage"):
+        st.error(
+            f"This run folder is damaged: {summary['damage']}. Other runs are not affected; "
+            "delete it below, or repair the file by hand.",
+            icon=":material/broken_image:",
+        )
+    elif summary.get("error"):
         st.error(f"This run failed: {summary['error']}", icon=":material/error:")
     _actions(run_id, status, cfg)
 
@@ -238,6 +244,13 @@ def main() -> None:
     if deleted:
         st.success(f"Deleted run `{deleted}`.", icon=":material/delete:")
     st.caption(f"{len(summaries)} run(s) in `{workspace.runs_dir()}`, newest first.")
+    damaged = [s for s in summaries if s.get("status") == "damaged"]
+    if damaged:
+        st.warning(
+            "Damaged run folder(s): "
+            + "; ".join(f"`{s['run_id']}`: {s.get('damage')}" for s in damaged),
+            icon=":material/broken_image:",
+        )
     _table(summaries)
     _compare(summaries)
     _open(summaries)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from cnnlab import evaluate, jobs, lr_finder, plots, preflight, progress, runs
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
@@ -106,9 +107,11 @@ def _lr_tools(cfg: RunConfig) -> None:
             st.plotly_chart(plots.lr_finder_figure(result))
 
 
-def _start(cfg: RunConfig) -> None:
+def _start(cfg: RunConfig, gpus: int = 1) -> None:
     try:
-        job = ui.job_manager().start(cfg)
+        # Several GPUs: a child `cnnlab train --nproc-per-node N` (torch.distributed) instead.
+        manager = ui.job_manager()
+        job = manager.start_distributed(cfg, gpus) if gpus > 1 else manager.start(cfg)
     except CnnlabError as exc:
         ui.show_error(exc)
         return
@@ -187,6 +190,13 @@ def _live(job_id: str) -> None:
     snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
+    if snap.status == "queued":
+        st.info(
+            f"Queued, position {snap.queue_position}: starts when a running job ends "
+            "(Stop cancels it).",
+            icon=":material/hourglass_top:",
+        )
+        return
     if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
     _run_caption(snap)
@@ -199,6 +209,9 @@ def _result(snap: jobs.JobSnapshot) -> None:
     _run_caption(snap)
     if snap.status == "failed":
         st.error(f"Training failed: {snap.error}", icon=":material/error:")
+        return
+    if snap.started_at is None:
+        st.warning("Cancelled while queued: it never started.")
         return
     s = snap.summary or {}
     if snap.run_id:
@@ -307,6 +320,8 @@ def main() -> None:
         dataset = dataset if dataset and Path(dataset).is_dir() else None
 
     cfg = _controls(dataset, running) if dataset else None
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    all_gpus = n_gpus > 1 and st.checkbox(f"Use all {n_gpus} GPUs", key="t_all_gpus")
     blockers = _blockers(cfg, running)
     c1, c2 = st.columns(2)
     start = c1.button(
@@ -317,7 +332,7 @@ def main() -> None:
         help=blockers[0] if blockers else "Train with these settings in the background",
     )
     if start and cfg is not None:
-        _start(cfg)
+        _start(cfg, n_gpus if all_gpus else 1)
     stop = c2.button(
         "Stop",
         icon=":material/stop:",
