@@ -1,10 +1,11 @@
-"""Answering speed: Predictor latency (p50/p95, batch 1) and throughput (batch 64) on the CPU.
+"""Answering speed: Predictor latency (p50/p95, batch 1) and throughput (batch 64), CPU or GPU.
 
 Each prediction is end to end, as the Predict page does it: JPEG bytes -> decode + resize ->
 normalise -> model -> softmax -> top-k. Models: simple_cnn (64 px) and resnet18 (224 px), random
 weights (speed does not depend on the values).
 
-    .venv/bin/python benchmarks/bench_predict.py
+    .venv/bin/python benchmarks/bench_predict.py                 # the CPU
+    .venv/bin/python benchmarks/bench_predict.py --device cuda   # a CUDA GPU
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image
 
 from cnnlab import models
 from cnnlab.config import ModelConfig
-from cnnlab.device import configure_cpu_threads
+from cnnlab.device import DEVICE_CHOICES, configure_cpu_threads, describe_device, resolve_device
 from cnnlab.predict import Predictor
 
 SETTINGS = [("simple_cnn", 64), ("custom", 32), ("resnet18", 224)]
@@ -35,21 +36,23 @@ def _jpeg(seed: int, size: int = 320) -> bytes:
     return buf.getvalue()
 
 
-def bench(name: str, size: int, n_latency: int, n_batches: int) -> dict:
+def bench(name: str, size: int, n_latency: int, n_batches: int, device: torch.device) -> dict:
     """Latency percentiles and throughput of one model through the Predictor."""
     torch.manual_seed(0)
-    model = models.create_model(ModelConfig(name=name, weights="random"), 10, size).eval()
+    model = models.create_model(ModelConfig(name=name, weights="random"), 10, size)
+    model = model.to(device).eval()
     predictor = Predictor(
         model=model,
         classes=[str(i) for i in range(10)],
         image_size=size,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
-        device=torch.device("cpu"),
+        device=device,
     )
     images = [_jpeg(i) for i in range(64)]
-    for img in images[:5]:  # warm-up: allocator, oneDNN kernel selection
+    for img in images[:5]:  # warm-up: allocator, oneDNN/cuDNN kernel selection
         predictor.predict([img])
+    predictor.predict(images)  # the batch-64 shapes too
     lat = []
     for i in range(n_latency):
         t0 = time.perf_counter()
@@ -68,14 +71,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="batch-1 predictions per model")
     parser.add_argument("--batches", type=int, default=5, help="batches of 64 per model")
+    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
     args = parser.parse_args()
-    configure_cpu_threads()
-    print(
-        f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; end to end from JPEG bytes"
-    )
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        configure_cpu_threads()
+    # Probabilities come back to the host (.cpu()) in every call, so the timings include the
+    # GPU's work: no extra synchronisation is needed.
+    print(f"{describe_device(device)}, torch {torch.__version__}; end to end from JPEG bytes")
     print(f"{'model':<12} {'px':>4} {'p50 ms':>8} {'p95 ms':>8} {'batch-64 img/s':>15}")
     for name, size in SETTINGS:
-        r = bench(name, size, args.n, args.batches)
+        r = bench(name, size, args.n, args.batches, device)
         print(f"{r['model']:<12} {r['size']:>4} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
               f"{r['batch64_images_per_s']:15.0f}")  # fmt: skip
     return 0

@@ -55,11 +55,14 @@ def dataset_stats(images: torch.Tensor, chunk_bytes: int = 64 << 20) -> Stats:
     return tuple(mean.tolist()), tuple(std.tolist())  # type: ignore[return-value]
 
 
-def normalization(cfg: AugmentConfig, model_name: str, train_images: torch.Tensor | None) -> Stats:
-    """(mean, std) to normalise with: ImageNet for transfer models, else per cfg.normalize."""
-    from .models import is_transfer  # models imports torchvision; keep augment importable alone
-
-    if is_transfer(model_name) or cfg.normalize == "imagenet":
+def normalization(
+    cfg: AugmentConfig, train_images: torch.Tensor | None, pretrained: Stats | None = None
+) -> Stats:
+    """(mean, std) to normalise with: a pretrained model's own (`pretrained`, from its registry
+    spec), else per cfg.normalize (ImageNet's, the training split's, or none)."""
+    if pretrained is not None:
+        return pretrained
+    if cfg.normalize == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     if cfg.normalize == "none":
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)

@@ -100,6 +100,7 @@ def _config_from_args(args: argparse.Namespace):
         ("train", "device"): args.device,
         ("model", "strategy"): args.strategy,
         ("model", "weights"): args.weights,
+        ("model", "freeze_epochs"): args.freeze_epochs,
         ("train", "schedule"): args.schedule,
         ("name",): args.name,
     }
@@ -162,6 +163,32 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             f"{str(r.get('epochs_run', '-')):>6} {va if va is None else f'{va:.4f}':>8} "
             f"{te if te is None else f'{te:.4f}':>8}"
         )
+    return 0
+
+
+# ---------------------------------------------------------------- models
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import registry, weights
+
+    rows = []
+    for name in registry.list_models():
+        spec = registry.get_spec(name)
+        row = registry.describe(spec)
+        url = weights.imagenet_url(spec)
+        row["weights_cached"] = url is not None and weights.cached_path(url).is_file()
+        rows.append(row)
+    if args.json:
+        console.print_json(rows)
+        return 0
+    print(f"{'model':<20} {'params':>7} {'size':>5} {'cached':>6}  when to pick it")
+    for r in rows:
+        size = r["image_size"] or "any"
+        cached = "yes" if r["weights_cached"] else ("-" if not r["transfer"] else "no")
+        print(f"{r['name']:<20} {r['params'] / 1e6:>6.1f}M {size:>5} {cached:>6}  {r['pick']}")
+    print(
+        f"ImageNet weights download on first use into {weights.cache_dir()}"
+        + (" (timm/<name> models available too)" if registry.timm_available() else ""),
+    )
     return 0
 
 
@@ -340,7 +367,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--strategy", choices=STRATEGIES, help="transfer models: what to train")
-    p.add_argument("--weights", help="imagenet, random, a weights file, or run:<run_id>")
+    p.add_argument(
+        "--weights",
+        help="imagenet (downloaded once into the torch hub cache; CNNLAB_WEIGHTS_MIRROR for a "
+        "mirror), random, a weights file, an http(s) URL, or run:<run_id>",
+    )
+    p.add_argument(
+        "--freeze-epochs", type=int, help="fine_tune: epochs training only the head (default 1)"
+    )
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
 
@@ -389,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs_sub = p.add_subparsers(dest="runs_command")
     d = runs_sub.add_parser("delete", help="delete a run folder (not while it is training)")
     d.add_argument("run", help="run id or run folder")
+
+    p = sub.add_parser("models", help="the model zoo: parameters, input size, when to pick each")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("evaluate", help="test metrics, confusion matrix and diagnosis of a run")
     p.add_argument("run", help="run id or run folder")

@@ -122,9 +122,13 @@ class ModelConfig:
     dropout: float = 0.2  # dropout before the classifier's last layer
     # transfer learning (torchvision backbones)
     strategy: str = (
-        "fine_tune"  # feature_extraction: train the new head only; fine_tune: + last block
+        "fine_tune"  # feature_extraction: train the new head only; fine_tune: head, then backbone
     )
-    weights: str = "imagenet"  # imagenet (torch cache), random, a .pth/.pt file, or run:<run_id>
+    # imagenet (downloaded once into the torch hub cache), random, a .pth/.pt file, an http(s)
+    # URL (downloaded into the same cache), or run:<run_id>
+    weights: str = "imagenet"
+    freeze_epochs: int = 1  # fine_tune: epochs that train only the head before the backbone thaws
+    unfreeze_blocks: int = 0  # fine_tune: backbone stages thawed after that, from the top (0 = all)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field out of range."""
@@ -141,6 +145,8 @@ class ModelConfig:
         _check_range("model", "head_units", self.head_units, 0, 8192)
         _check_range("model", "dropout", self.dropout, 0.0, 0.95)
         _check_choice("model", "strategy", self.strategy, STRATEGIES)
+        _check_range("model", "freeze_epochs", self.freeze_epochs, 0, 10_000)
+        _check_range("model", "unfreeze_blocks", self.unfreeze_blocks, 0, 1_000)
 
 
 @dataclass

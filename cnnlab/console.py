@@ -43,6 +43,8 @@ class ProgressPrinter:
                 f"{event.n_test} test images",
                 file=sys.stderr,
             )
+        elif isinstance(event, events.Preparing) and event.stage.startswith("downloading"):
+            self._download(event)
         elif isinstance(event, events.Preparing) and self.live:
             print(
                 f"\r{event.stage}: {event.done}/{event.total}", end="", file=sys.stderr, flush=True
@@ -67,6 +69,22 @@ class ProgressPrinter:
                 f"{event.seconds:.1f}s{mark}" + " " * 20,
                 file=sys.stderr,
             )
+
+    def _download(self, event) -> None:
+        """A byte-count bar for a weights download (one start line when not on a terminal)."""
+        mb, total = event.done / 1e6, event.total / 1e6
+        if not self.live:
+            if event.done == 0:
+                print(f"{event.stage} ({total:.1f} MB)...", file=sys.stderr, flush=True)
+            return
+        frac = event.done / event.total if event.total else 0.0
+        end = "\n" if event.total and event.done >= event.total else ""
+        print(
+            f"\r{event.stage} [{'#' * int(frac * 20):<20}] {mb:.1f}/{total:.1f} MB",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def print_summary(summary: dict) -> None:

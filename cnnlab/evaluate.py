@@ -23,7 +23,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from . import data as data_mod
-from . import runs, train
+from . import models, runs, train
 from .config import RunConfig
 from .device import resolve_device
 from .diagnosis import SUGGESTIONS, Diagnosis, Finding, diagnose
@@ -97,7 +97,7 @@ def load_for_eval(run: str | Path | runs.Run, device: str | None = None) -> Load
     """Best checkpoint of a run, on the device, with its evaluation context."""
     r = runs.load_run(run)
     dev = _device(device, runs.read_config(r))
-    model, config, classes, ckpt = runs.load_checkpoint(r, "best", device=dev)
+    model, config, classes, ckpt = models.load_trained(r, "best", device=dev)
     ctx = eval_context(config, ckpt, str(dev.type))
     if ctx.channels_last:
         model = model.to(memory_format=torch.channels_last)

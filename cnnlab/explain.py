@@ -13,14 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import nn
 
 from . import models
 from .errors import ConfigError
-
-# Layers worth showing as feature maps: convolutions and whole conv blocks (their outputs are maps).
-_MAP_LAYERS = (nn.Conv2d, models.ConvBlock, tvm.resnet.BasicBlock, tvm.resnet.Bottleneck)
 
 # A perceptual "turbo"-like colour map as anchor points (value -> RGB), interpolated linearly;
 # enough for a heatmap and avoids depending on matplotlib for one lookup table.
@@ -79,7 +75,9 @@ def grad_cam(
     finally:
         handle.remove()
         model.train(was_training)
-    act, grad = store["act"].detach(), grad.detach()  # (1, K, h, w) each
+    layout = models.cam_layout(model) if layer is None else "nchw"
+    act, grad = _as_maps(store["act"].detach(), layout), _as_maps(grad.detach(), layout)
+    # act, grad: (1, K, h, w) each
     weights = grad.mean(dim=(2, 3), keepdim=True)  # (1, K, 1, 1): global-average-pooled gradients
     cam = F.relu((weights * act).sum(1, keepdim=True))  # (1, 1, h, w)
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
@@ -87,6 +85,19 @@ def grad_cam(
     peak = float(cam.max())
     heat = (cam / peak) if peak > 1e-12 else torch.zeros_like(cam)
     return heat.cpu().numpy().astype(np.float32), cls
+
+
+def _as_maps(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """A layer output as (B, K, h, w) maps: NHWC (swin) permuted, ViT tokens (class token first)
+    laid back on their square grid."""
+    if layout == "nhwc" and t.ndim == 4:
+        return t.permute(0, 3, 1, 2)
+    if layout == "tokens" and t.ndim == 3:
+        n = t.shape[1]
+        side = int(round((n - 1) ** 0.5))
+        start = n - side * side  # 1 class token (more for distilled ViTs)
+        return t[:, start:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+    return t
 
 
 def overlay(image: np.ndarray | torch.Tensor, heat: np.ndarray, alpha: float = 0.45,
@@ -127,7 +138,7 @@ def first_layer_filters(model: nn.Module) -> np.ndarray:
 
 def layer_names(model: nn.Module) -> list[str]:
     """Names (as in named_modules) of the layers whose feature maps can be shown, input first."""
-    names = [n for n, m in model.named_modules() if n and isinstance(m, _MAP_LAYERS)]
+    names = models.map_layers(model)
     if not names:
         raise ConfigError(f"{type(model).__name__} has no convolution layer to show")
     return names
@@ -153,7 +164,8 @@ def feature_maps(
         model(x)
     finally:
         handle.remove()
-    act = store["a"][0].float().cpu()  # (K, h, w)
+    layout = models.cam_layout(model) if not isinstance(modules[layer_name], nn.Conv2d) else "nchw"
+    act = _as_maps(store["a"], layout)[0].float().cpu()  # (K, h, w)
     if act.ndim != 3:
         raise ConfigError(f"layer {layer_name!r} does not output feature maps (shape {act.shape})")
     strongest = act.mean(dim=(1, 2)).topk(min(max_maps, act.shape[0])).indices.sort().values

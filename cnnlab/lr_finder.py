@@ -83,7 +83,9 @@ def find_lr(
     torch.manual_seed(tc.seed)
     model = models.create_model(config.model, len(data.classes), config.data.image_size)
     model = model.to(device)
-    mean, std = augment.normalization(config.augment, config.model.name, train_x)
+    mean, std = augment.normalization(
+        config.augment, train_x, models.input_stats(config.model.name)
+    )
     groups = models.param_groups(model, config.model, tc)
     # Keep each group's ratio to train.lr (e.g. a fine-tuned backbone at backbone_lr).
     ratios = [g["lr"] / tc.lr for g in groups]

@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from . import augment, data, runs
+from . import augment, data, models, runs
 from .device import resolve_device
 from .errors import DataError
 
@@ -87,7 +87,7 @@ class Predictor:
         """Load a run's best checkpoint (CPU by default: predicting a few images needs no GPU)."""
         r = runs.load_run(run)
         dev = resolve_device(device)
-        model, config, classes, ckpt = runs.load_checkpoint(r, "best", device=dev)
+        model, config, classes, ckpt = models.load_trained(r, "best", device=dev)
         return cls(
             model=model.eval(),
             classes=classes,

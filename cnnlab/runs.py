@@ -231,24 +231,6 @@ def checkpoint_path(run: str | Path | Run, which: str = "best") -> Path:
     return path
 
 
-def load_checkpoint(run: str | Path | Run, which: str = "best", device: str | torch.device = "cpu"):
-    """Rebuild the model from a checkpoint: (model, RunConfig, classes, checkpoint dict).
-
-    Loaded with weights_only=True: a checkpoint is data, never code.
-    """
-    from .models import create_model  # late import: models imports runs for run:<id> weights
-
-    path = checkpoint_path(run, which)
-    ckpt = read_checkpoint(path, device)
-    config = RunConfig.from_dict(ckpt["config"])
-    config.model.weights = "random"  # the state dict below carries the trained weights
-    classes = list(ckpt["classes"])
-    model = create_model(config.model, len(classes), config.data.image_size)
-    model.load_state_dict(ckpt["model_state"])
-    model.to(device).eval()
-    return model, config, classes, ckpt
-
-
 def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """torch.load with weights_only=True; a damaged or code-carrying file is a clear CnnlabError."""
     try:

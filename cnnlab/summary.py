@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +40,11 @@ class ModelSummary:
         ]
 
 
-def summarize(
-    model: nn.Module, image_size: int, blocks: tuple[type[nn.Module], ...] = ()
-) -> ModelSummary:
+def summarize(model: nn.Module, image_size: int, blocks: Collection[int] = ()) -> ModelSummary:
     """Per-layer output shapes and parameter counts from one dummy (1, 3, S, S) forward pass.
 
-    Leaf layers get a row each, and so do the `blocks` types (e.g. residual blocks) as a whole.
+    Leaf layers get a row each, and so do the modules whose id() is in `blocks` (e.g. a model's
+    backbone stages from its registry spec) as a whole.
     """
     rows: list[LayerRow] = []
     seen: set[int] = set()
@@ -70,8 +69,7 @@ def summarize(
     handles = [
         m.register_forward_hook(hook(n))
         for n, m in model.named_modules()
-        if n
-        and (not list(m.children()) or isinstance(m, blocks) or list(m.parameters(recurse=False)))
+        if n and (not list(m.children()) or id(m) in blocks or list(m.parameters(recurse=False)))
     ]
     was_training = model.training
     param = next(model.parameters(), None)

@@ -123,6 +123,7 @@ def fit(
         configure_cpu_threads()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
+    models.fetch_weights(config.model, lambda d, t, what: emit(Preparing(d, t, what)))
     if data is None:
 
         def on_progress(done: int, total: int, stage: str) -> None:
@@ -230,7 +231,9 @@ def _fit_loop(
     )
     # Stats from (at most) 5k training images: exact for small sets, cheap for huge memory maps.
     sample = train_rows[torch.randperm(len(train_rows))[:5_000]].sort().values
-    mean, std = augment.normalization(config.augment, config.model.name, data.images[sample])
+    mean, std = augment.normalization(
+        config.augment, data.images[sample], models.input_stats(config.model.name)
+    )
     generator = torch.Generator(device=device)
     generator.manual_seed(tc.seed)
     amp = tc.amp and device.type == "cuda"
@@ -286,6 +289,7 @@ def _fit_loop(
         log.info("resuming run %s at epoch %d", run.run_id, start_epoch)
     epoch = start_epoch - 1
     for epoch in range(start_epoch, tc.epochs + 1):
+        models.set_phase(model, config.model, epoch)  # fine_tune: thaw the backbone after the head
         t0 = time.perf_counter()
         try:
             tr_loss, tr_acc, seen = train_one_epoch(

@@ -14,14 +14,15 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import archive, models, runs, workspace
+from cnnlab import archive, models, registry, runs, weights, workspace
 from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.errors import CnnlabError, WeightsError
 from pages import ui
 
 SUMMARY_CLASSES = 10  # head size used for the summary when the data's classes are not known yet
 WEIGHT_SOURCES = {
-    "imagenet": "ImageNet (local torch cache)",
+    "imagenet": "ImageNet (downloaded once, then cached)",
+    "url": "A URL (http/https, downloaded into the same cache)",
     "file": "A weights file (.pth/.pt)",
     "run": "One of my runs",
     "random": "Random (train from scratch)",
@@ -49,18 +50,26 @@ def _use_simple_cnn() -> None:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _summarise(model_json: str, n_classes: int, image_size: int) -> dict[str, Any]:
-    """Build the model (weights included) once per config; a weights problem is returned as text."""
+def _summarise(
+    model_json: str, n_classes: int, image_size: int, epochs: int, pending: bool
+) -> dict[str, Any]:
+    """Build the model (weights included) once per config; a weights problem is returned as text.
+
+    `pending` weights (a download not made yet) are not fetched here: the Download button or the
+    start of training does that, with a progress bar. The summary then uses a random-init twin,
+    as it does when the weights cannot be used: shapes and counts do not depend on them.
+    """
     cfg = ModelConfig(**json.loads(model_json))
+    twin = dataclasses.replace(cfg, weights="random")
     weights_error = None
-    try:
-        model = models.create_model(cfg, n_classes, image_size)
-    except WeightsError as exc:
-        weights_error = str(exc)
-        # the shapes and counts do not depend on the weights: summarise a random-init twin
-        model = models.create_model(
-            dataclasses.replace(cfg, weights="random"), n_classes, image_size
-        )
+    if pending:
+        model = models.create_model(twin, n_classes, image_size)
+    else:
+        try:
+            model = models.create_model(cfg, n_classes, image_size)
+        except WeightsError as exc:
+            weights_error = str(exc)
+            model = models.create_model(twin, n_classes, image_size)
     s = models.summary(model, image_size)
     return {
         "rows": s.as_records(),
@@ -68,6 +77,7 @@ def _summarise(model_json: str, n_classes: int, image_size: int) -> dict[str, An
         "trainable": s.trainable_params,
         "frozen": s.frozen_params,
         "weights_error": weights_error,
+        "phases": models.phase_plan(model, cfg, epochs),
     }
 
 
@@ -119,6 +129,7 @@ def _weights_source(cfg: ModelConfig) -> str:
     """The weights string for ModelConfig: imagenet, random, a file path, or run:<id>."""
     current = cfg.weights
     kind = current.split(":")[0] if current.startswith("run:") else current
+    kind = "url" if weights.is_url(current) else kind
     kind = kind if kind in WEIGHT_SOURCES else "file"
     ui.seed_widget("m_weights_kind", kind)
     kind = st.radio(
@@ -126,6 +137,10 @@ def _weights_source(cfg: ModelConfig) -> str:
     )
     if kind in ("imagenet", "random"):
         return kind
+    if kind == "url":
+        ui.seed_widget("m_weights_url", current if weights.is_url(current) else "")
+        url = st.text_input("Weights URL (http:// or https://)", key="m_weights_url").strip()
+        return url or "random"
     if kind == "run":
         choices = [r["run_id"] for r in runs.list_runs() if r.get("status") == "completed"]
         if not choices:
@@ -148,25 +163,42 @@ def _weights_source(cfg: ModelConfig) -> str:
         return "random"
 
 
+def _zoo_label(name: str) -> str:
+    row = _zoo()[name]
+    return f"{name} · {row['params'] / 1e6:.1f}M params · {row['image_size']} px"
+
+
+@st.cache_data(show_spinner=False)
+def _zoo() -> dict[str, dict[str, Any]]:
+    """The registry's transfer models as `cnnlab models` describes them."""
+    return {
+        n: registry.describe(models.get_spec(n))
+        for n in models.list_models()
+        if models.is_transfer(n)
+    }
+
+
 def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
-    names = [n for n in models.list_models() if models.is_transfer(n)]
+    names = list(_zoo())
     m = cfg.model
     if not models.is_transfer(m.name):  # coming from a custom CNN: start from ImageNet weights
         m = dataclasses.replace(m, weights="imagenet")
     ui.seed_widget("m_backbone", m.name if m.name in names else names[0])
     ui.seed_widget("m_strategy", m.strategy)
     ui.seed_widget("m_dropout", m.dropout)
-    name = st.selectbox("Backbone", names, key="m_backbone")
+    ui.seed_widget("m_freeze_epochs", m.freeze_epochs)
+    name = st.selectbox("Backbone", names, format_func=_zoo_label, key="m_backbone")
+    st.caption(f"When to pick it: {_zoo()[name]['pick']}. All models: `cnnlab models`.")
     strategy = st.radio(
         "Strategy",
         ["feature_extraction", "fine_tune"],
         format_func=lambda s: {
             "feature_extraction": "Feature extraction (train the new head only)",
-            "fine_tune": "Fine-tune (head + the last backbone block)",
+            "fine_tune": "Fine-tune (the head first, then the whole network)",
         }[s],
         key="m_strategy",
     )
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns(3)
     ui.seed_widget("m_head_lr", cfg.train.lr)
     ui.seed_widget("m_backbone_lr", cfg.train.backbone_lr)
     head_lr = c1.number_input("Head learning rate", 1e-6, 1.0, format="%.0e", key="m_head_lr")
@@ -178,10 +210,40 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
         key="m_backbone_lr",
         disabled=strategy != "fine_tune",
     )
+    freeze = c3.number_input(
+        "Head-only epochs first",
+        0,
+        1000,
+        key="m_freeze_epochs",
+        disabled=strategy != "fine_tune",
+        help="fastai's fine_tune: train the new head alone, then unfreeze the backbone",
+    )
     dropout = st.slider("Dropout before the head", 0.0, 0.9, step=0.05, key="m_dropout")
-    weights = _weights_source(m)
-    model = dataclasses.replace(m, name=name, strategy=strategy, dropout=dropout, weights=weights)
+    source = _weights_source(m)
+    model = dataclasses.replace(
+        m, name=name, strategy=strategy, dropout=dropout, weights=source, freeze_epochs=int(freeze)
+    )
     return model, float(head_lr), float(backbone_lr)
+
+
+def _download(model_cfg: ModelConfig) -> None:
+    """Offer to download the chosen weights now, with a progress bar (training would anyway)."""
+    spec = models.get_spec(model_cfg.name)
+    url = weights.remote_url(model_cfg.weights, spec)
+    st.info(
+        f"Weights {Path(url or '').name} are not downloaded yet: they download when training "
+        f"starts, or now. Cache: {weights.cache_dir()}"
+    )
+    if st.button("Download the weights now", key="m_download"):
+        bar, update = ui.progress_bar("Weights")
+        try:
+            models.fetch_weights(model_cfg, update)
+        except CnnlabError as exc:
+            bar.empty()
+            st.error(str(exc))
+            return
+        bar.empty()
+        st.rerun()
 
 
 def main() -> None:
@@ -205,8 +267,9 @@ def main() -> None:
     size = int(
         st.number_input("Input size (px, the data's image size)", 8, 1024, key="m_image_size")
     )
-    if models.is_transfer(model_cfg.name) and size < 64:
-        st.caption("ImageNet backbones were trained at 224 px; very small inputs lose accuracy.")
+    native = models.default_input_size(model_cfg.name)
+    if native and size < native // 2:
+        st.caption(f"{model_cfg.name} was trained at {native} px; very small inputs lose accuracy.")
     data_cfg = dataclasses.replace(cfg.data, image_size=size)
     st.session_state[ui.DATA_CONFIG] = data_cfg
     try:
@@ -220,7 +283,10 @@ def main() -> None:
 
     n_classes = _n_classes()
     try:
-        info = _summarise(json.dumps(dataclasses.asdict(model_cfg)), n_classes, size)
+        pending = weights.needs_download(model_cfg.weights, models.get_spec(model_cfg.name))
+        info = _summarise(
+            json.dumps(dataclasses.asdict(model_cfg)), n_classes, size, train_cfg.epochs, pending
+        )
     except CnnlabError as exc:
         ui.show_error(exc)
         return
@@ -229,11 +295,26 @@ def main() -> None:
         return
     if info["weights_error"]:
         st.warning(info["weights_error"])
+    if pending:
+        _download(model_cfg)
     st.subheader("Summary")
     c1, c2, c3 = st.columns(3)
     c1.metric("Parameters", f"{info['total']:,}")
     c2.metric("Trainable", f"{info['trainable']:,}")
     c3.metric("Frozen", f"{info['frozen']:,}")
+    if len(info["phases"]) > 1 or models.is_transfer(model_cfg.name):
+        st.caption(f"Trainable parameters per phase over {train_cfg.epochs} epochs:")
+        st.dataframe(
+            [
+                {
+                    "phase": p["phase"],
+                    "epochs": f"{p['first_epoch']}-{p['last_epoch']}",
+                    "trainable": p["trainable"],
+                }
+                for p in info["phases"]
+            ],
+            hide_index=True,
+        )
     st.dataframe(info["rows"], hide_index=True, width="stretch")
     st.caption(f"Head sized for {n_classes} classes; output shapes exclude the batch dimension.")
 

@@ -115,17 +115,22 @@ def test_dataset_stats_matches_float_reference(photos: torch.Tensor) -> None:
 
 
 def test_normalization_choices(photos: torch.Tensor) -> None:
+    from cnnlab.models import input_stats  # the registry's fact, passed in by the caller
+
     cfg = AugmentConfig(normalize="dataset")
-    assert normalization(cfg, "resnet18", photos) == (IMAGENET_MEAN, IMAGENET_STD)
-    assert normalization(cfg, "custom", photos) == dataset_stats(photos)
-    assert normalization(AugmentConfig(normalize="imagenet"), "custom", photos) == (
+    assert normalization(cfg, photos, input_stats("resnet18")) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert input_stats("custom") is None
+    assert normalization(cfg, photos, input_stats("custom")) == dataset_stats(photos)
+    assert normalization(AugmentConfig(normalize="imagenet"), photos) == (
         IMAGENET_MEAN,
         IMAGENET_STD,
     )
-    assert normalization(AugmentConfig(normalize="none"), "simple_cnn", photos) == (
+    assert normalization(AugmentConfig(normalize="none"), photos) == (
         (0.0, 0.0, 0.0),
         (1.0, 1.0, 1.0),
     )
+    other = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # e.g. a timm model's own statistics
+    assert normalization(cfg, photos, other) == other
 
 
 def test_prepare_batch_eval_and_train(photos: torch.Tensor) -> None:

@@ -217,7 +217,7 @@ def test_malicious_checkpoint_never_runs(workspace: Path, tmp_path: Path) -> Non
     _plant(run.last_path, marker)
     runs.update_summary(run, status="stopped")
     attempts = {
-        "runs.load_checkpoint": lambda: runs.load_checkpoint(run),
+        "models.load_trained": lambda: models.load_trained(run),
         "Predictor.from_run": lambda: predict.Predictor.from_run(run.run_id),
         "weights run:<id>": lambda: models.create_model(
             ModelConfig(name="custom", channels=[4], weights=f"run:{run.run_id}"), 2, 16
@@ -252,7 +252,7 @@ def test_malicious_checkpoint_is_a_clean_error(workspace: Path, tmp_path: Path) 
     run = _tiny_run(tmp_path)
     _plant(run.best_path, tmp_path / "PWNED")
     with pytest.raises(CnnlabError) as info:
-        runs.load_checkpoint(run)
+        models.load_trained(run)
     assert "weights_only=False" not in str(info.value)
 
 

@@ -52,7 +52,7 @@ def test_checkpoint_reloads_and_reproduces_test_accuracy(
     digits_dir, prepared, workspace, tiny_config
 ):
     summary = train.fit(tiny_config(digits_dir), data=prepared)
-    model, config, classes, ckpt = runs.load_checkpoint(summary["run_id"])
+    model, config, classes, ckpt = models.load_trained(summary["run_id"])
     assert classes == prepared.classes and config.data.image_size == 16
     ctx = train.BatchContext(
         torch.device("cpu"), tuple(ckpt["mean"]), tuple(ckpt["std"]), None, False, False

@@ -1,122 +1,279 @@
-"""weights: state dicts from files, wrapped or prefixed, the local hub cache, runs; refusals."""
+"""weights: downloads through torch hub from a real HTTP server on 127.0.0.1, the cache, the mirror,
+tampered / truncated / stalled / foreign files, offline, and what the CLI prints for them."""
 
 from __future__ import annotations
 
-import pickle
+import hashlib
+import http.server
+import io
+import socket
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-import torchvision.models as tvm
 from torch import nn
 
-from cnnlab import weights
+from cnnlab import cli, models, weights
+from cnnlab.config import ModelConfig
 from cnnlab.errors import WeightsError
+from cnnlab.registry import MODELS, ModelSpec
 
 
-class Net(nn.Module):
-    def __init__(self, n_classes: int = 3) -> None:
+class Tiny(nn.Module):
+    """A two-layer stand-in for an ImageNet backbone: same loading path, bytes instead of MBs."""
+
+    def __init__(self, n: int = 10):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
-        self.fc = nn.Linear(4, n_classes)
+        self.fc = nn.Linear(4, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
 
 
-def _source(n_classes: int = 3) -> Net:
-    torch.manual_seed(n_classes)
-    return Net(n_classes)
+def _state_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
-@pytest.mark.parametrize(
-    "wrap",
-    [
-        lambda s: s,
-        lambda s: {"state_dict": s},
-        lambda s: {"model": s, "epoch": 3},
-        lambda s: {f"module.{k}": v for k, v in s.items()},  # DataParallel
-        lambda s: {f"_orig_mod.{k}": v for k, v in s.items()},  # torch.compile
-    ],
-    ids=["plain", "state_dict", "model", "module.", "_orig_mod."],
-)
-def test_a_weights_file_loads_however_it_was_saved(tmp_path: Path, wrap) -> None:
-    src = _source()
-    path = tmp_path / "w.pt"
-    torch.save(wrap(src.state_dict()), path)
-    model = Net()
-    weights.load_weights(model, str(path), "net", None, heads=("fc.",))
-    for k, v in src.state_dict().items():
-        assert torch.equal(model.state_dict()[k], v), k
+def _hub_name(stem: str, payload: bytes) -> str:
+    """torch hub's naming: <stem>-<first 8 hex digits of the sha256>.pth"""
+    return f"{stem}-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
 
 
-def test_a_head_of_another_size_stays_fresh(tmp_path: Path) -> None:
-    path = tmp_path / "w.pt"
-    torch.save(_source(5).state_dict(), path)
-    model = Net(3)
-    fresh_head = model.fc.weight.clone()
-    weights.load_weights(model, str(path), "net", None, heads=("fc.",))
-    assert torch.equal(model.conv.weight, _source(5).conv.weight)
-    assert torch.equal(model.fc.weight, fresh_head)
+class Server:
+    """http.server in a thread serving `files` (path -> bytes); `mode` breaks responses on purpose."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        self.mode = "ok"  # ok | truncate (close halfway) | stall (send half, then wait)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                outer.requests.append(self.path)
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if outer.mode == "ok":
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                if outer.mode == "stall":
+                    time.sleep(4)
+                self.close_connection = True
+
+            def log_message(self, *_args) -> None:  # keep the test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
-def test_random_loads_nothing_and_imagenet_without_weights_is_random() -> None:
-    model = Net()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    weights.load_weights(model, "random", "net", None, heads=("fc.",))
-    weights.load_weights(model, "imagenet", "net", None, heads=("fc.",))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.stop()
 
 
-def test_imagenet_comes_only_from_the_local_hub_cache(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    enum = tvm.ResNet18_Weights.IMAGENET1K_V1
-    path = weights.hub_file(enum)
-    assert path == tmp_path / "hub" / "checkpoints" / Path(enum.url).name
-    with pytest.raises(WeightsError, match=str(path)) as info:
-        weights.load_weights(tvm.resnet18(), "imagenet", "resnet18", enum, heads=("fc.",))
-    assert enum.url in str(info.value)  # where to fetch it on a machine with internet
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub under tmp_path via TORCH_HOME (torch.hub.get_dir honours it)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # undo any earlier torch.hub.set_dir
+    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
 
 
-def test_missing_file_and_non_state_dicts_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(WeightsError, match="does not exist"):
-        weights.load_weights(Net(), str(tmp_path / "nope.pt"), "net", None, heads=())
-    torch.save([1, 2, 3], tmp_path / "list.pt")
+@pytest.fixture
+def tiny_spec():
+    """A registered transfer model whose ImageNet file has a torch hub name on the public host."""
+    source = Tiny(10)
+    payload = _state_bytes(source.state_dict())
+    url = f"https://download.pytorch.org/models/{_hub_name('tiny', payload)}"
+
+    def build(cfg: ModelConfig, n: int, size: int) -> nn.Module:
+        return Tiny(n)
+
+    spec = ModelSpec("test_tiny", build, transfer=True, weights=SimpleNamespace(url=url), head="fc")
+    MODELS[spec.name] = spec
+    yield spec, source, payload
+    MODELS.pop(spec.name)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_url_downloads_once_then_the_cache_needs_no_server(server: Server, hub: Path) -> None:
+    source = Tiny(10)
+    payload = _state_bytes(source.state_dict())
+    name = _hub_name("mine", payload)
+    server.files[f"/w/{name}"] = payload
+    url = f"{server.base}/w/{name}"
+    seen: list[tuple[int, int, str]] = []
+
+    spec = ModelSpec("t", lambda c, n, s: Tiny(n), head="fc")
+    target = Tiny(5)
+    weights.load_weights(target, url, spec, ("fc.",), lambda d, t, w: seen.append((d, t, w)))
+    assert torch.equal(target.conv.weight, source.conv.weight)
+    assert _leftovers(hub) == [name]  # the file and nothing else (no .partial, no temp)
+    assert seen[-1] == (len(payload), len(payload), f"downloading {name}")
+    assert len(server.requests) == 1
+
+    server.stop()
+    again = Tiny(5)
+    weights.load_weights(again, url, spec, ("fc.",))  # from the cache: the server is gone
+    assert torch.equal(again.conv.weight, source.conv.weight)
+    assert len(server.requests) == 1
+
+
+def test_imagenet_through_the_mirror(server: Server, hub: Path, tiny_spec, monkeypatch) -> None:
+    spec, source, payload = tiny_spec
+    name = Path(spec.weights.url).name
+    server.files[f"/models/{name}"] = payload
+    monkeypatch.setenv(weights.MIRROR_ENV, f"{server.base}/models/")
+    assert weights.needs_download("imagenet", spec)
+    model = models.create_model(ModelConfig(name="test_tiny", weights="imagenet"), 3, 16)
+    assert torch.equal(model.conv.weight, source.conv.weight)
+    assert model.fc.out_features == 3  # its own 3-class head, not the file's 10-class one
+    assert server.requests == [f"/models/{name}"]
+    assert not weights.needs_download("imagenet", spec)
+    # cached: a second model needs no server
+    server.stop()
+    models.create_model(ModelConfig(name="test_tiny", weights="imagenet"), 4, 16)
+
+
+def test_tampered_file_is_refused_and_not_cached(server: Server, hub: Path) -> None:
+    good = _state_bytes(Tiny(10).state_dict())
+    name = _hub_name("tiny", good)
+    server.files[f"/{name}"] = _state_bytes(Tiny(10).state_dict())  # other bytes, same name
+    with pytest.raises(WeightsError) as info:
+        weights.fetch(f"{server.base}/{name}")
+    message = str(info.value)
+    assert name in message and name.split("-")[1][:8] in message and "sha256" in message
+    assert "\n" not in message
+    assert _leftovers(hub) == []
+
+
+def test_offline_fails_fast_with_one_line(hub: Path, tiny_spec, monkeypatch) -> None:
+    spec, _, _ = tiny_spec
+    monkeypatch.setenv(weights.MIRROR_ENV, f"http://127.0.0.1:{_closed_port()}/models")
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        models.create_model(ModelConfig(name="test_tiny", weights="imagenet"), 3, 16)
+    elapsed = time.perf_counter() - t0
+    message = str(info.value)
+    name = Path(spec.weights.url).name
+    assert "\n" not in message
+    for part in (name, f"/models/{name}", str(hub), "random", ".pth file"):
+        assert part in message, part
+    assert "refused" in message.lower()
+    assert elapsed < 30, f"offline failure took {elapsed:.1f} s: {message}"
+    assert _leftovers(hub) == []
+
+
+def test_cli_offline_and_bad_scheme_are_one_line_exit_2(
+    hub: Path, tiny_spec, monkeypatch, tmp_path: Path, capsys, workspace: Path
+) -> None:
+    monkeypatch.setenv(weights.MIRROR_ENV, f"http://127.0.0.1:{_closed_port()}")
+    data = tmp_path / "data"  # never read: the weights fail before any data work
+    for argv, expected in (
+        (["--model", "test_tiny", "--weights", "imagenet"], "cannot download"),
+        (["--model", "resnet18", "--weights", "ftp://example.org/w.pth"], "not http(s)"),
+        (["--model", "resnet18", "--weights", "file:///tmp/w.pth"], "not http(s)"),
+    ):
+        assert cli.main(["train", str(data), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+
+
+def test_a_file_that_is_not_a_state_dict_is_refused(server: Server, hub: Path) -> None:
+    payload = _state_bytes({"note": "hello"})
+    name = _hub_name("note", payload)
+    server.files[f"/{name}"] = payload
     with pytest.raises(WeightsError, match="holds no state dict"):
-        weights.load_weights(Net(), str(tmp_path / "list.pt"), "net", None, heads=())
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+        weights.fetch(f"{server.base}/{name}")
+    assert _leftovers(hub) == []
+    server.files["/text.pth"] = b"this is not a torch file"
     with pytest.raises(WeightsError, match="weights-only state dict"):
-        weights.load_weights(Net(), str(tmp_path / "junk.pt"), "net", None, heads=())
+        weights.fetch(f"{server.base}/text.pth")
+    assert _leftovers(hub) == []
 
 
 class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("code ran",))
+        return (Path.touch, (self.marker,))
 
 
-def test_a_file_carrying_code_is_never_run(tmp_path: Path, capsys) -> None:
-    path = tmp_path / "evil.pt"
-    with path.open("wb") as f:
-        pickle.dump({"state_dict": _Payload()}, f, protocol=2)
-    with pytest.raises(WeightsError):
-        weights.load_weights(Net(), str(path), "net", None, heads=())
-    assert "code ran" not in capsys.readouterr().out
+def test_a_downloaded_pickle_never_runs(server: Server, hub: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    server.files["/evil.pth"] = _state_bytes({"w": _Payload(marker)})
+    with pytest.raises(WeightsError, match="weights-only"):
+        weights.fetch(f"{server.base}/evil.pth")
+    assert not marker.exists() and _leftovers(hub) == []
 
 
-def test_weights_of_another_architecture_say_what_did_not_fit(tmp_path: Path) -> None:
-    path = tmp_path / "other.pt"
-    torch.save(nn.Sequential(nn.Linear(2, 2)).state_dict(), path)
-    with pytest.raises(WeightsError, match=r"0 of 2 backbone tensors match"):
-        weights.load_weights(Net(), str(path), "net", None, heads=("fc.",))
+@pytest.mark.parametrize("hashed", [True, False])
+def test_interrupted_download_leaves_no_file(server: Server, hub: Path, hashed: bool) -> None:
+    payload = _state_bytes(Tiny(10).state_dict())
+    name = _hub_name("cut", payload) if hashed else "cut.pth"
+    server.files[f"/{name}"] = payload
+    server.mode = "truncate"
+    with pytest.raises(WeightsError) as info:
+        weights.fetch(f"{server.base}/{name}")
+    assert name in str(info.value)
+    assert _leftovers(hub) == []
 
 
-def test_a_run_checkpoint_is_a_weights_source(trained, monkeypatch) -> None:
-    from cnnlab import models, runs
-    from cnnlab.config import ModelConfig
+def test_stalled_download_times_out(server: Server, hub: Path, monkeypatch) -> None:
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "1")
+    payload = _state_bytes(Tiny(10).state_dict())
+    server.files["/slow.pth"] = payload
+    server.mode = "stall"
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="timed out"):
+        weights.fetch(f"{server.base}/slow.pth")
+    assert time.perf_counter() - t0 < 4  # the timeout, not the server's 4 s stall
+    assert _leftovers(hub) == []
+    assert socket.getdefaulttimeout() is None  # the process-wide default was restored
 
-    summary, home = trained
-    monkeypatch.setenv("CNNLAB_HOME", str(home))
-    run_model, config, classes, _ = runs.load_checkpoint(summary["run_id"])
-    model = models.create_model(
-        ModelConfig(channels=[8, 16], head_units=32), len(classes), config.data.image_size
-    )
-    weights.load_weights(model, f"run:{summary['run_id']}", "custom", None, heads=())
-    for k, v in run_model.state_dict().items():
-        assert torch.equal(model.state_dict()[k].cpu(), v.cpu()), k
+
+def test_http_error_names_the_status(server: Server, hub: Path) -> None:
+    with pytest.raises(WeightsError, match="HTTP 404"):
+        weights.fetch(f"{server.base}/missing-0123abcd.pth")
+
+
+def test_imagenet_default_url_and_cache_folder(hub: Path) -> None:
+    spec = models.get_spec("resnet18")
+    assert weights.imagenet_url(spec) == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert weights.cached_path(weights.imagenet_url(spec)) == hub / "resnet18-f37072fd.pth"
+    assert weights.hash_prefix("resnet18-f37072fd.pth") == "f37072fd"
+    assert weights.hash_prefix("model.pth") is None

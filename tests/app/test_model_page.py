@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 from cnnlab.config import RunConfig
@@ -62,22 +64,38 @@ def test_simple_cnn_button(model_page: AppTest) -> None:
     assert rows.loc[rows["layer"] == "fc1", "params"].item() == 64 * 16 * 16 * 128 + 128
 
 
-def test_transfer_without_cached_weights_warns(
+def test_transfer_weights_not_downloaded_yet(
     model_page: AppTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # an empty torch hub: the ImageNet file is surely missing, whatever this machine has cached
+    # an empty torch hub and a mirror nobody listens on: the file is missing and cannot download
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", f"http://127.0.0.1:{port}")
     at = model_page
     at.radio(key="m_family").set_value("Transfer learning").run()
     at.selectbox(key="m_backbone").set_value("resnet18").run()
     at.radio(key="m_strategy").set_value("feature_extraction").run()
     assert not at.exception
-    assert any("torch cache" in w.value for w in at.warning)
+    assert any("not downloaded yet" in i.value for i in at.info)
     m = metrics(at)
     assert m["Frozen"] > 0 and m["Trainable"] == 512 * 10 + 10  # only the new head trains
     cfg: RunConfig = at.session_state["run_config"]
     assert cfg.model.name == "resnet18" and cfg.model.strategy == "feature_extraction"
+    phases = at.dataframe[0].value
+    assert list(phases["trainable"]) == [512 * 10 + 10]
+
+    at.button(key="m_download").click().run()  # offline: one line saying where to put the file
+    assert not at.exception
+    assert any("cannot download resnet18-f37072fd.pth" in e.value for e in at.error)
+
+    at.radio(key="m_strategy").set_value("fine_tune").run()
+    phases = at.dataframe[0].value
+    assert list(phases["phase"]) == ["head only", "whole model"]
+    assert phases["trainable"].iloc[1] == m["Parameters"]
 
     at.radio(key="m_weights_kind").set_value("random").run()
-    assert not at.warning
+    assert not at.warning and not any("not downloaded" in i.value for i in at.info)
     assert at.session_state["run_config"].model.weights == "random"
