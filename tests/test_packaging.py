@@ -85,6 +85,9 @@ def test_wheel_carries_the_dashboard_unchanged(wheel: Path) -> None:
             assert member in names, sorted(n for n in names if "dashboard" in n)
             assert zf.read(member) == (ROOT / rel).read_bytes(), f"{member} differs from {rel}"
         assert not [n for n in names if n.startswith(("tests/", "pages/", "app.py"))]
+    # pyproject lists the packages by name: a new sub-package must be added there too
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cnnlab").rglob("*.py")}
+    assert sources - names == set(), "add these to [tool.setuptools] packages in pyproject.toml"
 
 
 def test_installed_version_and_package_come_from_the_venv(
