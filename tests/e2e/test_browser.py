@@ -80,10 +80,10 @@ def metric(page, label: str) -> str:
     return box.get_by_test_id("stMetricValue").inner_text()
 
 
-def wait_idle(page) -> None:
+def wait_idle(page, timeout: int = 300_000) -> None:
     """Let the rerun an interaction triggered start, wait for it to end, then check for errors."""
     page.wait_for_timeout(300)
-    page.wait_for_selector(IDLE, timeout=60_000)
+    wait_for(page.locator(IDLE), page, "the end of the page's rerun", timeout)
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")
 
 
@@ -221,9 +221,7 @@ def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
     open_page(page, "Train")
 
     page.reload()  # a new browser session: the job id in the URL re-attaches it
-    page.locator("[data-testid='stPlotlyChart'] .scatterlayer .point").first.wait_for(
-        timeout=60_000
-    )
+    wait_for(page.locator(POINTS).first, page, "the re-attached curve", 300_000)
     wait_idle(page)
     assert page.get_by_role("button", name="Stop").is_enabled()
     shot(page, "11-reattached-after-reload")
@@ -250,7 +248,7 @@ def _run_id_shown(page) -> str:
     """The run id in the finished-run caption ("Run `<id>` · <device>")."""
     caption = page.locator("[data-testid='stCaptionContainer']", has_text=re.compile(r"^Run "))
     code = caption.first.locator("code")
-    code.wait_for(timeout=30_000)
+    wait_for(code, page, "the run id caption", 120_000)
     return code.inner_text()
 
 
@@ -260,7 +258,7 @@ def test_two_sessions_train_at_once_without_cross_talk(browser, server, shot) ->
     try:
         pages = []
         for ctx in contexts:
-            ctx.set_default_timeout(30_000)
+            ctx.set_default_timeout(120_000)
             pg = ctx.new_page()
             pg.goto(server)
             _start_long_demo(pg)
