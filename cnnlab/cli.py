@@ -114,12 +114,29 @@ def _config_from_args(args: argparse.Namespace):
     return config.validate()
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+def _launch_if_asked(args: argparse.Namespace) -> int | None:
+    """`--nproc-per-node N`: start this same command in N processes through torchrun's launcher."""
+    from . import distributed
 
+    n = getattr(args, "nproc_per_node", None)
+    if not n or "LOCAL_RANK" in os.environ:  # already a torchrun worker: train here
+        return None
+    if n < 1:
+        raise CnnlabError(f"--nproc-per-node must be >= 1, got {n}")
+    return distributed.launch(n, distributed.strip_launch_flag(args.argv))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed, train
+
+    launched = _launch_if_asked(args)
+    if launched is not None:
+        return launched
     config = _config_from_args(args)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
+    if not distributed.is_main_process():
+        return 0  # rank 0 prints the one summary
     if args.json:
         console.print_json(summary)
     else:
@@ -128,10 +145,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from . import train
+    from . import distributed, train
 
+    launched = _launch_if_asked(args)
+    if launched is not None:
+        return launched
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.resume(args.run, callbacks=[printer])
+    if not distributed.is_main_process():
+        return 0
     if args.json:
         console.print_json(summary)
     else:
@@ -327,6 +349,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         on_trial=show,
+        heartbeat=args.heartbeat,
     )
     summary = tune.tune_summary(study)
     if args.json:
@@ -377,6 +400,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    _add_launch_arg(p)
+
+
+def _add_launch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nproc-per-node",
+        type=int,
+        help="train in N processes on this machine (torch.distributed; one per GPU); "
+        "batch-size stays the global batch",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -415,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted or stopped run from its last epoch")
     p.add_argument("run", help="run id or run folder")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    _add_launch_arg(p)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME); `runs delete ID`")
@@ -474,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials",
         type=int,
         required=True,
-        help="trials the study should hold: a rerun continues up to N; workers split them",
+        help="finished (complete + pruned) trials the study should hold: a rerun continues up "
+        "to N; workers split them",
     )
     p.add_argument("--timeout", type=float, help="stop asking for new trials after S seconds")
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
@@ -486,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=16, help="image side in pixels")
     p.add_argument("--model", default="custom", help="model to tune (see `cnnlab models`)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=10,
+        help="seconds between a running trial's heartbeats; a worker silent for 3 of them is "
+        "taken as dead and its trial is retried",
+    )
     p.add_argument("--json", action="store_true", help="print only the study summary as JSON")
     p.set_defaults(func=_cmd_tune)
 
@@ -495,19 +537,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cnnlab` console script."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what --nproc-per-node relaunches in each process
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet = int(os.environ.get("RANK", "0")) > 0  # torchrun ranks > 0: rank 0 says it once
     try:
         return int(args.func(args) or 0)
     except CnnlabError as exc:
-        print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
+        if not quiet:
+            print(f"cnnlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "cnnlab.distributed" in sys.modules:  # leave a torchrun process group cleanly
+            sys.modules["cnnlab.distributed"].shutdown()
 
 
 if __name__ == "__main__":

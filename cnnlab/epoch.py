@@ -84,6 +84,10 @@ class BatchContext:
     amp: bool
     generator: torch.Generator | None = None
     scaler: torch.amp.GradScaler | None = None
+    # Distributed training: (rank, world_size) slices each step's batch; the epoch's permutation
+    # then comes from perm_generator, seeded alike on every rank (augmentation stays per rank).
+    shard: tuple[int, int] = (0, 1)
+    perm_generator: torch.Generator | None = None
 
 
 def train_one_epoch(
@@ -110,15 +114,16 @@ def train_one_epoch(
     n = images.shape[0] if rows is None else rows.shape[0]
     bs = min(batch_size, n)
     n_batches = n // bs  # drop_last: fixed shapes keep cudnn.benchmark and BatchNorm happy
-    perm = torch.randperm(
-        n, device=ctx.generator.device if ctx.generator else "cpu", generator=ctx.generator
-    )
+    perm_gen = ctx.perm_generator or ctx.generator
+    perm = torch.randperm(n, device=perm_gen.device if perm_gen else "cpu", generator=perm_gen)
     perm = perm.to(images.device)
     if rows is not None:
         perm = rows.to(images.device)[perm]
     plain = (
         not getattr(loss_fn, "label_smoothing", 0.0) and getattr(loss_fn, "weight", None) is None
     )
+    rank, world = ctx.shard
+    local = bs if world == 1 else len(torch.arange(bs)[rank::world])  # this rank's share
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device, dtype=torch.long)
     t0 = last_tick = time.perf_counter()
@@ -126,6 +131,8 @@ def train_one_epoch(
         if stop_event is not None and stop_event.is_set():
             raise StopRequested
         idx = perm[b * bs : (b + 1) * bs]
+        if world > 1:
+            idx = idx[rank::world]
         x = augment.prepare_batch(
             images[idx].to(ctx.device, non_blocking=True),
             ctx.mean,
@@ -151,19 +158,20 @@ def train_one_epoch(
         # Report plain cross-entropy so train and val curves are comparable (label smoothing and
         # class weights change the optimised loss's scale, not what the user wants to compare).
         shown = loss.detach() if plain else F.cross_entropy(logits.detach().float(), y)
-        loss_sum += shown * bs
+        loss_sum += shown * local
         correct += (logits.detach().argmax(1) == y).sum()
         now = time.perf_counter()
         if emit is not None and (now - last_tick >= PROGRESS_EVERY_S or b == n_batches - 1):
             last_tick = now
-            seen = (b + 1) * bs
+            seen = (b + 1) * local
             mean_loss = loss_sum.item() / seen  # the one host sync per tick
-            if not math.isfinite(mean_loss):
+            # Distributed: the caller decides on NaN for all ranks at once (a lone raise hangs).
+            if not math.isfinite(mean_loss) and world == 1:
                 raise nan_error(epoch, optimizer)
-            emit(Progress(epoch, b + 1, n_batches, mean_loss, seen / max(now - t0, 1e-9)))
-    seen = n_batches * bs
+            emit(Progress(epoch, b + 1, n_batches, mean_loss, seen * world / max(now - t0, 1e-9)))
+    seen = n_batches * local
     mean_loss = loss_sum.item() / seen
-    if not math.isfinite(mean_loss):
+    if not math.isfinite(mean_loss) and world == 1:
         raise nan_error(epoch, optimizer)
     return mean_loss, correct.item() / seen, seen
 

@@ -6,11 +6,17 @@ registry (the UI holds it with `st.cache_resource`), so a page reload or a secon
 running job again by its job id or by its run id. Memory stays bounded: a job keeps only its last
 Progress/Preparing event and at most `max_events` other events, and only the newest `max_finished`
 finished jobs are kept (running ones are never dropped).
+
+A shared server queues: at most `max_running` slots are busy at once (default one per visible GPU,
+one on a CPU-only machine; `CNNLAB_MAX_JOBS` overrides), each job taking `slots` of them (a run on
+all N GPUs takes N). Others wait first-in first-out as "queued" with a 1-based `queue_position`;
+stopping a queued job cancels it before it ever starts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import train
+from . import child_run, train
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -63,6 +69,7 @@ class JobSnapshot:
     started_at: float | None  # time.time() stamps
     finished_at: float | None
     eta_s: float | None  # estimated seconds left, None when unknown
+    queue_position: int | None = None  # 1 = next to start, while queued; None otherwise
 
     @property
     def active(self) -> bool:
@@ -113,6 +120,8 @@ class Job:
     finished_at: float | None = None
     training_started: float | None = None  # monotonic time of RunStarted, for the ETA
     thread: threading.Thread | None = None
+    slots: int = 1  # how many of the manager's slots it holds while running (GPUs for DDP)
+    queue_position: int | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -160,6 +169,7 @@ class Job:
                 started_at=self.started_at,
                 finished_at=self.finished_at,
                 eta_s=self._eta(),
+                queue_position=self.queue_position if self.status == "queued" else None,
             )
 
     def _eta(self) -> float | None:
@@ -177,14 +187,31 @@ class Job:
         return max(0.0, elapsed * (planned - done) / done)
 
 
+def default_slots() -> int:
+    """Jobs run at once: CNNLAB_MAX_JOBS, else one per visible CUDA GPU, else one."""
+    env = os.environ.get("CNNLAB_MAX_JOBS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("CNNLAB_MAX_JOBS=%r is not a number: using the default", env)
+    import torch
+
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
+
 class JobManager:
     """Process-wide, thread-safe registry of jobs keyed by job id (and by run id once known)."""
 
-    def __init__(self, max_finished: int = MAX_FINISHED):
+    def __init__(self, max_finished: int = MAX_FINISHED, max_running: int | None = None):
         self.max_finished = max_finished
+        self.max_running = max_running or default_slots()
         self._jobs: dict[str, Job] = {}
         self._by_run: dict[str, str] = {}  # run id -> job id
         self._lock = threading.Lock()
+        self._slots = threading.Condition()  # guards _queue and _busy
+        self._queue: list[Job] = []  # queued jobs, first in first out
+        self._busy = 0  # slots held by running jobs
 
     # ------------------------------------------------------------------ starting
     def start(self, config: RunConfig, data: PreparedData | None = None, name: str = "") -> Job:
@@ -196,9 +223,20 @@ class JobManager:
 
         return self.start_callable(run_fit, kind="train", name=name or config.name)
 
-    def start_callable(self, fn: JobFn, kind: str = "task", name: str = "") -> Job:
-        """Run fn(stop_event, emit) in a daemon thread; emit takes train events or plain dicts."""
-        job = Job(job_id=uuid.uuid4().hex[:12], kind=kind, name=name)
+    def start_distributed(self, config: RunConfig, nproc: int, name: str = "") -> Job:
+        """Train on nproc GPUs (or CPU processes) in a child `cnnlab train --nproc-per-node`;
+        the job follows its run folder, and stop() sends the child SIGTERM. Takes nproc slots."""
+        config.validate()
+
+        def run_child(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
+            return child_run.follow(config, nproc, stop_event, emit)
+
+        return self.start_callable(run_child, kind="train", name=name or config.name, slots=nproc)
+
+    def start_callable(self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1) -> Job:
+        """Run fn(stop_event, emit) in a daemon thread once a slot is free (queued until then);
+        emit takes train events or plain dicts."""
+        job = Job(job_id=uuid.uuid4().hex[:12], kind=kind, name=name, slots=max(1, slots))
         thread = threading.Thread(
             target=self._work, args=(job, fn), name=f"cnnlab-{kind}-{job.job_id}", daemon=True
         )
@@ -206,13 +244,59 @@ class JobManager:
         with self._lock:
             self._jobs[job.job_id] = job
             self._release_finished()
+        with self._slots:
+            self._queue.append(job)
+            self._renumber()
         thread.start()
         return job
 
+    def _renumber(self) -> None:
+        """Queue positions after the queue changed (self._slots held by the caller)."""
+        for i, queued in enumerate(self._queue, start=1):
+            with queued.lock:
+                queued.queue_position = i
+
+    def _acquire(self, job: Job) -> bool:
+        """Wait for the job's turn and slots; False when it was cancelled while queued."""
+        with self._slots:
+            while not job.stop_event.is_set():
+                head = self._queue[0] is job
+                # A job wider than the whole machine still runs, alone.
+                fits = self._busy + job.slots <= self.max_running or self._busy == 0
+                if head and fits:
+                    break
+                self._slots.wait(timeout=1.0)
+            self._queue.remove(job)
+            self._renumber()
+            self._slots.notify_all()
+            if job.stop_event.is_set():
+                return False
+            self._busy += job.slots
+            return True
+
+    def _release(self, job: Job) -> None:
+        with self._slots:
+            self._busy -= job.slots
+            self._slots.notify_all()
+
     def _work(self, job: Job, fn: JobFn) -> None:
+        if not self._acquire(job):
+            with job.lock:  # cancelled in the queue: fn never ran
+                job.status, job.finished_at = "stopped", time.time()
+                job.queue_position = None
+            with self._lock:
+                self._release_finished()
+            return
+        try:
+            self._run(job, fn)
+        finally:
+            self._release(job)
+
+    def _run(self, job: Job, fn: JobFn) -> None:
         with job.lock:
             job.status = "running"
             job.started_at = time.time()
+            job.queue_position = None
 
         def emit(event: Any) -> None:
             d = job.record(event)
@@ -261,11 +345,14 @@ class JobManager:
 
     # ------------------------------------------------------------------ control
     def stop(self, job_or_run_id: str) -> bool:
-        """Ask the job to stop (fit checks before every batch); False when unknown or finished."""
+        """Ask the job to stop (fit checks before every batch) or cancel it while it is queued;
+        False when unknown or finished."""
         job = self.get(job_or_run_id)
         if job is None or not job.active:
             return False
         job.stop_event.set()
+        with self._slots:
+            self._slots.notify_all()  # a queued job leaves the queue at once
         return True
 
     def wait(self, job_or_run_id: str, timeout: float | None = None) -> JobSnapshot | None:

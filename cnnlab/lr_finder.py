@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import augment, models, train
 from .config import RunConfig
@@ -77,28 +76,19 @@ def find_lr(
     if device.type == "cpu":
         configure_cpu_threads()
     data = data if data is not None else prepare(config.data)
-    train_x, train_y = data.subset("train")
-    if train_x.shape[0] == 0:
+    if len(data.split.train) == 0:
         raise TrainingError("the training split is empty: the LR finder needs training images")
-    torch.manual_seed(tc.seed)
-    model = models.create_model(config.model, len(data.classes), config.data.image_size)
-    model = model.to(device)
-    mean, std = augment.normalization(
-        config.augment, train_x, models.input_stats(config.model.name)
-    )
-    groups = models.param_groups(model, config.model, tc)
+    s = train.setup(config, data, device)  # fit's own model, batches, loss and groups
+    model, optimizer, loss_fn, ctx = s.model, s.optimizer, s.loss_fn, s.ctx
+    train_rows = s.rows["train"]
     # Keep each group's ratio to train.lr (e.g. a fine-tuned backbone at backbone_lr).
-    ratios = [g["lr"] / tc.lr for g in groups]
-    optimizer = train.build_optimizer(groups, tc)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(tc.seed)
-    bs = min(tc.batch_size, train_x.shape[0])
+    ratios = [lr / tc.lr for lr in s.base_lrs]
+    bs = s.batch_size
     factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
     lrs, smooth, raw = [], [], []
     avg, best = 0.0, math.inf
-    cpu_gen = torch.Generator().manual_seed(tc.seed)  # the uint8 images stay on the host here
-    perm, pos = torch.randperm(train_x.shape[0], generator=cpu_gen), 0
+    cpu_gen = torch.Generator().manual_seed(tc.seed)
+    perm, pos = torch.randperm(len(train_rows), generator=cpu_gen), 0
     stopped = False
     model.train()
     models.freeze_bn_stats(model)
@@ -107,13 +97,19 @@ def find_lr(
         for g, ratio in zip(optimizer.param_groups, ratios, strict=True):
             g["lr"] = lr * ratio
         if pos + bs > perm.numel():  # next epoch: a new permutation, as fit does
-            perm, pos = torch.randperm(train_x.shape[0], generator=cpu_gen), 0
-        idx = perm[pos : pos + bs]
+            perm, pos = torch.randperm(len(train_rows), generator=cpu_gen), 0
+        idx = train_rows[perm[pos : pos + bs].to(train_rows.device)]
         pos += bs
         x = augment.prepare_batch(
-            train_x[idx].to(device), mean, std, cfg=config.augment, train=True, generator=gen
+            s.images[idx].to(device),
+            ctx.mean,
+            ctx.std,
+            cfg=config.augment,
+            train=True,
+            generator=ctx.generator,
+            channels_last=ctx.channels_last,
         )
-        y = train_y[idx].to(device)
+        y = s.labels[idx].to(device)
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,7 +12,7 @@ import functools
 import importlib.util
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,7 +52,6 @@ class ModelSpec:
     pick: str = ""  # one line: when to pick it
     source: str = "custom"  # custom, torchvision or timm
     builtin_pretrained: bool = False  # the builder itself loads `imagenet` (timm's pretrained=True)
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 MODELS: dict[str, ModelSpec] = {}

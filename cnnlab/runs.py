@@ -108,10 +108,13 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def create_run(
-    config: RunConfig, classes: list[str], split_files: dict[str, list[str]] | None = None
+    config: RunConfig,
+    classes: list[str],
+    split_files: dict[str, list[str]] | None = None,
+    run_id: str | None = None,
 ) -> Run:
     """Make a new run folder with config.json, split.json and a 'running' summary."""
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     run_dir = workspace.runs_dir() / run_id
     run_dir.mkdir(parents=True, exist_ok=False)
     run = Run(run_id, run_dir)

@@ -13,12 +13,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import augment, models, runs
+from . import augment, distributed, models, runs
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -55,6 +56,7 @@ __all__ = [  # events and loop pieces are re-exported: callers listen via `train
     "Preparing",
     "Progress",
     "RunStarted",
+    "Setup",
     "build_optimizer",
     "build_scheduler",
     "class_weights",
@@ -62,10 +64,13 @@ __all__ = [  # events and loop pieces are re-exported: callers listen via `train
     "fit",
     "predict_logits",
     "resume",
+    "setup",
     "train_one_epoch",
 ]
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
 
 
 def _split_files(data: PreparedData) -> dict[str, list[str]]:
@@ -114,25 +119,31 @@ def fit(
     config.validate()
     models.is_transfer(config.model.name)  # an unknown model name fails before any data work
 
-    def emit(event: Event) -> None:
-        for cb in callbacks:
-            cb(event)
-
     device = resolve_device(config.train.device)
     if device.type == "cpu":
         configure_cpu_threads()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last), so autotuning pays off
-    models.fetch_weights(config.model, lambda d, t, what: emit(Preparing(d, t, what)))
+    world, device = distributed.init(device)  # under torchrun: this rank's device and group
+    main = world.is_main  # rank 0 alone writes the run folder and reports events
+
+    def emit(event: Event) -> None:
+        for cb in callbacks if main else ():
+            cb(event)
+
+    with distributed.main_first(world):  # one download per machine
+        models.fetch_weights(config.model, lambda d, t, what: emit(Preparing(d, t, what)))
     if data is None:
 
         def on_progress(done: int, total: int, stage: str) -> None:
             emit(Preparing(done, total, stage))
-            if stop_event is not None and stop_event.is_set():
+            # (a lone rank leaving here would hang the others: distributed runs prepare to the end)
+            if stop_event is not None and stop_event.is_set() and not world.active:
                 raise StopRequested  # scanning/decoding a big folder can take a while
 
         try:
-            data = prepare(config.data, progress=on_progress)
+            with distributed.main_first(world):  # one decode per machine, then cache hits
+                data = prepare(config.data, progress=on_progress)
         except StopRequested:
             log.info("stopped while preparing %s; no run was created", config.data.path)
             return {"status": "stopped", "run_id": None, "epochs_run": 0, "stopped_early": False}
@@ -141,10 +152,17 @@ def fit(
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
     if run is None:
-        run = runs.create_run(config, data.classes, _split_files(data))
-    runs.mark_active(run, True)
+        # CNNLAB_RUN_ID: the id a parent (the dashboard's job) chose, to follow the run folder.
+        run_id = os.environ.pop("CNNLAB_RUN_ID", None)
+        run = runs.create_run(config, data.classes, _split_files(data), run_id) if main else None
+        run = distributed.shared_run(world, run)
+    if main:
+        runs.mark_active(run, True)
     t_start = time.perf_counter()
-    summary: dict[str, Any] = runs.read_summary(run)
+    summary: dict[str, Any] = runs.read_summary(run) if main else {}
+    signal_stop = threading.Event()  # set by SIGTERM / Ctrl-C under torchrun
+    if world.active:
+        stop_event = distributed.CollectiveStop(world, [e for e in (stop_event, signal_stop) if e])
     try:
         summary.update(
             status="running",
@@ -155,8 +173,10 @@ def fit(
             n_train=n_train,
             n_val=n_val,
             n_test=n_test,
+            world_size=world.world_size,
         )
-        runs.write_summary(run, summary)
+        if main:
+            runs.write_summary(run, summary)
         emit(
             RunStarted(
                 run.run_id,
@@ -169,9 +189,19 @@ def fit(
                 list(data.classes),
             )
         )
-        result = _fit_loop(
-            config, data, run, device, emit, stop_event, epoch_hook, t_start, resume_state
-        )
+        with distributed.stop_on_signals(world, signal_stop):
+            result = _fit_loop(
+                config,
+                data,
+                run,
+                device,
+                emit,
+                stop_event=stop_event,
+                epoch_hook=epoch_hook,
+                t_start=t_start,
+                resume_state=resume_state,
+                world=world,
+            )
     except CnnlabError as exc:
         _fail(run, summary, str(exc), t_start, emit)
         raise
@@ -189,7 +219,8 @@ def fit(
         _fail(run, summary, f"{type(exc).__name__}: {exc}", t_start, emit)
         raise
     finally:
-        runs.mark_active(run, False)
+        if main:
+            runs.mark_active(run, False)
     emit(Finished(result))
     return result
 
@@ -197,6 +228,8 @@ def fit(
 def _fail(
     run: runs.Run, summary: dict[str, Any], message: str, t_start: float, emit: Callback
 ) -> None:
+    if not distributed.is_main_process():
+        return  # rank 0 records the failure (every rank meets the same error)
     try:
         runs.update_summary(
             run, status="failed", error=message, seconds=time.perf_counter() - t_start
@@ -206,30 +239,64 @@ def _fail(
     emit(Failed(message))
 
 
-def _fit_loop(
+# ---------------------------------------------------------------- the loop, phase by phase
+@dataclass
+class Setup:
+    """What one training needs besides its run folder; built by setup(), shared with lr_finder."""
+
+    config: RunConfig
+    model: nn.Module  # the plain module: state dicts, evaluation, checkpoints
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    ctx: BatchContext
+    images: torch.Tensor  # the whole uint8 cache (on the device when it fits)
+    labels: torch.Tensor
+    rows: dict[str, torch.Tensor]  # "train" / "val" / "test" row indices into images
+    batch_size: int
+    base_lrs: list[float]  # each parameter group's lr before the schedule touched it
+    ckpt_meta: dict[str, Any]  # saved with every checkpoint: what predict/export need
+    net: nn.Module | None = None  # what training calls: DDP around model when distributed
+    world: distributed.World = distributed.SINGLE
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
+
+
+@dataclass
+class LoopState:
+    """What changes from epoch to epoch (and what last.pt saves to resume)."""
+
+    epoch: int = 0  # the last completed epoch
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+    stopped_by_user: bool = False
+
+
+def setup(
     config: RunConfig,
     data: PreparedData,
-    run: runs.Run,
     device: torch.device,
-    emit: Callback,
-    stop_event: threading.Event | None,
-    epoch_hook,
-    t_start: float,
-    resume_state: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    world: distributed.World = distributed.SINGLE,
+) -> Setup:
+    """Seed, then build the model, normalisation, batch context, loss, optimizer and schedule."""
     tc = config.train
     _seed_everything(tc.seed)
     n_classes = len(data.classes)
-    train_rows = torch.as_tensor(data.split.train, dtype=torch.long)
-    val_rows = torch.as_tensor(data.split.val, dtype=torch.long)
-    test_rows = torch.as_tensor(data.split.test, dtype=torch.long)
+    rows = {s: torch.as_tensor(getattr(data.split, s), dtype=torch.long) for s in SPLITS}
 
     model = models.create_model(config.model, n_classes, config.data.image_size)
+    model = distributed.sync_batchnorm(model, world, device)
     channels_last = tc.channels_last and device.type != "mps"
     model = model.to(
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
     # Stats from (at most) 5k training images: exact for small sets, cheap for huge memory maps.
+    train_rows = rows["train"]
     sample = train_rows[torch.randperm(len(train_rows))[:5_000]].sort().values
     mean, std = augment.normalization(
         config.augment, data.images[sample], models.input_stats(config.model.name)
@@ -248,24 +315,24 @@ def _fit_loop(
         generator=generator,
         scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
     )
+    if world.active:  # same permutation on every rank, each takes its slice of every batch
+        ctx.shard = (world.rank, world.world_size)
+        ctx.perm_generator = torch.Generator(device=device)
     images = _to_device_if_fits(data.images, device)  # the whole uint8 cache, gathered by rows
     labels = data.labels.to(images.device)
-    train_rows, val_rows, test_rows = (
-        r.to(images.device) for r in (train_rows, val_rows, test_rows)
-    )
+    rows = {s: r.to(images.device) for s, r in rows.items()}
 
     weight = (
-        class_weights(labels[train_rows].cpu(), n_classes).to(device) if tc.class_weights else None
+        class_weights(labels[rows["train"]].cpu(), n_classes).to(device)
+        if tc.class_weights
+        else None
     )
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=tc.label_smoothing)
-    optimizer = build_optimizer(models.param_groups(model, config.model, tc), tc)
+    groups = models.param_groups(model, config.model, tc)
+    base_lrs = [g.get("lr", tc.lr) for g in groups]
+    optimizer = build_optimizer(groups, tc)
     bs = min(tc.batch_size, len(train_rows))
-    steps_per_epoch = len(train_rows) // bs
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
-
-    best_loss, best_epoch, bad_epochs = math.inf, 0, 0
-    stopped_early = stopped_by_user = False
-    history: list[dict[str, Any]] = []
+    scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
         "config": config.to_dict(),
         "classes": list(data.classes),
@@ -273,138 +340,252 @@ def _fit_loop(
         "mean": list(mean),
         "std": list(std),
     }
-    start_epoch = 1
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model_state"])
-        optimizer.load_state_dict(resume_state["optimizer_state"])
-        scheduler.load_state_dict(resume_state["scheduler_state"])
-        torch.set_rng_state(resume_state["torch_rng"])
-        generator.set_state(resume_state["generator_rng"])
-        best_loss = resume_state["best_loss"]
-        best_epoch, bad_epochs = resume_state["best_epoch"], resume_state["bad_epochs"]
-        start_epoch = resume_state["epoch"] + 1
-        # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
-        history = [r for r in runs.read_metrics(run) if r["epoch"] < start_epoch]
-        runs.rewrite_metrics(run, history)
-        log.info("resuming run %s at epoch %d", run.run_id, start_epoch)
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, tc.epochs + 1):
-        models.set_phase(model, config.model, epoch)  # fine_tune: thaw the backbone after the head
-        t0 = time.perf_counter()
-        try:
-            tr_loss, tr_acc, seen = train_one_epoch(
-                model,
-                images,
-                labels,
-                optimizer,
-                scheduler,
-                loss_fn,
-                ctx,
-                bs,
-                epoch,
-                emit,
-                stop_event,
-                rows=train_rows,
-            )
-        except StopRequested:
-            stopped_by_user = True
-            epoch -= 1
-            break
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_secs = time.perf_counter() - t0
-        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
-        if not math.isfinite(va_loss) and len(val_rows):
-            raise nan_error(epoch, optimizer)
-        monitor = va_loss if len(val_rows) else tr_loss
-        is_best = monitor < best_loss
-        if is_best:
-            best_loss, best_epoch, bad_epochs = monitor, epoch, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            runs.save_checkpoint_atomic(
-                run.best_path,
-                {
-                    **ckpt_meta,
-                    "model_state": best_state,
-                    "epoch": epoch,
-                    "val_loss": va_loss,
-                    "val_acc": va_acc,
-                },
-            )
-        else:
-            bad_epochs += 1
-        row = {
-            "epoch": epoch,
-            "train_loss": tr_loss,
-            "train_acc": tr_acc,
-            "val_loss": va_loss,
-            "val_acc": va_acc,
-            "lr": max(g["lr"] for g in optimizer.param_groups),
-            "seconds": time.perf_counter() - t0,
-            "train_seconds": train_secs,
-            "images_per_s": seen / max(train_secs, 1e-9),
-            "best_epoch": best_epoch,
-            "is_best": is_best,
-        }
-        history.append(row)
-        runs.append_metrics(run, row)
+    return Setup(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        ctx=ctx,
+        images=images,
+        labels=labels,
+        rows=rows,
+        batch_size=bs,
+        base_lrs=base_lrs,
+        ckpt_meta=ckpt_meta,
+        net=distributed.ddp(model, world, device),
+        world=world,
+    )
+
+
+def _restore(s: Setup, run: runs.Run, state: dict[str, Any] | None) -> LoopState:
+    """A fresh LoopState, or the one saved in last.pt (weights, optimizer, schedule, RNG too)."""
+    if state is None:
+        return LoopState()
+    s.model.load_state_dict(state["model_state"])
+    s.optimizer.load_state_dict(state["optimizer_state"])
+    s.scheduler.load_state_dict(state["scheduler_state"])
+    torch.set_rng_state(state["torch_rng"])
+    s.ctx.generator.set_state(state["generator_rng"])
+    loop = LoopState(
+        epoch=state["epoch"],
+        best_loss=state["best_loss"],
+        best_epoch=state["best_epoch"],
+        bad_epochs=state["bad_epochs"],
+    )
+    # A kill between the metrics line and last.pt leaves one epoch too many: drop it, redo it.
+    if s.world.is_main:
+        loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
+        runs.rewrite_metrics(run, loop.history)
+    log.info("resuming run %s at epoch %d", run.run_id, loop.epoch + 1)
+    return loop
+
+
+def _train_epoch(
+    s: Setup, epoch: int, emit: Callback, stop_event: threading.Event | None
+) -> dict[str, Any] | None:
+    """Train one epoch and evaluate on val: the epoch's metrics row, or None when stopped."""
+    if s.world.active:
+        # Per-epoch seeds: one permutation on every rank, each rank its own augmentation draws;
+        # a resume needs no per-rank generator state.
+        s.ctx.perm_generator.manual_seed(s.config.train.seed * 100_003 + epoch)
+        s.ctx.generator.manual_seed(s.config.train.seed + 1_000_003 * epoch + s.world.rank)
+    t0 = time.perf_counter()
+    try:
+        tr_loss, tr_acc, seen = train_one_epoch(
+            s.net,
+            s.images,
+            s.labels,
+            s.optimizer,
+            s.scheduler,
+            s.loss_fn,
+            s.ctx,
+            s.batch_size,
+            epoch,
+            emit,
+            stop_event,
+            rows=s.rows["train"],
+        )
+    except StopRequested:
+        return None
+    if s.ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    if s.world.active:  # every rank saw its share: the epoch's numbers are the sums over ranks
+        loss_sum, correct, seen = distributed.sum_all(
+            s.world, [tr_loss * seen, tr_acc * seen, float(seen)]
+        )
+        tr_loss, tr_acc, seen = loss_sum / seen, correct / seen, int(seen)
+        if not math.isfinite(tr_loss):  # the same sums on every rank: all raise together
+            raise nan_error(epoch, s.optimizer)
+    train_secs = time.perf_counter() - t0
+    va_loss, va_acc = _evaluate(s, "val")
+    if not math.isfinite(va_loss) and len(s.rows["val"]):
+        raise nan_error(epoch, s.optimizer)
+    return {
+        "epoch": epoch,
+        "train_loss": tr_loss,
+        "train_acc": tr_acc,
+        "val_loss": va_loss,
+        "val_acc": va_acc,
+        "lr": max(g["lr"] for g in s.optimizer.param_groups),
+        "seconds": time.perf_counter() - t0,
+        "train_seconds": train_secs,
+        "images_per_s": seen / max(train_secs, 1e-9),
+    }
+
+
+def _evaluate(s: Setup, split: str) -> tuple[float, float]:
+    """(plain cross-entropy, accuracy) of the current weights on one split."""
+    if s.world.active:  # each rank scores its shard: every image counted exactly once
+        return distributed.evaluate(s.model, s.images, s.labels, s.ctx, s.rows[split], s.world)
+    return evaluate(s.model, s.images, s.labels, s.ctx, rows=s.rows[split])
+
+
+def _track_best(s: Setup, loop: LoopState, row: dict[str, Any]) -> bool:
+    """Update best/patience counters from the epoch's row (val loss, or train loss without val)."""
+    monitor = row["val_loss"] if len(s.rows["val"]) else row["train_loss"]
+    is_best = monitor < loop.best_loss
+    if is_best:
+        loop.best_loss, loop.best_epoch, loop.bad_epochs = monitor, row["epoch"], 0
+    else:
+        loop.bad_epochs += 1
+    row.update(best_epoch=loop.best_epoch, is_best=is_best)
+    return is_best
+
+
+def _checkpoint(s: Setup, run: runs.Run, loop: LoopState, row: dict[str, Any]) -> None:
+    """best.pt when the epoch is the best so far, then the metrics line, then last.pt (resume)."""
+    epoch = row["epoch"]
+    loop.history.append(row)
+    if not s.world.is_main:
+        return  # rank 0 alone writes the run folder
+    if row["is_best"]:
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}
         runs.save_checkpoint_atomic(
-            run.last_path,
+            run.best_path,
             {
-                **ckpt_meta,
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(),
+                **s.ckpt_meta,
+                "model_state": best_state,
                 "epoch": epoch,
-                "best_loss": best_loss,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "torch_rng": torch.get_rng_state(),
-                "generator_rng": generator.get_state(),
+                "val_loss": row["val_loss"],
+                "val_acc": row["val_acc"],
             },
         )
-        emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
-        if epoch_hook is not None:
-            epoch_hook(epoch, row)
-        if tc.patience and bad_epochs >= tc.patience and epoch < tc.epochs:
-            stopped_early = True
-            log.info("early stop at epoch %d: no better val loss for %d epochs", epoch, bad_epochs)
-            break
-        if stop_event is not None and stop_event.is_set():
-            stopped_by_user = True
-            break
-
-    summary = runs.read_summary(run)
-    summary.update(
-        status="stopped" if stopped_by_user else "completed",
-        epochs_run=epoch,
-        stopped_early=stopped_early,
-        best_epoch=best_epoch,
-        seconds=time.perf_counter() - t_start,
-        train_images_per_s=_steady_rate(history),
+    runs.append_metrics(run, row)
+    runs.save_checkpoint_atomic(
+        run.last_path,
+        {
+            **s.ckpt_meta,
+            "model_state": s.model.state_dict(),
+            "optimizer_state": s.optimizer.state_dict(),
+            "scheduler_state": s.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_loss": loop.best_loss,
+            "best_epoch": loop.best_epoch,
+            "bad_epochs": loop.bad_epochs,
+            "torch_rng": torch.get_rng_state(),
+            "generator_rng": s.ctx.generator.get_state(),
+        },
     )
-    by_epoch = {r["epoch"]: r for r in history}
-    if best_epoch in by_epoch:
-        # Restore the best weights (lowest val loss) and evaluate the held-out test split once.
-        best = runs.read_checkpoint(run.best_path, device)
-        model.load_state_dict(best["model_state"])
-        va_loss, va_acc = evaluate(model, images, labels, ctx, rows=val_rows)
-        te_loss, te_acc = evaluate(model, images, labels, ctx, rows=test_rows)
+
+
+def _decide(s: Setup, loop: LoopState, stop_event: threading.Event | None) -> bool:
+    """True when the loop ends after this epoch: patience ran out, or a stop was requested."""
+    tc = s.config.train
+    patience_out = tc.patience and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs
+    if distributed.broadcast(s.world, bool(patience_out)):  # rank 0 decides for all
+        loop.stopped_early = True
+        log.info(
+            "early stop at epoch %d: no better val loss for %d epochs", loop.epoch, loop.bad_epochs
+        )
+        return True
+    if stop_event is not None and stop_event.is_set():
+        loop.stopped_by_user = True
+        return True
+    return False
+
+
+def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[str, Any]:
+    """Restore the best weights, evaluate val and test once, write and return summary.json."""
+    main = s.world.is_main
+    summary = runs.read_summary(run) if main else {}
+    summary.update(
+        status="stopped" if loop.stopped_by_user else "completed",
+        epochs_run=loop.epoch,
+        stopped_early=loop.stopped_early,
+        best_epoch=loop.best_epoch,
+        seconds=time.perf_counter() - t_start,
+        train_images_per_s=_steady_rate(loop.history),
+    )
+    by_epoch = {r["epoch"]: r for r in loop.history}
+    if loop.best_epoch in by_epoch:
+        s.model.load_state_dict(_best_weights(s, run))
+        va_loss, va_acc = _evaluate(s, "val")
+        te_loss, te_acc = _evaluate(s, "test")
         summary.update(
             best_val_loss=va_loss,
             val_loss=va_loss,
             val_accuracy=va_acc,
             test_loss=te_loss,
             test_accuracy=te_acc,
-            best_train_loss=by_epoch[best_epoch]["train_loss"],
-            best_train_accuracy=by_epoch[best_epoch]["train_acc"],
+            best_train_loss=by_epoch[loop.best_epoch]["train_loss"],
+            best_train_accuracy=by_epoch[loop.best_epoch]["train_acc"],
         )
     summary = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in summary.items()
     }
-    runs.write_summary(run, summary)
+    if main:
+        runs.write_summary(run, summary)
     return summary
+
+
+def _best_weights(s: Setup, run: runs.Run) -> dict[str, torch.Tensor]:
+    """best.pt's weights; distributed, rank 0 reads the file and every rank gets them."""
+    if not s.world.active:
+        return runs.read_checkpoint(run.best_path, s.ctx.device)["model_state"]
+    best = runs.read_checkpoint(run.best_path, "cpu")["model_state"] if s.world.is_main else None
+    return distributed.broadcast(s.world, best)
+
+
+def _set_phase(s: Setup, epoch: int) -> None:
+    """fine_tune: thaw the backbone after the head; DDP is rebuilt when trainable params change
+    (it registers them once)."""
+    if models.set_phase(s.model, s.config.model, epoch) and s.world.active:
+        s.net = distributed.ddp(s.model, s.world, s.ctx.device)
+
+
+def _fit_loop(
+    config: RunConfig,
+    data: PreparedData,
+    run: runs.Run,
+    device: torch.device,
+    emit: Callback,
+    *,
+    stop_event: threading.Event | None,
+    epoch_hook: Callable[[int, dict[str, Any]], None] | None,
+    t_start: float,
+    resume_state: dict[str, Any] | None,
+    world: distributed.World = distributed.SINGLE,
+) -> dict[str, Any]:
+    """Set up, then per epoch: train + evaluate, checkpoint, report, decide; then finish."""
+    s = setup(config, data, device, world)
+    loop = _restore(s, run, resume_state)
+    for epoch in range(loop.epoch + 1, config.train.epochs + 1):
+        _set_phase(s, epoch)
+        row = _train_epoch(s, epoch, emit, stop_event)
+        if row is None:  # stopped mid-epoch: that epoch does not count
+            loop.stopped_by_user = True
+            break
+        loop.epoch = epoch
+        _track_best(s, loop, row)
+        _checkpoint(s, run, loop, row)
+        emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
+        if epoch_hook is not None:
+            epoch_hook(epoch, row)
+        if _decide(s, loop, stop_event):
+            break
+    return _finish(s, run, loop, t_start)
 
 
 def _steady_rate(history: list[dict[str, Any]]) -> float | None:
@@ -440,13 +621,18 @@ def resume(
         )
     config = runs.read_config(r)
     state = runs.read_checkpoint(r.last_path)
+    # Under torchrun every rank reads the run folder (one machine, or a shared file system).
+    world, _ = distributed.init(resolve_device(config.train.device))
     if data is None:
-        data = prepare(config.data)
+        with distributed.main_first(world):
+            data = prepare(config.data)
     saved = runs.read_split(r).get("files") or {}
     if saved and saved != _split_files(data):
         raise TrainingError(
             f"the data set at {config.data.path} changed since run {r.run_id} started (its split "
             "differs), so it cannot be resumed faithfully; train a new run instead"
         )
-    runs.update_summary(r, resumed=runs.read_summary(r).get("resumed", 0) + 1, error=None)
+    distributed.barrier(world)  # every rank checked the status before rank 0 marks it running
+    if world.is_main:
+        runs.update_summary(r, resumed=runs.read_summary(r).get("resumed", 0) + 1, error=None)
     return fit(config, data, callbacks, stop_event, run=r, resume_state=state)

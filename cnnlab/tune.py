@@ -5,22 +5,29 @@ with `train.fit` on data prepared ONCE per study, reports every epoch's val accu
 when the pruner says so. Every trial is a normal run folder: the trial carries the run id (user
 attr `run_id`) and the run's summary carries the study name and trial number.
 
-`n_trials` is the number of trials the STUDY should hold: rerunning a study continues it up to that
-number, and several workers sharing one storage (SQLite file, PostgreSQL URL...) stop when the study
-holds n_trials trials between them. Asking for a new trial happens under a lock next to an SQLite
-file, so processes on one machine never overshoot; on a server database the check and the ask are
-two statements apart (milliseconds) and two workers finishing at the same instant could add one.
+`n_trials` is the number of FINISHED (complete + pruned) trials the study should hold: rerunning a
+study continues it up to that number, and several workers sharing one storage (SQLite file,
+PostgreSQL/MySQL URL) stop when the study holds n_trials finished trials between them. Creating the
+schema and the study, and "count, then ask", happen under one lock per storage (a file lock next to
+an SQLite file, a PostgreSQL advisory lock, a MySQL named lock), so workers started at the same
+instant neither crash nor overshoot. Each worker draws from its own sampler seed (the seed plus the
+worker's registration number in the study) and TPE uses constant_liar, so workers do not duplicate
+each other. A killed worker's trial stops sending heartbeats, is marked failed after the grace period
+and retried (optuna's RetryFailedTrialCallback). Passwords in storage URLs are never shown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import math
+import random
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +52,17 @@ PRUNERS = ("median", "none")
 TUNE_IMAGE_SIZE = 16  # tuning compares settings, so small images keep each trial to seconds
 TUNE_EPOCHS = 4  # epochs per trial: enough for the pruner to see a trend on small data
 TUNE_CHANNELS = [16, 32]  # base custom CNN when the space does not search its shape
+HEARTBEAT_S = 10  # a worker's running trial proves it is alive this often ...
+GRACE_FACTOR = 3  # ... and is marked failed (then retried) after this many missed heartbeats
+MAX_RETRY = 3  # retries of a trial whose worker died
+LOCK_KEY = 0x636E6E6C6162  # "cnnlab": the PostgreSQL advisory lock key (any constant bigint)
+DRIVERS = {  # SQLAlchemy dialect -> what to install when its driver is missing
+    "postgresql": "pip install 'cnnlab[postgres]' (psycopg 3: psycopg[binary])",
+    "postgresql+psycopg": "pip install 'cnnlab[postgres]' (psycopg 3: psycopg[binary])",
+    "postgresql+psycopg2": "pip install psycopg2-binary",
+    "mysql": "pip install mysqlclient (or use mysql+pymysql:// with pip install pymysql)",
+    "mysql+pymysql": "pip install pymysql",
+}
 
 
 def base_config(
@@ -72,34 +90,146 @@ def default_study_name(base: RunConfig) -> str:
 
 
 # ---------------------------------------------------------------- storage and study
-@lru_cache(maxsize=8)
-def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
-    # One engine per URL per process: the dashboard re-reads the study every second.
-    kwargs: dict[str, Any] = {}
+def safe_url(url: str) -> str:
+    """The storage URL with its password hidden (for messages, logs, pages and JSON)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable by SQLAlchemy: hide everything between :// and @
+        head, sep, tail = url.partition("://")
+        return head + sep + tail.rpartition("@")[2] if "@" in tail else url
+
+
+def _scrub(text: str, url: str) -> str:
+    """text without url's password (driver errors sometimes echo the connection string)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = None
+    text = text.replace(url, safe_url(url))
+    return text.replace(str(password), "***") if password else text
+
+
+@contextlib.contextmanager
+def storage_lock(url: str):
+    """One worker at a time per storage: SQLite -> a lock file, PostgreSQL -> an advisory lock,
+    MySQL -> a named lock; other storages: no lock (creation retries on duplicates instead)."""
     lock_path = ask_lock_path(url)
     if lock_path is not None:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock_path, timeout=120):
+            yield
+        return
+    dialect = url.split(":", 1)[0].split("+", 1)[0]
+    if dialect not in ("postgresql", "mysql"):
+        yield
+        return
+    import sqlalchemy as sa
+
+    engine = _lock_engine(url)
+    with engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_KEY})
+        else:
+            conn.execute(sa.text("SELECT GET_LOCK('cnnlab-optuna', 120)"))
+        try:
+            yield
+        finally:
+            if dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_KEY})
+            else:
+                conn.execute(sa.text("SELECT RELEASE_LOCK('cnnlab-optuna')"))
+            conn.commit()
+
+
+@lru_cache(maxsize=8)
+def _lock_engine(url: str):
+    import sqlalchemy as sa
+
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def _with_retries(what: Callable[[], Any], url: str) -> Any:
+    """what(), retried with backoff on duplicate/integrity errors of a concurrent creation."""
+    import sqlalchemy.exc as sa_exc
+
+    for attempt in range(6):
+        try:
+            return what()
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError) as exc:
+            if attempt == 5:
+                raise
+            log.info("storage %s busy (%s): retrying", safe_url(url), type(exc).__name__)
+            time.sleep(0.2 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+@lru_cache(maxsize=8)
+def _rdb_storage(url: str, heartbeat: int | None = HEARTBEAT_S) -> optuna.storages.RDBStorage:
+    # One engine per URL per process: the dashboard re-reads the study every second.
+    kwargs: dict[str, Any] = {}
+    if ask_lock_path(url) is not None:
         # Wait up to 30 s for another worker's write instead of failing with "database is locked".
         kwargs = {"connect_args": {"timeout": 30}}
-    # Two workers creating a fresh SQLite file at once race on its schema: take turns.
-    with FileLock(lock_path, timeout=60) if lock_path else contextlib.nullcontext():
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    else:
+        kwargs = {"pool_pre_ping": True}  # a server may drop idle connections between trials
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        # optuna 4.9 renamed RetryFailedTrialCallback (the old name now warns of its removal).
+        retry_cls = getattr(
+            optuna.storages,
+            "RetryHeartbeatStaleTrialCallback",
+            optuna.storages.RetryFailedTrialCallback,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = retry_cls(max_retry=MAX_RETRY)
+        params = inspect.signature(optuna.storages.RDBStorage).parameters
+        cb_name = (  # renamed in optuna 4.x; the old name warns
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback"
+        )
+        hb = {
+            "heartbeat_interval": heartbeat,
+            "grace_period": heartbeat * GRACE_FACTOR,
+            cb_name: retry,
+        }
+    # Workers creating a fresh database at once race on its schema: take turns.
+    with storage_lock(url), warnings.catch_warnings():
+        # heartbeats are marked experimental since optuna 2.8; they are what workers rely on.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _with_retries(
+            lambda: optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **hb), url
+        )
 
 
-def open_storage(url: str | None = None) -> optuna.storages.BaseStorage:
-    """The Optuna storage for a URL (default: the workspace's SQLite file)."""
+def open_storage(url: str | None = None, heartbeat: int | None = HEARTBEAT_S):
+    """The Optuna storage for a URL (default: the workspace's SQLite file), with heartbeats."""
     url = url or workspace.studies_url()
     try:
-        return _rdb_storage(url)
-    except Exception as exc:  # SQLAlchemy raises many kinds (bad URL, driver missing, no server)
-        raise ConfigError(f"cannot open the study storage {url!r}: {exc}") from exc
+        return _rdb_storage(url, heartbeat)
+    except ModuleNotFoundError as exc:
+        dialect = url.split(":", 1)[0]
+        hint = DRIVERS.get(dialect) or f"install the Python package {exc.name!r}"
+        raise ConfigError(
+            f"the database driver for {safe_url(url)} is not installed ({exc.name}): {hint}"
+        ) from None
+    except Exception as exc:  # SQLAlchemy raises many kinds (bad URL, no server, bad password)
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = _scrub(first[0] if first else type(exc).__name__, url)
+        raise ConfigError(f"cannot open the study storage {safe_url(url)}: {reason}") from None
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE (Bayesian) or random search, seeded."""
+def make_sampler(name: str, seed: int | None, shared: bool = False) -> optuna.samplers.BaseSampler:
+    """TPE (Bayesian) or random search, seeded; `shared` storage: TPE treats running trials as
+    already-seen (constant_liar), so parallel workers spread out instead of sampling one point."""
     if name == "tpe":
         # Few startup trials: studies here are short, and TPE beats random after a handful.
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, constant_liar=shared)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -120,20 +250,30 @@ def open_study(
     sampler: str = "tpe",
     pruner: str = "median",
     seed: int | None = 0,
+    heartbeat: int | None = HEARTBEAT_S,
 ) -> optuna.Study:
     """Create the study or load it when it exists (resuming continues its numbering)."""
-    store = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
+    shared = not isinstance(storage, optuna.storages.BaseStorage)
+    store = storage if not shared else open_storage(storage, heartbeat)
+    url = getattr(store, "url", None)
     pruner_obj = make_pruner(pruner)
     make_sampler(sampler, seed)  # validate the name before touching the storage
-    study = optuna.create_study(
-        study_name=name, storage=store, direction="maximize", load_if_exists=True
-    )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ConfigError(f"study {name!r} exists but minimises; choose another --study name")
-    # Offset the seed by the trials already there, so a resumed study or a second worker does not
-    # replay the first worker's random draws; a fresh single-worker study stays reproducible.
-    offset = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(sampler, None if seed is None else seed + offset)
+    with storage_lock(url) if url else contextlib.nullcontext():
+
+        def create() -> optuna.Study:
+            return optuna.create_study(
+                study_name=name, storage=store, direction="maximize", load_if_exists=True
+            )
+
+        study = _with_retries(create, url) if url else create()
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise ConfigError(f"study {name!r} exists but minimises; choose another --study name")
+        # Each opening registers a worker number (under the lock, so two never share one): the
+        # sampler seed is seed + it, so concurrent or resumed workers never replay each other's
+        # draws, and a fresh single-worker study stays reproducible (worker 0).
+        worker = int(study.user_attrs.get("workers_started", 0))
+        study.set_user_attr("workers_started", worker + 1)
+    study.sampler = make_sampler(sampler, None if seed is None else seed + 7919 * worker, shared)
     study.pruner = pruner_obj
     return study
 
@@ -144,7 +284,7 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError as exc:
         raise ConfigError(
-            f"no study named {name!r} in {storage or workspace.studies_url()}"
+            f"no study named {name!r} in {safe_url(storage or workspace.studies_url())}"
         ) from exc
 
 
@@ -233,16 +373,68 @@ def ask_lock_path(storage: str | None = None) -> Path | None:
     return None
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_POLL_S = 1.0  # how often a worker whose budget others are finishing looks again
+
+
 def _next_trial(
-    study: optuna.Study, n_trials: int | None, lock_path: Path | None
+    study: optuna.Study,
+    n_trials: int | None,
+    lock_path: Path | None | str,
+    stop_event: threading.Event | None = None,
 ) -> optuna.Trial | None:
-    lock = FileLock(lock_path, timeout=60) if lock_path else contextlib.nullcontext()
-    with lock:
-        trials = study.get_trials(deepcopy=False)  # every state: running trials count too
-        waiting = any(t.state == TrialState.WAITING for t in trials)  # enqueued: run them first
-        if n_trials is not None and len(trials) >= n_trials and not waiting:
+    """Ask for a trial while the study lacks finished ones; None when it has n_trials.
+
+    While other workers' running trials would fill the budget, wait: one of them may die, and its
+    trial (failed after the heartbeat grace period, then retried) then needs a worker.
+    """
+    url = getattr(study._storage, "url", None)  # noqa: SLF001 (optuna exposes no public getter)
+    while True:
+        with _ask_lock(lock_path, url):
+            if _heartbeats_on(study):
+                with warnings.catch_warnings():
+                    # fail_stale_trials is marked experimental; optuna's own optimize() calls it.
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)  # enqueued: run first
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if n_trials is None or waiting or finished + running < n_trials:
+                return _ask(study)
+            if finished >= n_trials:
+                return None
+        if stop_event is not None and stop_event.is_set():
             return None
+        time.sleep(WAIT_POLL_S)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # optuna warns that heartbeats are meant for optimize(); run_trials records them itself.
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
         return study.ask()
+
+
+def _heartbeats_on(study: optuna.Study) -> bool:
+    return bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())  # noqa: SLF001
+
+
+def _ask_lock(lock_path: Path | None | str, url: str | None):
+    if isinstance(lock_path, Path):
+        return FileLock(lock_path, timeout=60)
+    if url and ask_lock_path(url) is None:
+        return storage_lock(url)  # server databases: an advisory / named lock
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat while it runs (what study.optimize does; ask/tell must too)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread  # optuna's own thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):  # noqa: SLF001
+        yield
 
 
 def run_trials(
@@ -267,13 +459,14 @@ def run_trials(
     while not (stop_event is not None and stop_event.is_set()):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        trial = _next_trial(study, n_trials, lock_path)
+        trial = _next_trial(study, n_trials, lock_path, stop_event)
         if trial is None:
             break
         t0 = time.perf_counter()
         value, state, error = None, TrialState.COMPLETE, None
         try:
-            value = objective(trial)
+            with _heartbeat(study, trial):
+                value = objective(trial)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except CnnlabError as exc:
@@ -317,13 +510,18 @@ def tune(
     stop_event: threading.Event | None = None,
     on_trial: Callable[[TrialEvent], None] | None = None,
     fit_callbacks: tuple[train.Callback, ...] = (),
+    heartbeat: int | None = HEARTBEAT_S,
 ) -> optuna.Study:
-    """Open (or resume) a study and run trials of train.fit on data prepared once; returns it."""
+    """Open (or resume) a study and run trials of train.fit on data prepared once; returns it.
+
+    `n_trials` counts finished (complete + pruned) trials; `heartbeat` (seconds) is how often a
+    running trial proves its worker alive (a dead worker's trial fails after 3 and is retried).
+    """
     base.validate()
     if base.data.val_fraction <= 0:
         raise ConfigError("data.val_fraction must be > 0 for tuning: trials compare val accuracy")
     space = (space or SearchSpace.default_for(base.model.name)).validate(base.model.name)
-    study = open_study(study_name, storage, sampler, pruner, seed)
+    study = open_study(study_name, storage, sampler, pruner, seed, heartbeat)
     study.set_user_attr("space", space.to_dict())
     study.set_user_attr("base_config", base.to_dict())
     if data is None:

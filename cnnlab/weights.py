@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"  # base URL of a mirror holding torchvision's file names
 TIMEOUT_ENV = "CNNLAB_WEIGHTS_TIMEOUT"  # seconds a connect or a read may stall (default 20)
 DEFAULT_TIMEOUT_S = 20.0
+STALE_S = 3600.0  # a download temporary untouched this long was left by a killed process
 PROGRESS_EVERY_S = 0.2  # at most this often a progress callback is called while downloading
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # One download at a time in this process: two jobs asking for the same file wait for one copy, and
@@ -135,6 +136,7 @@ def _download(url: str, target: Path, progress: Progress | None) -> None:
             f"cannot create the weights cache {target.parent}: {exc.strerror or exc}; set "
             "TORCH_HOME to a writable folder"
         ) from exc
+    _remove_stale(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -166,6 +168,19 @@ def _download(url: str, target: Path, progress: Progress | None) -> None:
             torch.hub.tqdm = old_tqdm  # type: ignore[attr-defined]
         tmp.unlink(missing_ok=True)
     log.info("saved %s (%.1f MB)", target, target.stat().st_size / 1e6)
+
+
+def _remove_stale(target: Path) -> None:
+    """Delete temporaries of `target` that a killed process left (untouched for STALE_S): a live
+    download in another process keeps writing to its own, so it is never old."""
+    now = time.time()
+    for tmp in target.parent.glob(f".{target.name}.*.download*"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_S:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted download", tmp)
+        except OSError:  # gone already (another process cleaned it) or not ours to delete
+            continue
 
 
 def _offline_message(url: str, target: Path, exc: BaseException, seconds: float) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
+import torch
 
 from cnnlab import evaluate, jobs, plots
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
@@ -107,9 +108,10 @@ def _lr_tools(cfg: RunConfig) -> None:
             st.plotly_chart(plots.lr_finder_figure(result))
 
 
-def _start(cfg: RunConfig) -> None:
+def _start(cfg: RunConfig, gpus: int = 1) -> None:
     try:
-        job = _jobs().start(cfg)
+        # Several GPUs: a child `cnnlab train --nproc-per-node N` (torch.distributed) instead.
+        job = _jobs().start_distributed(cfg, gpus) if gpus > 1 else _jobs().start(cfg)
     except CnnlabError as exc:
         ui.show_error(exc)
         return
@@ -133,6 +135,8 @@ def _progress(snap: jobs.JobSnapshot) -> None:
         p = snap.preparing
         frac = p["done"] / max(p["total"], 1) if p else 0.0
         text = f"Preparing data: {p['stage']} {p['done']:,}/{p['total']:,}" if p else "Starting…"
+        if p and p["stage"].startswith("downloading"):  # weights, before the data (bytes)
+            text = f"{p['stage']}: {p['done'] / 1e6:.1f}/{p['total'] / 1e6:.1f} MB"
         st.progress(min(frac, 1.0), text=text)
         return
     planned = snap.epochs_planned or 1
@@ -167,6 +171,13 @@ def _live(job_id: str) -> None:
     snap = _jobs().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
+    if snap.status == "queued":
+        st.info(
+            f"Queued, position {snap.queue_position}: starts when a running job ends "
+            "(Stop cancels it).",
+            icon=":material/hourglass_top:",
+        )
+        return
     if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
     _progress(snap)
@@ -177,6 +188,9 @@ def _result(snap: jobs.JobSnapshot) -> None:
     """The finished job: error, or the summary with links onwards."""
     if snap.status == "failed":
         st.error(f"Training failed: {snap.error}", icon=":material/error:")
+        return
+    if snap.started_at is None:
+        st.warning("Cancelled while queued: it never started.")
         return
     s = snap.summary or {}
     if snap.run_id:
@@ -265,12 +279,14 @@ def main() -> None:
         dataset = dataset if dataset and Path(dataset).is_dir() else None
 
     cfg = _controls(dataset, running) if dataset else None
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    all_gpus = n_gpus > 1 and st.checkbox(f"Use all {n_gpus} GPUs", key="t_all_gpus")
     c1, c2 = st.columns(2)
     start = c1.button(
         "Start", type="primary", icon=":material/play_arrow:", disabled=running or cfg is None
     )
     if start and cfg is not None:
-        _start(cfg)
+        _start(cfg, n_gpus if all_gpus else 1)
     if c2.button("Stop", icon=":material/stop:", disabled=not running):
         _jobs().stop(job_id)
         # fit honours a stop within one batch and then evaluates the test split once: wait for

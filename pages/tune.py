@@ -99,7 +99,12 @@ def _controls(dataset: str) -> dict[str, Any] | None:
         return None
     c1, c2 = st.columns(2)
     name = c1.text_input("Study name", value=tune.default_study_name(base), key="tn_study")
-    storage = c2.text_input("Storage URL", placeholder="SQLite file in the workspace")
+    storage = c2.text_input(
+        "Storage URL",
+        placeholder="SQLite file in the workspace",
+        type="password",  # a PostgreSQL/MySQL URL may hold a password: never show it
+        help="e.g. postgresql://user:password@host/db to share a study between machines",
+    )
     return {
         "base": base,
         "space": space,
@@ -190,6 +195,13 @@ def _live(job_id: str, name: str, storage: str | None) -> None:
     snap = _jobs().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
+    if snap.status == "queued":
+        st.info(
+            f"Queued, position {snap.queue_position}: starts when a running job ends "
+            "(Stop cancels it).",
+            icon=":material/hourglass_top:",
+        )
+        return
     st.info(f"Study **{name}** is running ({snap.elapsed_s:,.0f} s).", icon=":material/sync:")
     _study_view(name, storage, live=True)
 

@@ -13,7 +13,7 @@ from cnnlab.config import RunConfig
 from cnnlab.errors import ConfigError, DataError
 
 
-def wait_until(predicate, seen, timeout: float = 300.0) -> None:
+def wait_until(predicate, seen=lambda: "-", timeout: float = 300.0) -> None:
     """Poll predicate every 20 ms; past timeout (generous: training speed varies) fail with seen()."""
     end = time.monotonic() + timeout
     while not predicate():
@@ -127,7 +127,7 @@ def test_reattach_by_run_id(workspace: Path, digits_dir: Path, tiny_config) -> N
 
 
 def test_old_finished_jobs_are_released_but_running_ones_kept() -> None:
-    manager = jobs.JobManager(max_finished=2)
+    manager = jobs.JobManager(max_finished=2, max_running=2)  # the blocker holds one slot
     release = threading.Event()
 
     def blocker(stop_event: threading.Event, emit) -> str:
@@ -152,7 +152,7 @@ def test_old_finished_jobs_are_released_but_running_ones_kept() -> None:
 
 
 def test_concurrent_jobs_do_not_mix_events(workspace: Path, digits_dir: Path, tiny_config) -> None:
-    manager = jobs.JobManager()
+    manager = jobs.JobManager(max_running=2)
     a = manager.start(tiny_config(digits_dir, epochs=1))
     b = manager.start(tiny_config(digits_dir, epochs=3))
     sa, sb = manager.wait(a.job_id, 300), manager.wait(b.job_id, 300)
@@ -162,3 +162,80 @@ def test_concurrent_jobs_do_not_mix_events(workspace: Path, digits_dir: Path, ti
     assert [r["epoch"] for r in sb.epochs] == [1, 2, 3]
     assert {e.get("run_id") for e in sa.events if e["kind"] == "RunStarted"} == {sa.run_id}
     assert manager.get(sa.run_id) is a and manager.get(sb.run_id) is b
+
+
+def test_queue_runs_k_at_a_time_and_a_cancelled_queued_job_never_starts(
+    workspace: Path, digits_dir: Path
+) -> None:
+    manager = jobs.JobManager(max_running=1)
+    log: list[tuple[str, str]] = []
+    gate = threading.Event()
+
+    def task(name: str):
+        def fn(stop_event: threading.Event, emit) -> dict:
+            log.append(("start", name))
+            if name == "a":
+                gate.wait(300)  # hold the only slot until the test has looked at the queue
+            log.append(("end", name))
+            return {"name": name}
+
+        return fn
+
+    a, b, c = (manager.start_callable(task(n), kind="train", name=n) for n in "abc")
+    wait_until(lambda: manager.snapshot(a.job_id).status == "running")
+    snaps = [manager.snapshot(j.job_id) for j in (a, b, c)]
+    assert [s.status for s in snaps] == ["running", "queued", "queued"]
+    assert [s.queue_position for s in snaps] == [None, 1, 2]
+    assert manager.stop(b.job_id)  # cancel the first queued job
+    wait_until(lambda: manager.snapshot(b.job_id).status == "stopped")
+    assert manager.snapshot(c.job_id).queue_position == 1  # c moved up
+    assert manager.snapshot(c.job_id).status == "queued"  # still waits: a holds the slot
+    gate.set()
+    assert manager.wait(c.job_id, timeout=300).status == "completed"
+    assert log == [("start", "a"), ("end", "a"), ("start", "c"), ("end", "c")]  # one at a time
+    b_snap = manager.snapshot(b.job_id)
+    assert b_snap.started_at is None and b_snap.result is None  # b never ran
+
+
+def test_queued_real_trainings_run_one_after_another(
+    workspace: Path, digits_dir: Path, tiny_config
+) -> None:
+    manager = jobs.JobManager(max_running=1)
+    started = [manager.start(tiny_config(digits_dir, epochs=1)) for _ in range(3)]
+    snaps = [manager.wait(j.job_id, timeout=600) for j in started]
+    assert [s.status for s in snaps] == ["completed"] * 3
+    for before, after in zip(snaps, snaps[1:], strict=False):
+        assert after.started_at >= before.finished_at  # never two at once
+
+
+def test_default_slots_come_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CNNLAB_MAX_JOBS", "3")
+    assert jobs.JobManager().max_running == 3
+    monkeypatch.delenv("CNNLAB_MAX_JOBS")
+    import torch
+
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    assert jobs.default_slots() == max(1, expected)
+
+
+@pytest.mark.slow
+def test_a_multi_process_job_is_followed_through_its_run_folder_and_stops(
+    workspace: Path, digits_dir: Path, tiny_config
+) -> None:
+    """What the Train page's "use all N GPUs" starts, on CPU: 2 gloo processes in a child."""
+    manager = jobs.JobManager(max_running=2)
+    job = manager.start_distributed(tiny_config(digits_dir, epochs=40), nproc=2)
+    wait_until(
+        lambda: job.snapshot().epochs or not job.snapshot().active, job.snapshot, timeout=600
+    )
+    snap = job.snapshot()
+    assert snap.status == "running", snap.error
+    assert snap.run_info["n_train"] == 1259 and snap.run_id
+    assert manager.get(snap.run_id) is not None  # found by run id, like a fit job
+    assert manager.stop(job.job_id)  # SIGTERM to the launcher, forwarded to both ranks
+    snap = manager.wait(job.job_id, timeout=300)
+    assert snap.status == "stopped", snap.error
+    assert snap.summary["world_size"] == 2 and snap.summary["epochs_run"] < 40
+    on_disk = runs.read_summary(runs.load_run(snap.run_id))
+    assert on_disk["status"] == "stopped"
+    assert [r["epoch"] for r in snap.epochs] == list(range(1, on_disk["epochs_run"] + 1))

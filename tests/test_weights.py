@@ -273,3 +273,31 @@ def test_imagenet_default_url_and_cache_folder(hub: Path) -> None:
     assert weights.cached_path(weights.imagenet_url(spec)) == hub / "resnet18-f37072fd.pth"
     assert weights.hash_prefix("resnet18-f37072fd.pth") == "f37072fd"
     assert weights.hash_prefix("model.pth") is None
+
+
+def test_a_dead_proxy_is_an_offline_error(hub: Path, monkeypatch) -> None:
+    import urllib.request
+
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # urlopen reads proxies once, then caches
+    with pytest.raises(WeightsError, match="cannot download w-0123abcd.pth .*Connection refused"):
+        weights.fetch("http://weights.example/w-0123abcd.pth")
+    assert _leftovers(hub) == []
+
+
+def test_temporaries_of_a_killed_download_are_cleaned(server: Server, hub: Path) -> None:
+    import os
+
+    payload = _state_bytes(Tiny(10).state_dict())
+    name = _hub_name("tiny", payload)
+    server.files[f"/{name}"] = payload
+    hub.mkdir(parents=True)
+    old = hub / f".{name}.abc123.download.0f0f.partial"  # what a kill -9 mid-download leaves
+    fresh = hub / f".{name}.def456.download"  # another process downloading right now
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"")
+    os.utime(old, (time.time() - 2 * weights.STALE_S,) * 2)
+    weights.fetch(f"{server.base}/{name}")
+    assert _leftovers(hub) == sorted([name, fresh.name])

@@ -99,3 +99,43 @@ def test_transfer_weights_not_downloaded_yet(
     at.radio(key="m_weights_kind").set_value("random").run()
     assert not at.warning and not any("not downloaded" in i.value for i in at.info)
     assert at.session_state["run_config"].model.weights == "random"
+
+
+def test_download_button_fetches_url_weights(
+    model_page: AppTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    import torchvision.models as tvm
+
+    served = tmp_path / "served"
+    served.mkdir()
+    raw = served / "raw.pth"
+    torch.save(tvm.mobilenet_v3_small(weights=None).state_dict(), raw)
+    name = f"mnv3s-{hashlib.sha256(raw.read_bytes()).hexdigest()[:8]}.pth"
+    raw.rename(served / name)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
+    try:
+        at = model_page
+        at.radio(key="m_family").set_value("Transfer learning").run()
+        at.selectbox(key="m_backbone").set_value("mobilenet_v3_small").run()
+        at.radio(key="m_weights_kind").set_value("url").run()
+        at.text_input(key="m_weights_url").set_value(url).run()
+        assert any("not downloaded yet" in i.value for i in at.info)
+        at.button(key="m_download").click().run()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not at.exception and not at.error and not at.warning
+    assert not any("not downloaded yet" in i.value for i in at.info)
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / name).is_file()
+    assert at.session_state["run_config"].model.weights == url

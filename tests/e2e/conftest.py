@@ -66,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, chromium: Path) -> Iterator
     port = _free_port()
     env = {**os.environ, "CNNLAB_HOME": str(home)}
     env.pop("CNNLAB_DATA_ROOTS", None)
+    env["CNNLAB_MAX_JOBS"] = "2"  # two sessions train at once (the CPU default queues one)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in teardown)
     cmd = [
