@@ -280,6 +280,27 @@ def save_uploaded_files(
     return _move_into_place(tmp, target)
 
 
+def save_uploaded_csv(data: bytes, filename: str) -> Path:
+    """Store an uploaded labels CSV under workspace/datasets/ with a safe, content-hashed name."""
+    if not data:
+        raise DataError(f"{filename!r} is empty; upload the labels CSV again")
+    folder = workspace.datasets_dir()
+    target = folder / f"{_safe_stem(filename)}-{hashlib.sha256(data).hexdigest()[:12]}.csv"
+    if target.is_file():
+        return target
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".csv", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DataError(
+            f"could not save {filename!r} in {folder} ({exc.strerror or exc}); free disk space or "
+            "make the workspace writable"
+        ) from exc
+    return target
+
+
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin")
 
 

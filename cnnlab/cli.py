@@ -23,9 +23,25 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from . import app_launcher, demo
 
     demo.ensure_demo_digits()  # so the dashboard opens with data ready
+    # Absolute workspace settings: they keep their meaning whatever folder Streamlit resolves from.
+    os.environ.update(app_env(os.environ))
     host = "localhost" if args.address == "127.0.0.1" else args.address
     print(f"cnnlab dashboard: http://{host}:{args.port}", flush=True)
     return app_launcher.serve(args.port, args.address)
+
+
+def app_env(environ) -> dict[str, str]:
+    """A copy of environ with CNNLAB_HOME and CNNLAB_DATA_ROOTS made absolute (from this cwd)."""
+    env = dict(environ)
+    if env.get("CNNLAB_HOME"):
+        env["CNNLAB_HOME"] = str(Path(env["CNNLAB_HOME"]).expanduser().resolve())
+    if env.get("CNNLAB_DATA_ROOTS"):
+        env["CNNLAB_DATA_ROOTS"] = os.pathsep.join(
+            str(Path(p).expanduser().resolve())
+            for p in env["CNNLAB_DATA_ROOTS"].split(os.pathsep)
+            if p.strip()
+        )
+    return env
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -38,13 +54,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def inspect_report(
-    path: str, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    path: str,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    *,
+    path_column: str = "",
+    label_column: str = "",
+    images: str = "",
+    exclude_classes: list[str] | None = None,
+    drop_duplicates: bool = False,
+    drop_conflicts: bool = False,
 ) -> dict:
-    """What `cnnlab inspect --json` prints: classes, counts, problems, split sizes."""
-    from . import data
+    """What `cnnlab inspect --json` prints: classes, counts, problems, split, duplicates."""
+    from . import data, duplicates
 
-    scan = data.scan(path)
+    full = data.scan(path, path_column=path_column, label_column=label_column, images=images)
+    scan = data.filter_scan(full, exclude_classes or [], drop_duplicates, drop_conflicts)
     split = data.split(scan, val_fraction, test_fraction, seed)
+    groups = scan.duplicate_groups()
+    paths = [scan.rel(i) for i in range(scan.n_images)]
+    class_of = [scan.classes[label] for label in scan.labels]
     return {
         "path": str(Path(path).resolve()),
         "root": str(scan.root),
@@ -54,14 +84,36 @@ def inspect_report(
         "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
         "split": split.sizes(),
         "split_per_class": split.per_class(scan),
+        "split_source": scan.split_source,
+        "duplicates": duplicates.describe(groups, paths, class_of, split.of()),
+        "excluded_classes": list(exclude_classes or []),
+        "n_dropped": full.n_images - scan.n_images,
+        "min_per_class": 1 + (val_fraction > 0) + (test_fraction > 0),
+        "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
+    }
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """The data-layout flags shared by inspect, train, tune and lr-find."""
+    return {
+        "path_column": args.path_column or "",
+        "label_column": args.label_column or "",
+        "images": str(Path(args.images).resolve()) if args.images else "",
+        "exclude_classes": list(args.exclude_class or []),
+        "drop_duplicates": bool(args.drop_duplicates),
+        "drop_conflicts": bool(args.drop_conflicts),
     }
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    report = inspect_report(args.path, args.val_fraction, args.test_fraction, args.seed)
+    report = inspect_report(
+        args.path, args.val_fraction, args.test_fraction, args.seed, **_data_options(args)
+    )
     if args.json:
         console.print_json(report)
         return 0
+    source = {"folders": "given by the train/val/test folders", "csv": "given by the CSV's "
+              "split column", "random": "random, stratified"}[report["split_source"]]  # fmt: skip
     print(
         f"{report['root']}: {report['n_images']} usable images in {len(report['classes'])} classes"
     )
@@ -72,7 +124,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             f"  {cls:<{width}}  {n:>6}   train {per.get('train', 0)} / val {per.get('val', 0)} / test {per.get('test', 0)}"
         )
     s = report["split"]
-    print(f"split: train {s['train']}, val {s['val']}, test {s['test']}")
+    print(f"split ({source}): train {s['train']}, val {s['val']}, test {s['test']}")
+    if report["duplicates"]:
+        n_conflict = sum(g["label_conflict"] for g in report["duplicates"])
+        print(
+            f"{len(report['duplicates'])} group(s) of duplicate images ({n_conflict} with "
+            "different labels: likely label errors); --drop-duplicates / --drop-conflicts:"
+        )
+        for g in report["duplicates"]:
+            flag = "  LABEL CONFLICT" if g["label_conflict"] else ""
+            where = ", ".join(f"{p} [{c}, {sp}]" for p, c, sp in
+                              zip(g["paths"], g["classes"], g["splits"], strict=True))  # fmt: skip
+            print(f"  {g['kind']}: {where}{flag}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
     if report["problems"]:
         print(f"{len(report['problems'])} file(s) skipped:")
         for p in report["problems"]:
@@ -86,6 +151,9 @@ def _config_from_args(args: argparse.Namespace):
 
     config = RunConfig.load(args.config) if args.config else RunConfig()
     config.data.path = str(args.data)
+    for key, value in _data_options(args).items():
+        if value or not args.config:  # a flag given overrides the config file's value
+            setattr(config.data, key, value)
     overrides = {
         ("model", "name"): args.model,
         ("data", "image_size"): args.image_size,
@@ -176,16 +244,26 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `cnnlab train DATA`")
         return 0
     print(
-        f"{'run_id':<22} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
+        f"{'run_id':<24} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
     )
     for r in rows:
-        va, te = r.get("val_accuracy"), r.get("test_accuracy")
         print(
-            f"{r.get('run_id', '?'):<22} {r.get('status', '?'):<12} {str(r.get('model', '?')):<12} "
-            f"{str(r.get('epochs_run', '-')):>6} {va if va is None else f'{va:.4f}':>8} "
-            f"{te if te is None else f'{te:.4f}':>8}"
+            f"{_cell(r.get('run_id')):<24} {_cell(r.get('status')):<12} "
+            f"{_cell(r.get('model')):<12} {_cell(r.get('epochs_run')):>6} "
+            f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8}"
         )
+        if r.get("status") == "damaged":
+            print(f"  damaged: {r.get('damage')}")
     return 0
+
+
+def _cell(value, spec: str = "") -> str:
+    """A table cell: '-' for a missing value, numbers formatted, anything else as text."""
+    if value is None or value == "":
+        return "-"
+    if spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return str(value)
 
 
 # ---------------------------------------------------------------- models
@@ -250,6 +328,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from . import predict
 
+    if args.top_k < 1:
+        raise CnnlabError(f"--top-k must be at least 1, got {args.top_k}")
     predictor = predict.Predictor.from_run(args.run, device=args.device)
     rows = predictor.predict_files(args.paths, args.top_k)
     if not rows:
@@ -269,7 +349,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     n_bad = sum("error" in r for r in rows)
     if n_bad:
         print(f"cnnlab predict: {n_bad} file(s) could not be read", file=sys.stderr)
-    return 0
+    # nothing predicted at all is a failure a script must see
+    return EXIT_USER_ERROR if n_bad == len(rows) else 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -307,6 +388,8 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     from . import lr_finder
 
     config = _config_from_args(args)
+    if args.steps < 2:
+        raise CnnlabError(f"--steps must be at least 2, got {args.steps}")
     result = lr_finder.find_lr(config, steps=args.steps)
     if args.json:
         console.print_json(result.to_dict())
@@ -325,6 +408,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # our table replaces its INFO lines
     base = tune.base_config(args.data, args.model, args.image_size, args.epochs)
+    for key, value in _data_options(args).items():
+        setattr(base.data, key, value)
+    base.validate()
     space = SearchSpace.load(args.space) if args.space else None
     study_name = args.study or tune.default_study_name(base)
     # --json keeps stdout for the one JSON object; the live table then goes to a terminal only.
@@ -375,7 +461,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
 
-    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument("data", help="image folder (class or train/val/test folders), .zip or .csv")
     p.add_argument("--config", help="config.json to start from (e.g. a run's); flags override it")
     p.add_argument("--model", help="simple_cnn, custom, resnet18, ... (see `cnnlab models`)")
     p.add_argument("--epochs", type=int)
@@ -400,7 +486,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    _add_data_args(p)
     _add_launch_arg(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data layout (a labels .csv, classes, duplicates)")
+    g.add_argument("--path-column", help="CSV: the image path/id column (default: found by name)")
+    g.add_argument("--label-column", help="CSV: the label column (default: found by name)")
+    g.add_argument("--images", help="CSV: folder its paths are relative to (default: the CSV's)")
+    g.add_argument(
+        "--exclude-class", action="append", metavar="NAME", help="leave a class out (repeatable)"
+    )
+    g.add_argument(
+        "--drop-duplicates", action="store_true", help="keep one file of each group of copies"
+    )
+    g.add_argument(
+        "--drop-conflicts", action="store_true", help="leave out copies whose labels disagree"
+    )
 
 
 def _add_launch_arg(p: argparse.ArgumentParser) -> None:
@@ -439,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    _add_data_args(p)
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("train", help="train a model on an image folder or zip")
@@ -503,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lr_find)
 
     p = sub.add_parser("tune", help="hyperparameter search with Optuna (pruning, shared storage)")
-    p.add_argument("data", help="image folder (one sub-folder per class) or .zip")
+    p.add_argument("data", help="image folder (class or train/val/test folders), .zip or .csv")
     p.add_argument(
         "--trials",
         type=int,
@@ -529,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
         "taken as dead and its trial is retried",
     )
     p.add_argument("--json", action="store_true", help="print only the study summary as JSON")
+    _add_data_args(p)
     p.set_defaults(func=_cmd_tune)
 
     return parser

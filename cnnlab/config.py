@@ -33,16 +33,31 @@ def _check_choice(section: str, name: str, value: str, choices: tuple[str, ...])
 
 @dataclass
 class DataConfig:
-    path: str = ""  # image folder (one sub-folder per class) or .zip of one
+    path: str = ""  # image folder (class folders, or train/val/test folders of them), .zip, or .csv
     image_size: int = 32  # square side in pixels every image is resized to (decoded once, cached)
     val_fraction: float = 0.15  # share of each class held out for validation (early stopping)
     test_fraction: float = 0.15  # share of each class kept for the one final test evaluation
     seed: int = 0  # seeds the stratified split, so the same data always splits the same way
+    path_column: str = ""  # CSV only: the image path/id column (default: found by name)
+    label_column: str = ""  # CSV only: the label column (default: found by name)
+    images: str = ""  # CSV only: folder the CSV's paths are relative to (default: the CSV's)
+    exclude_classes: list[str] = field(default_factory=list)  # classes left out of the run
+    drop_duplicates: bool = False  # keep one file of each group of copies (files stay on disk)
+    drop_conflicts: bool = False  # leave out copies whose labels disagree (likely label errors)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field out of range."""
         if not self.path:
             raise ConfigError("data.path is empty: give an image folder or a .zip of class folders")
+        if (
+            self.path_column or self.label_column or self.images
+        ) and not self.path.lower().endswith(".csv"):
+            raise ConfigError(
+                "data.path_column, data.label_column and data.images only apply to a .csv path"
+            )
+        for name in self.exclude_classes:
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"data.exclude_classes holds an empty class name: {name!r}")
         _check_range("data", "image_size", self.image_size, 8, 1024)
         _check_range("data", "val_fraction", self.val_fraction, 0.0, 0.5)
         _check_range("data", "test_fraction", self.test_fraction, 0.0, 0.5)
@@ -255,6 +270,9 @@ def _section_from_dict(section: str, klass: type, raw: dict[str, Any]) -> Any:
     return klass(**values)
 
 
+_STRING_LISTS = frozenset({"exclude_classes"})
+
+
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     """Match the default's type so '0.001' from a form or int from JSON become the right kind."""
     try:
@@ -269,6 +287,12 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(default, float):
             return float(value)
         if isinstance(default, list):
+            if key in _STRING_LISTS:  # names may hold spaces: a string is a comma-separated list
+                if isinstance(value, str):
+                    value = [v.strip() for v in value.split(",") if v.strip()]
+                if not isinstance(value, list):
+                    raise TypeError("not a list")
+                return [str(v) for v in value]
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v]
             return [int(v) for v in value]

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,48 +23,44 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from . import workspace
-from .archive import (
-    extract_zip_cached,
-    safe_extract_zip,
-    save_uploaded_files,
-    save_uploaded_zip,
-)
+from . import duplicates, workspace
+from .archive import safe_extract_zip, save_uploaded_files, save_uploaded_zip
 from .config import DataConfig
 from .errors import DataError, UnsafeArchiveError
+from .layouts import IMAGE_EXTENSIONS, Problem, is_ignored, read_layout, resolve_dataset
+from .splits import Split, filter_scan, split, split_warnings
 
 __all__ = [
     "IMAGE_EXTENSIONS", "PreparedData", "Problem", "ScanResult", "Split", "UnsafeArchiveError",
-    "decode_image", "load_tensors", "prepare", "resolve_dataset", "safe_extract_zip",
-    "save_uploaded_files", "save_uploaded_zip", "scan", "split",
+    "decode_image", "filter_scan", "is_ignored", "load_tensors", "prepare", "resolve_dataset",
+    "safe_extract_zip", "save_uploaded_files", "save_uploaded_zip", "scan", "split",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-IGNORED_NAMES = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini"})
 MAX_PIXELS = 89_478_485  # width x height above which a file is refused as a decompression bomb
 # (PIL's own default, ~90 MP: PIL warns above it and raises above twice it)
 RAM_FRACTION = 0.25  # decode into a memory-mapped file instead of RAM above this share of RAM
 CACHE_VERSION = 1  # bump when decode_image changes, so old caches are not reused
+VERIFY_VERSION = 8  # bump when _verify's results (reasons, fingerprints) change
 _WHITE = (255, 255, 255)
+SPLIT_NAMES = ("train", "val", "test")  # also the order of given splits within a class
 
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str  # relative to the dataset root (POSIX separators)
-    reason: str  # what is wrong with it, in words a user can act on
-
-
 @dataclass
 class ScanResult:
-    root: Path  # the folder holding the class folders
+    root: Path  # the folder holding the class folders (or the CSV's images folder)
     classes: list[str]  # usable classes, sorted by name; label i is classes[i]
     files: list[Path]  # absolute paths of the usable images, grouped by class
     labels: list[int]  # class index of each file
     problems: list[Problem] = field(default_factory=list)  # skipped files/classes and why
+    split_source: str = "random"  # "folders" | "csv" (the layout gives splits) | "random"
+    given: list[str] = field(default_factory=list)  # per file: its given split, or "" (or empty)
+    exact: list[str] = field(default_factory=list)  # per file: hash of its decoded pixels
+    near: list[str] = field(default_factory=list)  # per file: small perceptual hash
+    warnings: list[str] = field(default_factory=list)  # usable, but worth knowing
 
     @property
     def counts(self) -> dict[str, int]:
@@ -80,73 +75,20 @@ class ScanResult:
         """Number of usable images."""
         return len(self.files)
 
+    def duplicate_groups(self) -> list[duplicates.Group]:
+        """Groups of exact / near copies among the usable images."""
+        if not self.near:
+            return []
+        return duplicates.find_groups(self.exact, self.near)
 
-@dataclass
-class Split:
-    train: list[int]  # indexes into ScanResult.files
-    val: list[int]
-    test: list[int]
-
-    def sizes(self) -> dict[str, int]:
-        """Images in each split."""
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-    def per_class(self, scan: ScanResult) -> dict[str, dict[str, int]]:
-        """{class: {"train": n, "val": n, "test": n}} for the given scan."""
-        table = {c: {"train": 0, "val": 0, "test": 0} for c in scan.classes}
-        for name, idx in (("train", self.train), ("val", self.val), ("test", self.test)):
-            for i in idx:
-                table[scan.classes[scan.labels[i]]][name] += 1
-        return table
-
-    def to_dict(self) -> dict[str, list[int]]:
-        """Plain dict for split.json."""
-        return {"train": list(self.train), "val": list(self.val), "test": list(self.test)}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, list[int]]) -> Split:
-        """Inverse of to_dict."""
-        return cls(list(raw["train"]), list(raw["val"]), list(raw["test"]))
+    def rel(self, i: int) -> str:
+        """File i relative to the root, with POSIX separators."""
+        return os.path.relpath(self.files[i], self.root).replace(os.sep, "/")
 
 
 def _workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(32, cores or 1))
-
-
-def _ignored(name: str) -> bool:
-    """Dotfiles and OS litter (macOS resource forks, Windows thumbnails) are skipped silently."""
-    return name.startswith(".") or name.lower() in IGNORED_NAMES
-
-
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not _ignored(p.name))
-
-
-def _descend_single_top(folder: Path) -> Path:
-    """Step into a lone top folder (data.zip -> data/ -> classes) while it holds sub-folders."""
-    for _ in range(8):
-        entries = _visible(folder)
-        if len(entries) != 1 or not entries[0].is_dir():
-            break
-        if not any(p.is_dir() for p in _visible(entries[0])):
-            break  # the lone folder holds images: it is a (single) class, not a wrapper
-        folder = entries[0]
-    return folder
-
-
-def resolve_dataset(path: str | Path, progress: Progress | None = None) -> Path:
-    """The folder holding the class folders: a directory as is, or a .zip extracted safely."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"{p} does not exist; give an image folder or a .zip of class folders")
-    if p.is_file():
-        if p.suffix.lower() != ".zip":
-            raise DataError(f"{p} is neither a folder nor a .zip; give an image folder or a .zip")
-        p = extract_zip_cached(p, progress)
-    elif not p.is_dir():
-        raise DataError(f"{p} is neither a folder nor a .zip; give an image folder or a .zip")
-    return _descend_single_top(p.resolve())
 
 
 def _open_image(source: Path | bytes) -> Image.Image:
@@ -163,173 +105,162 @@ def _open_image(source: Path | bytes) -> Image.Image:
     return im
 
 
+Verified = tuple[str | None, str, str]  # (reason it cannot be used or None, exact key, near key)
+
+
 def _verify(path: Path) -> str | None:
     """None when path decodes as an image, else the reason it cannot be used."""
+    return _check(path)[0]
+
+
+def _check(path: Path) -> Verified:
+    """(None, exact, near) when path decodes as an image, else (the reason it cannot be used, ...)."""
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return "empty file (0 bytes)", "", ""
         with _open_image(path) as im:
             if im.format == "JPEG":
                 im.draft("RGB", (64, 64))  # still reads every byte, so truncation is caught
             im.load()
+            exact, near = duplicates.fingerprints(im)
     except PermissionError:
-        return "unreadable: permission denied (check the file's permissions)"
+        return "unreadable: permission denied (check the file's permissions)", "", ""
     except FileNotFoundError:
-        return "unreadable: the file vanished or is a broken link"
+        return "unreadable: the file vanished or is a broken link", "", ""
     except UnidentifiedImageError:
-        return "not a readable image (unknown format or corrupt header)"
+        return "not a readable image (unknown format or corrupt header)", "", ""
     except Image.DecompressionBombError as exc:
-        return f"too large: {exc}"
+        return f"too large: {exc}", "", ""
     # PIL's format plugins raise many exception types on malformed data (OSError, SyntaxError,
     # ValueError, struct.error, ...); any of them means "this file cannot be used", never a crash.
     except Exception as exc:
         text = str(exc) or type(exc).__name__
         if "truncated" in text.lower():
-            return f"truncated image data ({text})"
-        return f"corrupt image data ({text})"
-    return None
+            return f"truncated image data ({text})", "", ""
+        return f"corrupt image data ({text})", "", ""
+    return None, exact, near
 
 
-def _class_files(folder: Path, root: Path, problems: list[Problem]) -> list[Path]:
-    """Image files anywhere under a class folder; other visible files become problems."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
-        for name in sorted(filenames):
-            if _ignored(name):
-                continue
-            path = Path(dirpath) / name
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(path)
-            else:
-                problems.append(
-                    Problem(
-                        path.relative_to(root).as_posix(),
-                        f"not an image file type ({path.suffix or 'no extension'}); "
-                        f"cnnlab reads {', '.join(sorted(IMAGE_EXTENSIONS))}",
-                    )
-                )
-    return found
+def scan(
+    path: str | Path,
+    progress: Progress | None = None,
+    *,
+    path_column: str = "",
+    label_column: str = "",
+    images: str = "",
+) -> ScanResult:
+    """List classes and usable images of a class-folder / split-folder data set, zip or labels CSV.
 
-
-def scan(path: str | Path, progress: Progress | None = None) -> ScanResult:
-    """List classes and usable images under path, verifying every file; bad ones become Problems."""
-    root = resolve_dataset(path, progress)
-    entries = _visible(root)
-    if not entries:
-        raise DataError(f"{root} is empty; put one sub-folder of images per class in it")
-    problems: list[Problem] = []
-    class_dirs = [p for p in entries if p.is_dir()]
-    for p in entries:
-        if not p.is_dir():
-            problems.append(Problem(p.name, "not inside a class folder; move it into one"))
-    if not class_dirs:
-        raise DataError(
-            f"{root} has no class folders; put each class's images in its own sub-folder "
-            f"(e.g. {root.name}/cat/1.jpg, {root.name}/dog/1.jpg)"
-        )
-    candidates = {d.name: _class_files(d, root, problems) for d in class_dirs}
-    flat = [f for files in candidates.values() for f in files]
-    reasons = _verify_cached(flat, progress)
-    classes, files, labels = [], [], []
-    for name, paths in candidates.items():
-        good = [f for f in paths if reasons[f] is None]
-        problems.extend(
-            Problem(f.relative_to(root).as_posix(), reasons[f]) for f in paths if reasons[f]
-        )
-        if not good:
+    Every file is verified (decoded); bad ones become Problems. Given splits (train/ val/ test/
+    folders, a CSV split column) are kept per file in `given`.
+    """
+    layout = read_layout(
+        path, progress, path_column=path_column, label_column=label_column, images=images
+    )
+    root, problems = layout.root, list(layout.problems)
+    checked = _verify_cached([e.path for e in layout.entries], progress)
+    names = sorted({e.label for e in layout.entries})
+    good = [(e, checked[e.path]) for e in layout.entries if checked[e.path][0] is None]
+    for e in layout.entries:
+        reason = checked[e.path][0]
+        if reason:
+            rel = os.path.relpath(e.path, root).replace(os.sep, "/")
+            problems.append(Problem(rel, f"row {e.row}: {reason}" if e.row else reason))
+    usable = {e.label for e, _ in good}
+    for name in names:
+        if name not in usable:
             log.warning("class %r has no usable images and is left out", name)
-            problems.append(Problem(f"{name}/", f"class left out: none of its {len(paths)} image "
+            n = sum(e.label == name for e in layout.entries)
+            problems.append(Problem(f"{name}/", f"class left out: none of its {n} image "
                                     "files could be used"))  # fmt: skip
-            continue
-        files.extend(good)
-        labels.extend([len(classes)] * len(good))
-        classes.append(name)
+    classes = [n for n in names if n in usable]
     if len(classes) < 2:
         found = f"only {classes[0]!r}" if classes else "none"
         raise DataError(
             f"{root} has {len(classes)} usable class folder(s) ({found}); a classifier needs at "
             "least 2 — add one sub-folder of images per class"
         )
-    log.info("scanned %s: %d classes, %d images, %d problems", root, len(classes), len(files),
-             len(problems))  # fmt: skip
-    return ScanResult(root, classes, files, labels, problems)
+    index = {c: i for i, c in enumerate(classes)}
+    good.sort(key=lambda pair: (index[pair[0].label], SPLIT_NAMES.index(pair[0].split or "train"),
+                                str(pair[0].path)))  # fmt: skip
+    given = [e.split for e, _ in good] if layout.source != "random" else []
+    result = ScanResult(
+        root, classes, [e.path for e, _ in good], [index[e.label] for e, _ in good], problems,
+        layout.source, given, [v[1] for _, v in good], [v[2] for _, v in good],
+        list(layout.warnings),
+    )  # fmt: skip
+    if given:
+        for name in SPLIT_NAMES:
+            present = {result.labels[i] for i, s in enumerate(given) if s == name}
+            if not present and name != "train":
+                result.warnings.append(f"the layout gives no {name} split: it is carved from "
+                                       f"train with data.{name}_fraction")  # fmt: skip
+            if present and len(present) < len(classes):
+                missing = [c for i, c in enumerate(classes) if i not in present]
+                result.warnings.append(f"the given {name} split has no images of class(es) "
+                                       f"{', '.join(missing)}")  # fmt: skip
+    log.info("scanned %s: %d classes, %d images, %d problems", root, len(classes),
+             result.n_images, len(problems))  # fmt: skip
+    return result
 
 
-def _verify_all(paths: list[Path], progress: Progress | None) -> dict[Path, str | None]:
-    reasons: dict[Path, str | None] = {}
+def _verify_all(paths: list[Path], progress: Progress | None) -> dict[Path, Verified]:
+    checked: dict[Path, Verified] = {}
     step = max(1, len(paths) // 100)
     with ThreadPoolExecutor(_workers()) as pool:
-        for i, (path, reason) in enumerate(zip(paths, pool.map(_verify, paths), strict=True), 1):
-            reasons[path] = reason
+        for i, (path, result) in enumerate(zip(paths, pool.map(_check, paths), strict=True), 1):
+            checked[path] = result
             if progress is not None and (i % step == 0 or i == len(paths)):
                 progress(i, len(paths), "verify")
-    return reasons
+    return checked
 
 
-def _verify_cached(paths: list[Path], progress: Progress | None) -> dict[Path, str | None]:
-    """_verify_all, remembered per file fingerprint: re-scanning unchanged data decodes nothing."""
-    cache = workspace.cache_dir() / f"verify-{_fingerprint(paths, 0)[:32]}.json"
+def _verify_cached(paths: list[Path], progress: Progress | None) -> dict[Path, Verified]:
+    """_verify_all, remembered per file fingerprint: re-scanning unchanged data decodes nothing.
+
+    The cache is best-effort: an unwritable workspace warns once and keeps the results in memory.
+    """
+    folder = workspace.cache_dir_or_none()
+    key = _fingerprint(paths, -VERIFY_VERSION)[:32]
+    cache = folder / f"verify-{key}.json" if folder is not None else None
+    if cache is not None:
+        try:
+            raw = json.loads(cache.read_text())
+            bad, exact, near = raw["bad"], raw["exact"], raw["near"]
+            if len(exact) == len(near) == len(paths):
+                if progress is not None:
+                    progress(len(paths), len(paths), "verify")
+                return {p: (bad.get(str(i)), exact[i], near[i]) for i, p in enumerate(paths)}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: verify again
+            log.warning("ignoring unreadable verification cache %s (%s)", cache, exc)
+    checked = _verify_all(paths, progress)
+    if cache is not None:
+        payload = {
+            "bad": {str(i): checked[p][0] for i, p in enumerate(paths) if checked[p][0]},
+            "exact": [checked[p][1] for p in paths],
+            "near": [checked[p][2] for p in paths],
+        }
+        _write_cache(cache, ".verify-", ".json", lambda f: f.write(json.dumps(payload).encode()))
+    return checked
+
+
+def _write_cache(cache: Path, prefix: str, suffix: str, write: Callable) -> bool:
+    """Write a cache file atomically; a full disk or read-only workspace warns once, never fails."""
     try:
-        bad = json.loads(cache.read_text())
-        if progress is not None:
-            progress(len(paths), len(paths), "verify")
-        return {p: bad.get(str(i)) for i, p in enumerate(paths)}
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:  # damaged cache: verify again and overwrite it
-        log.warning("ignoring unreadable verification cache %s (%s)", cache, exc)
-    reasons = _verify_all(paths, progress)
-    bad = {str(i): reasons[p] for i, p in enumerate(paths) if reasons[p]}
-    fd, tmp = tempfile.mkstemp(prefix=".verify-", suffix=".json", dir=cache.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(bad, f)
-    os.replace(tmp, cache)
-    return reasons
-
-
-def _min_per_class(val_fraction: float, test_fraction: float) -> int:
-    return 1 + (val_fraction > 0) + (test_fraction > 0)
-
-
-def split(
-    scan: ScanResult, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
-) -> Split:
-    """Stratified, seeded train/val/test split; every class lands in every non-empty split."""
-    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
-        raise DataError(
-            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
-            "and leave some images for training"
+        with workspace.temp_file(cache.parent, prefix, suffix) as tmp:
+            with open(tmp, "wb") as f:
+                write(f)
+            os.replace(tmp, cache)  # atomic: a reader sees the whole cache or none
+        return True
+    except OSError as exc:
+        workspace.warn_once(
+            f"cache-write-{cache.parent}",
+            f"could not write the cache in {cache.parent} ({exc.strerror or exc}); continuing "
+            "in memory — free disk space to make the next load fast",
         )
-    need = _min_per_class(val_fraction, test_fraction)
-    by_class: dict[int, list[int]] = {i: [] for i in range(len(scan.classes))}
-    for i, label in enumerate(scan.labels):
-        by_class[label].append(i)
-    rng = np.random.default_rng(seed)
-    out = Split([], [], [])
-    for label, idx in by_class.items():
-        n = len(idx)
-        if n < need:
-            raise DataError(
-                f"class {scan.classes[label]!r} has only {n} usable image(s); at least {need} are "
-                f"needed to split with val_fraction={val_fraction} and "
-                f"test_fraction={test_fraction} — add images or set the fractions to 0"
-            )
-        n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
-        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
-        while n_val + n_test > n - 1:  # keep at least one training image
-            if n_val >= n_test:
-                n_val -= 1
-            else:
-                n_test -= 1
-        order = [idx[j] for j in rng.permutation(n)]
-        out.val += order[:n_val]
-        out.test += order[n_val : n_val + n_test]
-        out.train += order[n_val + n_test :]
-    out.train.sort()
-    out.val.sort()
-    out.test.sort()
-    return out
+        return False
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -414,8 +345,10 @@ def load_tensors(
     shape = (len(files), 3, size, size)
     nbytes = int(np.prod(shape))
     big = nbytes > RAM_FRACTION * _ram_bytes()
-    cache = workspace.cache_dir() / f"images-{size}px-{_fingerprint(files, size)[:32]}.npy"
-    if cache.is_file():
+    folder = workspace.cache_dir_or_none()
+    name = f"images-{size}px-{_fingerprint(files, size)[:32]}.npy"
+    cache = folder / name if folder is not None else None
+    if cache is not None and cache.is_file():
         try:
             arr = np.load(cache, mmap_mode="c" if big else None)
             if arr.shape == shape and arr.dtype == np.uint8:
@@ -425,30 +358,44 @@ def load_tensors(
                 return torch.from_numpy(arr)
         except (OSError, ValueError) as exc:  # damaged cache file: decode again and overwrite it
             log.warning("ignoring unreadable cache %s (%s)", cache, exc)
-    fd, tmp_name = tempfile.mkstemp(prefix=".images-", suffix=".npy", dir=cache.parent)
-    os.close(fd)
     start = time.perf_counter()
+    if big and cache is not None:
+        mapped = _decode_mapped(cache, shape, files, size, progress)
+        if mapped is not None:
+            return mapped
+    out = np.empty(shape, dtype=np.uint8)
+    _decode_into(out, files, size, progress)
+    seconds = time.perf_counter() - start
+    log.info("decoded %d images at %d px in %.2fs (%.0f images/s)", len(files), size,
+             seconds, len(files) / max(seconds, 1e-9))  # fmt: skip
+    if cache is not None:
+        _write_cache(cache, ".images-", ".npy", lambda f: np.save(f, out))
+    return torch.from_numpy(out)
+
+
+def _decode_mapped(
+    cache: Path, shape: tuple[int, ...], files: Sequence[Path], size: int,
+    progress: Progress | None,
+) -> torch.Tensor | None:  # fmt: skip
+    """Decode straight into the cache file (RAM only holds what is touched); None if it can't."""
     try:
-        if big:  # decode straight into a file-backed array; RAM only holds what is touched
-            out = np.lib.format.open_memmap(tmp_name, mode="w+", dtype=np.uint8, shape=shape)
+        with workspace.temp_file(cache.parent, ".images-", ".npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            # reserve every block now: a full disk then fails here, not as SIGBUS mid-decode
+            with open(tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
             _decode_into(out, files, size, progress)
             out.flush()
             del out
-        else:
-            out = np.empty(shape, dtype=np.uint8)
-            _decode_into(out, files, size, progress)
-            with open(tmp_name, "wb") as f:
-                np.save(f, out)
-        os.replace(tmp_name, cache)  # atomic: a reader sees the whole cache or none
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    seconds = time.perf_counter() - start
-    log.info("decoded %d images at %d px in %.2fs (%.0f images/s) -> %s", len(files), size,
-             seconds, len(files) / max(seconds, 1e-9), cache.name)  # fmt: skip
-    if big:
-        return torch.from_numpy(np.load(cache, mmap_mode="c"))
-    return torch.from_numpy(out)
+            os.replace(tmp, cache)
+    except OSError as exc:
+        workspace.warn_once(
+            f"cache-write-{cache.parent}",
+            f"could not write the cache in {cache.parent} ({exc.strerror or exc}); decoding "
+            "in memory instead — free disk space to make the next load fast",
+        )
+        return None
+    return torch.from_numpy(np.load(cache, mmap_mode="c"))
 
 
 @dataclass
@@ -469,10 +416,14 @@ class PreparedData:
 
 
 def prepare(cfg: DataConfig, progress: Progress | None = None) -> PreparedData:
-    """Scan, split and decode the data set named by cfg (the cache makes repeats fast)."""
+    """Scan, filter (excluded classes, dropped copies), split and decode the data set named by cfg."""
     cfg.validate()
-    result = scan(cfg.path, progress)
+    result = scan(cfg.path, progress, path_column=cfg.path_column,
+                  label_column=cfg.label_column, images=cfg.images)  # fmt: skip
+    result = filter_scan(result, cfg.exclude_classes, cfg.drop_duplicates, cfg.drop_conflicts)
     parts = split(result, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    for warning in result.warnings + split_warnings(cfg.val_fraction, cfg.test_fraction, result):
+        log.warning("%s", warning)
     images = load_tensors(result.files, cfg.image_size, progress)
     labels = torch.tensor(result.labels, dtype=torch.int64)
     return PreparedData(result, parts, images, labels, list(result.classes), cfg.image_size)

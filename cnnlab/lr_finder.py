@@ -19,7 +19,7 @@ from . import augment, models, train
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, resolve_device
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def find_lr(
 ) -> LRFinderResult:
     """Sweep the learning rate on the training split of `config`'s data; see the module docstring."""
     config.validate()
+    if steps < 2:
+        raise ConfigError(f"lr-find needs at least 2 steps to compare losses, got {steps}")
     tc = config.train
     device = resolve_device(tc.device)
     if device.type == "cpu":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import augment, data, models, runs
 from .device import resolve_device
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,21 @@ def load_image(source: Source, size: int, name: str | None = None) -> torch.Tens
 
 
 def list_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand folders (recursively, image suffixes only, sorted) and keep files as given."""
+    """Expand folders (recursively, image suffixes only, sorted) and keep files as given.
+
+    Inside a folder, dotfiles, dot-folders, macOS `._*` / `__MACOSX/` litter are skipped as `scan`
+    skips them.
+    """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = [
-                f for f in sorted(p.rglob("*"))
-                if f.is_file() and f.suffix.lower() in data.IMAGE_EXTENSIONS
-            ]  # fmt: skip
+            found = []
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames[:] = sorted(d for d in dirnames if not data.is_ignored(d))
+                found += [
+                    Path(dirpath) / f for f in sorted(filenames)
+                    if not data.is_ignored(f) and Path(f).suffix.lower() in data.IMAGE_EXTENSIONS
+                ]  # fmt: skip
             if not found:
                 log.warning("no image files in folder %s", p)
             out += found
@@ -130,6 +138,8 @@ class Predictor:
 
     def predict_files(self, paths: Sequence[str | Path], k: int = 3) -> list[dict[str, Any]]:
         """`{"path", "top": [{"class", "probability"}]}` per image; a bad file gets `error`."""
+        if k < 1:
+            raise ConfigError(f"top-k must be at least 1, got {k}")
         rows: list[dict[str, Any]] = []
         good: list[tuple[int, torch.Tensor]] = []
         for p in list_images(paths):

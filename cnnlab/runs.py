@@ -7,6 +7,9 @@ Every write is atomic (temp file + rename) so a killed process never leaves a ha
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -15,6 +18,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,11 +29,12 @@ import torch
 
 from . import workspace
 from .config import RunConfig
-from .errors import RunNotFoundError, TrainingError
+from .errors import ConfigError, RunNotFoundError, TrainingError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "completed", "stopped", "failed", "pruned", "interrupted")
+STATUSES = ("running", "completed", "stopped", "failed", "pruned", "interrupted", "damaged")
+LOCK_NAME = "run.lock"  # flock'ed by the process training the run; the kernel drops it on death
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,11 @@ def save_checkpoint_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # No mkdir here: a run folder deleted while its trainer runs must stay deleted.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TrainingError(_write_failure(path, exc)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -98,13 +106,20 @@ def _write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise TrainingError(
-            f"could not write {path}: {exc.strerror or exc}. Free disk space or make the workspace "
-            f"({workspace.home()}) writable; the previous file was left intact."
-        ) from exc
+        raise TrainingError(_write_failure(path, exc)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_failure(path: Path, exc: OSError) -> str:
+    """One line saying why path could not be written and what to do."""
+    if exc.errno == errno.ENOENT and not path.parent.exists():
+        return f"could not write {path}: its folder was deleted (the run was removed)"
+    return (
+        f"could not write {path}: {exc.strerror or exc}. Free disk space or make the workspace "
+        f"({path.parent.parent}) writable; the previous file was left intact."
+    )
 
 
 def create_run(
@@ -115,26 +130,36 @@ def create_run(
 ) -> Run:
     """Make a new run folder with config.json, split.json and a 'running' summary."""
     run_id = run_id or new_run_id()
-    run_dir = workspace.runs_dir() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    try:
+        run_dir = workspace.runs_dir() / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise TrainingError(
+            f"could not create a run folder in {workspace.home()}: {exc.strerror or exc}; free "
+            "disk space or make the workspace writable (CNNLAB_HOME)"
+        ) from exc
     run = Run(run_id, run_dir)
-    write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
-    write_summary(
-        run,
-        {
-            "run_id": run_id,
-            "run_dir": str(run_dir),
-            "name": config.name,
-            "status": "running",
-            "model": config.model.name,
-            "classes": classes,
-            "created": time.time(),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-        },
-    )
-    # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
-    write_json_atomic(run.config_path, config.to_dict())
+    try:
+        write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
+        write_summary(
+            run,
+            {
+                "run_id": run_id,
+                "run_dir": str(run_dir),
+                "name": config.name,
+                "status": "running",
+                "model": config.model.name,
+                "classes": classes,
+                "created": time.time(),
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            },
+        )
+        # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
+        write_json_atomic(run.config_path, config.to_dict())
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a full disk leaves no half-made run folder
+        raise
     return run
 
 
@@ -181,31 +206,43 @@ def read_metrics(run: Run) -> list[dict[str, Any]]:
     rows = []
     for line in run.metrics_path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             log.warning("ignoring a torn line in %s", run.metrics_path)
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+        else:
+            log.warning("ignoring a line that is not an epoch's metrics in %s", run.metrics_path)
     return rows
 
 
 def read_summary(run: Run) -> dict[str, Any]:
-    """summary.json as a dict (empty dict when missing or unreadable)."""
+    """summary.json as a dict (empty dict when missing, unreadable or not a JSON object)."""
     try:
-        return json.loads(run.summary_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads(run.summary_path.read_text())
+    except (OSError, ValueError):
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def read_config(run: Run) -> RunConfig:
-    """The run's config.json as a RunConfig."""
-    return RunConfig.load(run.config_path)
+    """The run's config.json as a RunConfig; a damaged one is a ConfigError naming the run."""
+    try:
+        return RunConfig.load(run.config_path)
+    except ConfigError as exc:
+        raise ConfigError(f"run {run.run_id} has a damaged config.json ({exc})") from exc
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"run {run.run_id} has an unreadable config.json ({exc})") from exc
 
 
 def read_split(run: Run) -> dict[str, Any]:
     """split.json: classes and the train/val/test file lists."""
     try:
-        return json.loads(run.split_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"classes": [], "files": {}}
+        split = json.loads(run.split_path.read_text())
+    except (OSError, ValueError):
+        split = None
+    return split if isinstance(split, dict) else {"classes": [], "files": {}}
 
 
 def load_run(run: str | Path | Run) -> Run:
@@ -250,36 +287,91 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
     return ckpt
 
 
-# Runs whose fit() is running in this process: a 'running' summary naming this pid but absent
-# here belongs to a fit that died without recording it (e.g. the disk was full).
-_ACTIVE: set[str] = set()
+# Runs this process trains: run_id -> the open lock file descriptor (flock held on it).
+_ACTIVE: dict[str, int] = {}
+_ACTIVE_GUARD = threading.Lock()
+LOCK_WAIT_S = 1.0  # a lock probe (listing runs) holds the lock for microseconds: retry that long
+
+
+def _try_lock(path: Path, create: bool) -> int | None:
+    """An fd holding an exclusive flock on path, or None while another holds it."""
+    try:
+        fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o644)
+    except FileNotFoundError:
+        if create:
+            raise
+        return -1  # no lock file: nobody ever locked this run
+    deadline = time.monotonic() + (LOCK_WAIT_S if create else 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.02)
+
+
+def is_locked(run: Run) -> bool:
+    """True while some process (this one included) trains the run: its lock file is held."""
+    if run.run_id in _ACTIVE:
+        return True
+    fd = _try_lock(run.run_dir / LOCK_NAME, create=False)
+    if fd is None:
+        return True
+    if fd >= 0:
+        os.close(fd)  # closing drops the probe's lock
+    return False
+
+
+def _busy(run: Run) -> TrainingError:
+    return TrainingError(
+        f"run {run.run_id} is being trained by another process or session; wait for it to "
+        "finish or stop it first"
+    )
 
 
 def mark_active(run: Run, active: bool) -> None:
-    """Record that this process's fit() owns (or no longer owns) the run."""
-    (_ACTIVE.add if active else _ACTIVE.discard)(run.run_id)
+    """Take (or release) the run's lock for this process's fit(); TrainingError if another holds it."""
+    with _ACTIVE_GUARD:
+        if not active:
+            fd = _ACTIVE.pop(run.run_id, None)
+            if fd is not None:
+                os.close(fd)  # closing the descriptor releases the flock
+            return
+        if run.run_id in _ACTIVE:
+            raise _busy(run)
+        try:
+            fd = _try_lock(run.run_dir / LOCK_NAME, create=True)
+        except OSError as exc:
+            raise TrainingError(_write_failure(run.run_dir / LOCK_NAME, exc)) from exc
+        if fd is None:
+            raise _busy(run)
+        _ACTIVE[run.run_id] = fd
 
 
-def _is_alive(pid: int) -> bool:
+@contextlib.contextmanager
+def locked(run: Run):
+    """Hold the run's lock for the block (what fit does while training); TrainingError if taken."""
+    mark_active(run, True)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        yield run
+    finally:
+        mark_active(run, False)
 
 
-def effective_status(summary: dict[str, Any]) -> str:
-    """A 'running' run whose process on this host is gone was interrupted."""
+def effective_status(summary: dict[str, Any], run: Run | None = None) -> str:
+    """A 'running' run whose lock nobody holds was interrupted (the lock, not a pid, decides)."""
     status = summary.get("status", "unknown")
-    if status == "running" and summary.get("host") == socket.gethostname():
-        pid = summary.get("pid")
-        if pid == os.getpid():
-            return status if summary.get("run_id") in _ACTIVE else "interrupted"
-        if isinstance(pid, int) and not _is_alive(pid):
-            return "interrupted"
-    return status
+    if status != "running":
+        return status
+    if run is None:
+        run_dir = summary.get("run_dir")
+        if not run_dir:
+            return status
+        run = Run(Path(run_dir).name, Path(run_dir))
+    return "running" if is_locked(run) else "interrupted"
 
 
 def iter_runs() -> Iterable[Run]:
@@ -290,20 +382,69 @@ def iter_runs() -> Iterable[Run]:
             yield Run(d.name, d)
 
 
+def damage(run: Run) -> str | None:
+    """Why a run folder cannot be used (a file that is not what it should be), or None."""
+    try:
+        raw = json.loads(run.summary_path.read_text())
+        if not isinstance(raw, dict):
+            return f"summary.json holds a {type(raw).__name__}, not an object"
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        return f"summary.json is unreadable ({exc})"
+    try:
+        read_config(run)  # parsed, not validated: a rule tightened later must not damage old runs
+    except ConfigError as exc:
+        return str(exc)
+    if run.metrics_path.exists():
+        try:
+            lines = run.metrics_path.read_text().splitlines()
+        except (OSError, ValueError) as exc:
+            return f"metrics.jsonl is unreadable ({exc})"
+        for n, line in enumerate(lines[:-1], 1):  # a torn last line is a normal crash artefact
+            try:
+                row = json.loads(line)
+            except ValueError:
+                return f"metrics.jsonl line {n} is not JSON"
+            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+                return f"metrics.jsonl line {n} is not an epoch's metrics object"
+    return None
+
+
 def list_runs() -> list[dict[str, Any]]:
-    """Summaries of every run, newest first, with the status corrected for dead processes."""
+    """Summaries of every run, newest first: status from the run lock; damaged runs say why."""
     out = []
     for run in iter_runs():
-        summary = read_summary(run) or {"run_id": run.run_id, "run_dir": str(run.run_dir)}
-        summary["status"] = effective_status(summary)
+        summary = read_summary(run)
+        # the folder name is the id: a copied folder's summary still names the original
+        summary.update(run_id=run.run_id, run_dir=str(run.run_dir))
+        reason = damage(run)
+        if reason:
+            summary.update(status="damaged", damage=reason)
+        else:
+            summary["status"] = effective_status(summary, run)
         out.append(summary)
     return out
 
 
 def delete_run(run: str | Path | Run) -> None:
-    """Remove a run folder (only ever inside the workspace's runs/)."""
+    """Remove a run folder (only inside the workspace's runs/); refused while it trains."""
     r = load_run(run)
     root = workspace.runs_dir().resolve()
     if root not in r.run_dir.resolve().parents:
         raise RunNotFoundError(f"{r.run_dir} is not inside {root}; refusing to delete it")
-    shutil.rmtree(r.run_dir)
+    if r.run_id in _ACTIVE:
+        raise _busy(r)
+    try:
+        fd = _try_lock(r.run_dir / LOCK_NAME, create=True)
+    except OSError:
+        fd = -1  # a read-only workspace: rmtree below will say so
+    if fd is None:
+        raise _busy(r)
+    try:
+        shutil.rmtree(r.run_dir)
+    except OSError as exc:
+        raise TrainingError(f"could not delete {r.run_dir}: {exc.strerror or exc}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)

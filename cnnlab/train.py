@@ -609,7 +609,7 @@ def resume(
 ) -> dict[str, Any]:
     """Continue an interrupted/stopped run from last.pt: weights, optimizer, schedule, RNG, patience."""
     r = runs.load_run(run)
-    status = runs.effective_status(runs.read_summary(r))
+    status = runs.effective_status(runs.read_summary(r), r)
     if status not in RESUMABLE:
         raise TrainingError(
             f"run {r.run_id} is {status}; only {', '.join(RESUMABLE)} runs can be resumed"

@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
+import tempfile
 from pathlib import Path
 
-from .errors import DataError
+from .errors import CnnlabError, DataError
+
+log = logging.getLogger(__name__)
 
 
 def home() -> Path:
-    """The workspace root, created on first use."""
-    root = Path(os.environ.get("CNNLAB_HOME", "~/.cnnlab")).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    """The workspace root, created on first use; DataError when it cannot be."""
+    root = home_path()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create the workspace {root} ({exc.strerror or exc}); set CNNLAB_HOME to a "
+            "writable folder"
+        ) from exc
     return root
+
+
+def home_path() -> Path:
+    """Where the workspace is (CNNLAB_HOME, default ~/.cnnlab), without creating it."""
+    return Path(os.environ.get("CNNLAB_HOME", "~/.cnnlab")).expanduser().resolve()
 
 
 def _sub(name: str) -> Path:
     path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(
+            f"cannot create {path} ({exc.strerror or exc}); free disk space or make the "
+            "workspace writable (CNNLAB_HOME)"
+        ) from exc
     return path
 
 
@@ -45,7 +68,7 @@ def data_roots() -> list[Path]:
     """Folders the dashboard may read server-side datasets from (CNNLAB_DATA_ROOTS, os.pathsep-separated)."""
     raw = os.environ.get("CNNLAB_DATA_ROOTS", "")
     roots = [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
-    return roots or [home()]
+    return roots or [home_path()]
 
 
 def check_inside_roots(path: str | Path) -> Path:
@@ -59,3 +82,66 @@ def check_inside_roots(path: str | Path) -> Path:
         f"{resolved} is outside the allowed data folders ({allowed}); "
         "move the data there or add its folder to CNNLAB_DATA_ROOTS."
     )
+
+
+# ---------------------------------------------------------------- best-effort caches
+_warned: set[str] = set()
+_cleaned: set[Path] = set()
+TEMP_PATTERNS = (".verify-*", ".images-*.npy")
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log a warning the first time key is seen in this process (a cache that cannot be written)."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
+
+
+def cache_dir_or_none() -> Path | None:
+    """The cache folder, or None (warned once) when the workspace cannot hold one: keep going in RAM.
+
+    The first call per folder removes temp files left by killed processes (see clean_temp).
+    """
+    try:
+        path = cache_dir()
+    except (OSError, CnnlabError) as exc:
+        warn_once("cache-dir", f"no decode cache ({exc}); continuing in memory")
+        return None
+    if path not in _cleaned:
+        _cleaned.add(path)
+        clean_temp(path)
+    return path
+
+
+def clean_temp(folder: Path, patterns: tuple[str, ...] = TEMP_PATTERNS) -> int:
+    """Remove temp files no live writer holds (writers flock them); returns how many went."""
+    removed = 0
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink()
+                removed += 1
+            except OSError:  # a live writer holds it, or it vanished meanwhile
+                pass
+            finally:
+                os.close(fd)
+    if removed:
+        log.info("removed %d leftover temp file(s) from %s", removed, folder)
+    return removed
+
+
+@contextlib.contextmanager
+def temp_file(folder: Path, prefix: str, suffix: str):
+    """A new locked temp file in folder: yields its path, removes it unless it was renamed away."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # tells clean_temp in other processes it is in use
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)  # gone already when the caller renamed it into place
+        os.close(fd)

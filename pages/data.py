@@ -1,4 +1,5 @@
-"""Data page: choose a data set (demo, zip, folder upload, server path), check it, split it."""
+"""Data page: choose a data set (demo, zip, folder upload, server path, labels CSV), check it,
+see its duplicates, leave classes or copies out, split it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from cnnlab import archive, data, demo, workspace
+from cnnlab import archive, data, demo, duplicates, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
 
-SOURCES = ("Demo digits", "Upload a zip", "Upload a folder", "Path on this server")
+SOURCES = (
+    "Demo digits", "Upload a zip", "Upload a folder", "Path on this server", "CSV of labels",
+)  # fmt: skip
+SPLIT_SOURCE = {
+    "folders": "given by the data set's train / val / test folders",
+    "csv": "given by the CSV's split column",
+    "random": "random, stratified per class (seeded)",
+}
+MAX_GROUPS_SHOWN = 12  # duplicate groups drawn with thumbnails
 IMAGE_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224)
 SAMPLES_PER_CLASS = 6
 MAX_CLASSES_SHOWN = 30
@@ -54,6 +63,8 @@ def _choose_source() -> str | None:
                 "|".join(sorted(u.file_id for u in ups)),
                 lambda _p: archive.save_uploaded_files([(u.name, u.getvalue()) for u in ups], top),
             )
+    elif source == "CSV of labels":
+        return _choose_csv()
     else:
         roots = ", ".join(f"`{r}`" for r in workspace.data_roots())
         st.caption(f"Allowed folders: {roots} (set CNNLAB_DATA_ROOTS to change).")
@@ -62,6 +73,50 @@ def _choose_source() -> str | None:
             checked = workspace.check_inside_roots(raw.strip())
             with st.status("Reading…"):
                 return str(data.resolve_dataset(checked))  # a server-side .zip is extracted
+    return None
+
+
+def _choose_csv() -> str | None:
+    """A labels CSV: uploaded with a zip of its images, or both on this server."""
+    st.caption(
+        "A CSV with a header row: an image column (path, file, filename, image, image_id or id; "
+        "ids may leave out the extension), a label column (label, class, category or target) "
+        "and, optionally, a split column (train / val / test)."
+    )
+    with st.expander("Column names (when the CSV uses other names)"):
+        c1, c2 = st.columns(2)
+        path_column = c1.text_input("Image column", key="data_csv_path_column").strip()
+        label_column = c2.text_input("Label column", key="data_csv_label_column").strip()
+    mode = st.radio(
+        "Where are the images?", ("Upload the CSV and a zip of the images", "On this server"),
+        horizontal=True, key="data_csv_mode",
+    )  # fmt: skip
+    options = {"path_column": path_column, "label_column": label_column}
+    if mode.startswith("Upload"):
+        up_csv = st.file_uploader("Labels CSV", type=["csv"], key="data_csv_file")
+        up_zip = st.file_uploader("Zip of the images", type=["zip"], key="data_csv_zip")
+        if up_csv is None or up_zip is None:
+            return None
+        images = _uploaded_once(
+            up_zip.file_id, lambda p: archive.save_uploaded_zip(up_zip.getvalue(), up_zip.name, p)
+        )
+        csv_path = _uploaded_once(
+            up_csv.file_id, lambda _p: archive.save_uploaded_csv(up_csv.getvalue(), up_csv.name)
+        )
+        st.session_state[ui.DATA_CSV] = {**options, "images": images}
+        return csv_path
+    roots = ", ".join(f"`{r}`" for r in workspace.data_roots())
+    st.caption(f"Allowed folders: {roots} (set CNNLAB_DATA_ROOTS to change).")
+    raw = st.text_input("CSV on this server", key="data_csv_server_path").strip()
+    images_raw = st.text_input(
+        "Images folder (empty: the CSV's paths are relative to its own folder)",
+        key="data_csv_server_images",
+    ).strip()
+    if st.button("Use this CSV", disabled=not raw):
+        checked = workspace.check_inside_roots(raw)
+        images = str(workspace.check_inside_roots(images_raw)) if images_raw else ""
+        st.session_state[ui.DATA_CSV] = {**options, "images": images}
+        return str(checked)
     return None
 
 
@@ -88,6 +143,52 @@ def _show_samples(result: data.ScanResult) -> None:
         st.caption(f"… and {len(result.classes) - MAX_CLASSES_SHOWN} more classes.")
 
 
+def _show_duplicates(result: data.ScanResult) -> tuple[bool, bool]:
+    """The groups of copies with thumbnails; returns the chosen (drop duplicates, drop conflicts)."""
+    st.subheader("Duplicates")
+    groups = result.duplicate_groups()
+    prev = st.session_state.get(ui.DATA_CONFIG) or DataConfig()
+    st.session_state.setdefault("data_drop_duplicates", prev.drop_duplicates)
+    st.session_state.setdefault("data_drop_conflicts", prev.drop_conflicts)
+    if not groups:
+        st.success("No two images are copies of each other.")
+        return False, False
+    conflicts = [g for g in groups if duplicates.conflicting(g, result.labels)]
+    st.warning(
+        f"{len(groups)} group(s) of copies ({sum(len(g.members) for g in groups)} files); "
+        f"{len(conflicts)} carry different labels — likely labelling errors. Copies always share "
+        "a split here, so they cannot inflate the test accuracy of a random split."
+    )
+    shown = sorted(groups, key=lambda g: not duplicates.conflicting(g, result.labels))
+    for g in shown[:MAX_GROUPS_SHOWN]:
+        flag = " · **different labels**" if duplicates.conflicting(g, result.labels) else ""
+        st.markdown(f"{g.kind} copies{flag}")
+        thumbs = [ui.thumbnail(str(result.files[i]), result.files[i].stat().st_mtime_ns)
+                  for i in g.members[:8]]  # fmt: skip
+        captions = [
+            f"{result.classes[result.labels[i]]}"
+            + (f" · {result.given[i]}" if result.given and result.given[i] else "")
+            + f" · {result.rel(i)}"
+            for i in g.members[:8]
+        ]
+        st.image(thumbs, caption=captions, width=96)
+    if len(groups) > MAX_GROUPS_SHOWN:
+        st.caption(
+            f"… and {len(groups) - MAX_GROUPS_SHOWN} more groups (`cnnlab inspect` lists all)."
+        )
+    c1, c2 = st.columns(2)
+    drop_dups = c1.checkbox(
+        "Drop duplicates (keep one copy of each group; the test copy when there is one)",
+        key="data_drop_duplicates",
+    )
+    drop_conflicts = c2.checkbox(
+        "Drop conflicting labels (leave out every copy whose labels disagree)",
+        key="data_drop_conflicts",
+    )
+    st.caption("Recorded in the run's config; your files are never deleted.")
+    return drop_dups, drop_conflicts
+
+
 def _show_dataset(path: str) -> None:
     bar, progress = ui.progress_bar("Checking every image")
     try:
@@ -103,6 +204,7 @@ def _show_dataset(path: str) -> None:
     c1.metric("Classes", len(result.classes))
     c2.metric("Usable images", f"{result.n_images:,}")
     c3.metric("Problems", len(result.problems))
+    st.markdown(f"**Splits:** {SPLIT_SOURCE[result.split_source]}.")
 
     st.plotly_chart(_balance_chart(counts))
     ratio = max(counts.values()) / min(counts.values())
@@ -123,12 +225,17 @@ def _show_dataset(path: str) -> None:
     else:
         st.success("Every file is a usable image.")
 
+    drop_dups, drop_conflicts = _show_duplicates(result)
+
     st.subheader("Split")
     # Start from the config other pages (Home demo, Augment, Model) may have set: widget state is
     # dropped when the user leaves this page, the config in session_state is not.
     prev = st.session_state.get(ui.DATA_CONFIG) or DataConfig()
+    same = prev.path == path
     for key, value in (("data_val", prev.val_fraction), ("data_test", prev.test_fraction),
-                       ("data_size", prev.image_size), ("data_seed", prev.seed)):  # fmt: skip
+                       ("data_size", prev.image_size), ("data_seed", prev.seed),
+                       ("data_exclude", [c for c in prev.exclude_classes if c in result.classes]
+                        if same else [])):  # fmt: skip
         st.session_state.setdefault(key, value)
     sizes = sorted({*IMAGE_SIZES, int(st.session_state["data_size"])})
     c1, c2, c3, c4 = st.columns(4)
@@ -136,23 +243,45 @@ def _show_dataset(path: str) -> None:
     test = c2.slider("Test fraction", 0.0, 0.4, step=0.05, key="data_test")
     size = c3.select_slider("Image size (px)", sizes, key="data_size")
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, key="data_seed"))
-    cfg = DataConfig(path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed)
+    st.session_state["data_exclude"] = [
+        c for c in st.session_state["data_exclude"] if c in result.classes
+    ]
+    exclude = st.multiselect("Exclude classes", result.classes, key="data_exclude")
+    given = set(result.given)  # a split the layout gives is not carved from train
+    carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
+    need = 1 + carve_val + carve_test
+    small = [c for c, n in counts.items() if n < need and c not in exclude and not given]
+    st.caption(
+        f"Each class needs at least {need} images: one to train on"
+        + (", one for validation" if carve_val else "")
+        + (", one for the test" if carve_test else "")
+        + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0." if small
+           else ".")
+    )  # fmt: skip
+    cfg = DataConfig(
+        path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed,
+        exclude_classes=list(exclude), drop_duplicates=drop_dups, drop_conflicts=drop_conflicts,
+        **ui.csv_options(path),
+    )  # fmt: skip
     try:
         cfg.validate()
-        parts = data.split(result, val, test, seed)
+        kept = data.filter_scan(result, exclude, drop_dups, drop_conflicts)
+        parts = data.split(kept, val, test, seed)
     except CnnlabError:
         st.session_state.pop(ui.DATA_CONFIG, None)
         raise
+    for warning in kept.warnings + data.split_warnings(val, test, kept):
+        st.warning(warning, icon=":material/warning:")
     rows = [{"class": c, **row, "total": sum(row.values())} for c, row in
-            parts.per_class(result).items()]  # fmt: skip
-    rows.append({"class": "all", **parts.sizes(), "total": result.n_images})
+            parts.per_class(kept).items()]  # fmt: skip
+    rows.append({"class": "all", **parts.sizes(), "total": kept.n_images})
     st.dataframe(rows, hide_index=True, width="stretch")
     st.session_state[ui.DATA_CONFIG] = cfg
 
     if st.button(f"Decode and cache at {size} px", icon=":material/memory:"):
         bar, progress = ui.progress_bar("Decoding")
         start = time.perf_counter()
-        images = data.load_tensors(result.files, size, progress)
+        images = data.load_tensors(kept.files, size, progress)
         bar.empty()
         st.success(
             f"{tuple(images.shape)} uint8 tensor ready in {time.perf_counter() - start:.1f} s; "
@@ -162,7 +291,10 @@ def _show_dataset(path: str) -> None:
 
 ui.use_app_navigation()
 st.title("Data")
-st.caption("An image folder with one sub-folder per class (or a .zip of one).")
+st.caption(
+    "An image folder with one sub-folder per class, train / val / test folders of those, a .zip "
+    "of either, or a CSV of file names and labels."
+)
 try:
     chosen = _choose_source()
     if chosen:  # store the folder that holds the class folders (past a lone wrapper folder)

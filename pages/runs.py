@@ -254,7 +254,13 @@ def _open(summaries: list[dict[str, Any]]) -> None:
         col.metric(label, f"{value:.1%}" if isinstance(value, float) else "–")
     seconds = _duration(summary)
     c5.metric("Duration", f"{seconds:,.1f} s" if seconds is not None else "–")
-    if summary.get("error"):
+    if summary.get("damage"):
+        st.error(
+            f"This run folder is damaged: {summary['damage']}. Other runs are not affected; "
+            "delete it below, or repair the file by hand.",
+            icon=":material/broken_image:",
+        )
+    elif summary.get("error"):
         st.error(f"This run failed: {summary['error']}", icon=":material/error:")
     _actions(run_id, status, cfg)
 
@@ -287,6 +293,13 @@ def main() -> None:
         )
         return
     st.caption(f"{len(summaries)} run(s) in `{workspace.runs_dir()}`, newest first.")
+    damaged = [s for s in summaries if s.get("status") == "damaged"]
+    if damaged:
+        st.warning(
+            "Damaged run folder(s): "
+            + "; ".join(f"`{s['run_id']}`: {s.get('damage')}" for s in damaged),
+            icon=":material/broken_image:",
+        )
     _table(summaries)
     _compare(summaries)
     _open(summaries)

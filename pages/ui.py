@@ -28,6 +28,7 @@ from cnnlab.errors import CnnlabError, DataError
 
 DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
+DATA_CSV = "data_csv"  # {path_column, label_column, images} of a chosen labels CSV
 RUN_CONFIG = "run_config"
 ACTIVE_RUN_ID = "active_run_id"
 TRAIN_JOB_ID = "train_job_id"
@@ -62,7 +63,7 @@ def show_error(exc: CnnlabError) -> None:
 def require_dataset() -> str:
     """The chosen data set's folder; otherwise point to the Data page and stop this page."""
     path = st.session_state.get(DATASET_PATH)
-    if path and Path(path).is_dir():
+    if path and (Path(path).is_dir() or _is_csv(path)):
         return path
     st.info("Choose a data set first.", icon=":material/info:")
     st.page_link(DATA_PAGE, label="Go to the Data page", icon=":material/dataset:")
@@ -82,10 +83,30 @@ def _scan_store() -> _ScanStore:
     return _ScanStore()
 
 
+def _is_csv(path: str) -> bool:
+    return path.lower().endswith(".csv") and Path(path).is_file()
+
+
+def csv_options(path: str) -> dict[str, str]:
+    """The column/images options chosen on the Data page for a labels CSV (empty for folders)."""
+    return dict(st.session_state.get(DATA_CSV) or {}) if _is_csv(path) else {}
+
+
 def _scan_key(path: str) -> tuple:
-    """The folder and its class folders' mtimes: adding or removing files there changes the key."""
+    """The folder and its class (or split/class) folders' mtimes: adding or removing files there
+    changes the key; for a CSV, its mtime and options."""
     root = Path(path)
+    if _is_csv(path):
+        return (
+            str(root.resolve()),
+            root.stat().st_mtime_ns,
+            tuple(sorted(csv_options(path).items())),
+        )
     stamps = [(p.name, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_dir()]
+    for p in sorted(root.iterdir()):
+        if p.is_dir():  # split folders hold the class folders one level down
+            stamps += [(f"{p.name}/{q.name}", q.stat().st_mtime_ns) for q in sorted(p.iterdir())
+                       if q.is_dir()]  # fmt: skip
     return (str(root.resolve()), root.stat().st_mtime_ns, tuple(stamps))
 
 
@@ -94,7 +115,7 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
 
     Not st.cache_data: that would copy the result per call and could not report progress.
     """
-    if not Path(path).is_dir():  # e.g. deleted since it was chosen, in another tab or shell
+    if not Path(path).is_dir() and not _is_csv(path):  # e.g. deleted since it was chosen
         raise DataError(
             f"{path} is not a folder (any more): choose the data set again on the Data page."
         )
@@ -104,7 +125,7 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
         if key in store.items:
             store.items.move_to_end(key)
             return store.items[key]
-    result = data.scan(path, progress)
+    result = data.scan(path, progress, **csv_options(path))
     with store.lock:
         store.items[key] = result
         while len(store.items) > _SCAN_CACHE_SIZE:

@@ -240,7 +240,8 @@ def _classes(root: Path, counts: dict[str, int]) -> Path:
     for name, n in counts.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            _rgb(color=(i * 20 % 256, 0, 0)).save(root / name / f"{i}.png")
+            # noise, so no two files are copies of each other (copies share a split)
+            _noise(8, 8, seed=i + 1000 * sum(map(ord, name))).save(root / name / f"{i}.png")
     return root
 
 

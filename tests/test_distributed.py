@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import evaluate, predict, runs, train
+from cnnlab import evaluate, models, predict, runs, train
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,8 @@ def test_distributed_checkpoint_predicts_and_evaluates_in_one_process(
 ):
     summary, _, home = ddp_run
     monkeypatch.setenv("CNNLAB_HOME", str(home))
-    state = runs.load_checkpoint(summary["run_id"])[3]["model_state"]  # loads into one model
+    _, _, _, ckpt = models.load_trained(summary["run_id"])  # loads into one plain model
+    state = ckpt["model_state"]
     assert not any(k.startswith("module.") for k in state)  # DDP's wrapper is not saved
     # Single-process evaluation of the best weights gives the test accuracy the 2 ranks summed:
     # every test image was counted exactly once.

@@ -56,11 +56,12 @@ def test_empty_state_then_demo_digits(workspace: Path, fresh_app) -> None:
     assert isinstance(cfg, DataConfig) and cfg.image_size == 32 and cfg.val_fraction == 0.15
     assert [m.value for m in at.metric] == ["10", "1,797", "0"]
     assert len(at.get("plotly_chart")) == 1
-    assert len(at.get("image")) == 10  # one row of samples per class
+    # one row of samples per class, then the first 12 groups of look-alike digits (8x8 originals)
+    assert len(at.get("image")) == 10 + 12
     split_table = at.dataframe[-1].value
     assert list(split_table["class"]) == [str(d) for d in range(10)] + ["all"]
     assert split_table.iloc[-1].to_dict() == {
-        "class": "all", "train": 1259, "val": 269, "test": 269, "total": 1797,
+        "class": "all", "train": 1257, "val": 270, "test": 270, "total": 1797,
     }  # fmt: skip
 
     at.slider(key="data_test").set_value(0.0)
