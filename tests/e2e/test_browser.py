@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-pytestmark = pytest.mark.e2e
+# Per-test limit above the generous training waits (pyproject's default 600 s would cut them).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 # Training speed depends on the machine and its load: waits for it are generous and, when they
