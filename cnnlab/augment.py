@@ -3,7 +3,8 @@
 Random parameters are drawn per image but applied to the whole batch at once: one `affine_grid` +
 `grid_sample` does random resized crop, flip and rotation together, colour jitter is a handful of
 per-image scalars. (torchvision.transforms.v2 on a batch shares ONE set of parameters across the
-batch, and per-image calls are ~5x slower: see /work/shared/notes/performance.md.)
+batch, and per-image calls are ~5x slower: see docs/performance.md and
+benchmarks/bench_augment.py.)
 Validation/test batches only get normalised: resizing already happened once in the data cache.
 """
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from . import console
+from . import __version__, console
 from .errors import CnnlabError
 
 EXIT_USER_ERROR = 2
@@ -21,20 +20,14 @@ EXIT_USER_ERROR = 2
 
 # ---------------------------------------------------------------- app / demo / inspect
 def _cmd_app(args: argparse.Namespace) -> int:
-    from . import demo
+    from . import app_launcher, demo
 
     demo.ensure_demo_digits()  # so the dashboard opens with data ready
-    app = Path(__file__).resolve().parent.parent / "app.py"
-    if not app.is_file():
-        raise CnnlabError(
-            f"app.py not found next to the package ({app}); run from a source checkout"
-        )
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
-    cmd += ["--server.address", args.address]
-    # Streamlit runs from app.py's folder: relative workspace settings must mean what they mean
-    # here, so they are resolved once before starting it.
-    env = app_env(os.environ)
-    return subprocess.call(cmd, cwd=app.parent, env=env)
+    # Absolute workspace settings: they keep their meaning whatever folder Streamlit resolves from.
+    os.environ.update(app_env(os.environ))
+    host = "localhost" if args.address == "127.0.0.1" else args.address
+    print(f"cnnlab dashboard: http://{host}:{args.port}", flush=True)
+    return app_launcher.serve(args.port, args.address)
 
 
 def app_env(environ) -> dict[str, str]:
@@ -240,6 +233,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from . import runs
 
+    if args.runs_command == "delete":
+        runs.delete_run(args.run)  # refuses runs outside the workspace (and running ones)
+        print(f"deleted run {args.run}")
+        return 0
     rows = runs.list_runs()
     if args.json:
         console.print_json(rows)
@@ -371,6 +368,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"max logit difference {result.max_abs_diff:.2g}",
         file=sys.stderr,
     )
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from . import explain, predict
+
+    predictor = predict.Predictor.from_run(args.run, device=args.device)
+    report = explain.write_explanation(predictor, args.image, args.out, args.layer or None)
+    if args.json:
+        console.print_json(report)
+        return 0
+    print(f"{args.image}: {report['predicted']} ({report['probability']:.1%})")
+    for path in report["files"].values():
+        print(path)
     return 0
 
 
@@ -509,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="cnnlab", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("app", help="start the dashboard")
@@ -544,9 +556,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_launch_arg(p)
     p.set_defaults(func=_cmd_resume)
 
-    p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME)")
+    p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME); `runs delete ID`")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_runs)
+    runs_sub = p.add_subparsers(dest="runs_command")
+    d = runs_sub.add_parser("delete", help="delete a run folder (not while it is training)")
+    d.add_argument("run", help="run id or run folder")
 
     p = sub.add_parser("models", help="the model zoo: parameters, input size, when to pick each")
     p.add_argument("--json", action="store_true")
@@ -576,6 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN_DIR/exports)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("explain", help="Grad-CAM and feature-map PNGs of one image for a run")
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--out", required=True, help="folder for the PNGs (created)")
+    p.add_argument("--layer", action="append", help="feature maps of this layer (repeatable; "
+                   "default every conv layer)")  # fmt: skip
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("lr-find", help="learning-rate range test: suggest a learning rate")
     _add_train_args(p)

@@ -1,6 +1,6 @@
 """One epoch of training and one pass of evaluation, plus the optimizer and schedule they use.
 
-Speed comes from the data path (see shared notes, performance.md): the decoded uint8 cache is
+Speed comes from the data path (see docs/performance.md): the decoded uint8 cache is
 indexed with a random permutation (no DataLoader), augmented on the device per image in one batched
 op, and metrics are summed on the device and read once per progress tick.
 """

@@ -7,6 +7,9 @@ pulls in matplotlib, and either would serve one function; the algorithm is short
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -184,3 +187,51 @@ def saliency(
     heat, cls = grad_cam(predictor.model, x, target)
     prob = float(predictor.probabilities(image[None])[0, cls])
     return overlay(image, heat, size=size), predictor.classes[cls], prob
+
+
+def tile(maps: np.ndarray, columns: int = 8, cell: int = 64, gap: int = 2) -> np.ndarray:
+    """Feature maps uint8 (M, h, w) as one grey image grid (rows x columns of `cell` px tiles)."""
+    n = maps.shape[0]
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    grid = np.full((rows * (cell + gap) - gap, cols * (cell + gap) - gap), 255, dtype=np.uint8)
+    for i, m in enumerate(maps):
+        big = display_image(m, cell)[:cell, :cell]
+        r, c = divmod(i, cols)
+        y, x = r * (cell + gap), c * (cell + gap)
+        grid[y : y + big.shape[0], x : x + big.shape[1]] = big
+    return grid
+
+
+def write_explanation(
+    predictor, image_path: str | Path, out_dir: str | Path, layers: list[str] | None = None
+) -> dict[str, Any]:
+    """Write input.png, gradcam.png and features-<layer>.png (every map layer by default) for one
+    image: what the dashboard's Predict and Evaluate pages show. Returns a JSON-ready report."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image = predictor.load(image_path)
+    chosen = layers or layer_names(predictor.model)
+    files: dict[str, str] = {}
+
+    def save(name: str, pixels: np.ndarray) -> None:
+        Image.fromarray(pixels).save(out / name)
+        files[name] = str(out / name)
+
+    save("input.png", display_image(image, 224))
+    cam, cls, prob = saliency(predictor, image, size=224)
+    save("gradcam.png", cam)
+    x = predictor.preprocess(image[None])
+    for name in chosen:
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+        save(f"features-{safe}.png", tile(feature_maps(predictor.model, x, name)))
+    return {
+        "run_id": predictor.run_id,
+        "image": str(image_path),
+        "predicted": cls,
+        "probability": prob,
+        "layers": chosen,
+        "files": files,
+    }

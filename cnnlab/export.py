@@ -95,6 +95,19 @@ def _test_images(run: runs.Run, predictor: Predictor) -> tuple[torch.Tensor, str
     return rand, f"{N_RANDOM_CHECK} random images ({reason})"
 
 
+def require_onnx() -> None:
+    """Raise ExportError naming the `export` extra when onnx, onnxscript or onnxruntime is missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"ONNX export needs the optional packages of the `export` extra ({exc.name} is "
+            "missing): pip install 'cnnlab[export]', or export with --format pt2"
+        ) from exc
+
+
 def _export_onnx(model: torch.nn.Module, dummy: torch.Tensor, path: Path, dynamic: bool) -> None:
     shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic else None
     torch.onnx.export(
@@ -165,6 +178,8 @@ def export_run(
     """Write model.onnx or model.pt2 + labels.json + preprocess.json and verify the model."""
     if fmt not in FORMATS:
         raise ExportError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        require_onnx()
     t0 = time.perf_counter()
     r = runs.load_run(run)
     predictor = Predictor.from_run(r, device="cpu")

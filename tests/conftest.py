@@ -1,12 +1,17 @@
-"""Shared fixtures: an isolated workspace per test and the demo digits written once per session."""
+"""Shared fixtures: an isolated workspace, the demo digits and colour sets, one tiny config, a run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cnnlab import demo
+
+if TYPE_CHECKING:
+    from cnnlab.config import RunConfig
 
 
 @pytest.fixture
@@ -57,18 +62,21 @@ def predictor(trained, monkeypatch: pytest.MonkeyPatch):
     return predict.Predictor.from_run(trained[0]["run_id"])
 
 
+COLOURS = {"red": (210, 35, 35), "green": (35, 210, 35), "blue": (35, 35, 210)}
+
+
 def write_colour_classes(root: Path, per_class: int = 30, size: int = 12, seed: int = 0) -> Path:
-    """root/c0..c2: noisy red, green and blue PNGs, a tiny learnable 3-class data set."""
+    """root/red, green, blue: noisy single-colour PNGs, a tiny learnable 3-class data set."""
     import numpy as np
     from PIL import Image
 
     gen = np.random.default_rng(seed)
-    for c, colour in enumerate([(210, 35, 35), (35, 210, 35), (35, 35, 210)]):
-        (root / f"c{c}").mkdir(parents=True)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
         for i in range(per_class):
             noise = gen.integers(-45, 45, (size, size, 3))
             pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
     return root
 
 
@@ -76,3 +84,33 @@ def write_colour_classes(root: Path, per_class: int = 30, size: int = 12, seed: 
 def colour_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes x 30 noisy 12 px PNGs (66 train images), written once; treat as read-only."""
     return write_colour_classes(tmp_path_factory.mktemp("colours") / "set")
+
+
+@pytest.fixture
+def colours_dir(workspace: Path) -> Path:
+    """3 classes x 12 noisy 16 px PNGs inside the test's workspace (an allowed data root)."""
+    return write_colour_classes(workspace / "colours", per_class=12, size=16)
+
+
+def make_tiny_config(
+    data_dir: Path, epochs: int = 3, batch_size: int = 64, name: str = "", **train_kw
+) -> RunConfig:
+    """16 px images, a two-block CNN on the CPU, patience off: about a second per epoch or less.
+
+    batch_size 64 suits the digits (~20 steps per epoch); use 8 for the 36-image colour folder.
+    """
+    from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    kw = {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "patience": 0, **train_kw}
+    return RunConfig(
+        data=DataConfig(path=str(data_dir), image_size=16),
+        model=ModelConfig(channels=[8, 16], head_units=32),
+        train=TrainConfig(**kw),
+        name=name,
+    )
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., RunConfig]:
+    """tiny_config(data_dir, epochs=3, batch_size=64, name="", **train): see make_tiny_config."""
+    return make_tiny_config

@@ -136,3 +136,55 @@ def test_inspect_lists_every_bad_file_and_counts_the_good(workspace, tmp_path):
     assert sum(report["split"].values()) == 8
     text = cnnlab("inspect", str(root), home=workspace).stdout
     assert "5 file(s) skipped" in text and "dogs/truncated.png" in text
+
+
+def test_version_names_the_package_version(workspace):
+    import cnnlab as package
+
+    assert cnnlab("--version", home=workspace).stdout.strip() == f"cnnlab {package.__version__}"
+
+
+def test_explain_writes_gradcam_and_feature_map_pngs(trained, digits_dir, tmp_path):
+    summary, home = trained
+    image = next((digits_dir / "7").iterdir())
+    out = tmp_path / "explained"
+    proc = cnnlab("explain", summary["run_id"], str(image), "--out", str(out), "--json", home=home)
+    report = json.loads(proc.stdout)
+    assert report["run_id"] == summary["run_id"] and report["predicted"] in [
+        str(d) for d in range(10)
+    ]
+    assert 0.0 < report["probability"] <= 1.0
+    names = set(report["files"])
+    assert {"input.png", "gradcam.png"} <= names
+    assert {f"features-{layer.replace('.', '_')}.png" for layer in report["layers"]} <= names
+    assert len(report["layers"]) >= 2  # every conv layer of the two-block CNN, by default
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    with Image.open(out / "gradcam.png") as cam:
+        assert cam.size == (224, 224) and cam.mode == "RGB"
+    with Image.open(out / f"features-{report['layers'][0].replace('.', '_')}.png") as maps:
+        assert maps.mode == "L" and maps.size[0] > 64  # a grid of maps, not one map
+    # one chosen layer; a bad layer name is a one-line user error naming the real ones
+    one = tmp_path / "one"
+    cnnlab("explain", summary["run_id"], str(image), "--out", str(one),
+           "--layer", report["layers"][0], home=home)  # fmt: skip
+    assert len(list(one.glob("features-*.png"))) == 1
+    bad = cnnlab("explain", summary["run_id"], str(image), "--out", str(one),
+                 "--layer", "nope", home=home, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "no layer 'nope'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_runs_delete_removes_the_run_folder(trained, workspace):
+    import shutil
+
+    summary, home = trained
+    run_id = summary["run_id"]
+    shutil.copytree(home / "runs" / run_id, workspace / "runs" / run_id)
+    assert (
+        cnnlab("runs", "delete", run_id, home=workspace).stdout.strip() == f"deleted run {run_id}"
+    )
+    assert not (workspace / "runs" / run_id).exists()
+    assert json.loads(cnnlab("runs", "--json", home=workspace).stdout) == []
+    again = cnnlab("runs", "delete", run_id, home=workspace, check=False)
+    assert again.returncode == 2 and f"no run '{run_id}'" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1

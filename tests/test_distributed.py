@@ -54,7 +54,7 @@ def ddp_run(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_two_processes_match_one_process_quality(ddp_run, digits_dir: Path, workspace: Path):
     summary, _, _ = ddp_run
     assert summary["world_size"] == 2 and summary["status"] == "completed"
-    assert summary["epochs_run"] == 3 and summary["n_train"] == 1259
+    assert summary["epochs_run"] == 3
     single = train.fit(
         RunConfig(
             data=DataConfig(path=str(digits_dir), image_size=12),
@@ -63,6 +63,7 @@ def test_two_processes_match_one_process_quality(ddp_run, digits_dir: Path, work
         )
     )
     assert single["world_size"] == 1
+    assert summary["n_train"] == single["n_train"]  # the same split, however many processes
     # Same global batch and schedule: the same quality band (not bit-equal: other rank shards).
     assert summary["test_accuracy"] > 0.85 and single["test_accuracy"] > 0.85
     assert abs(summary["test_accuracy"] - single["test_accuracy"]) < 0.06

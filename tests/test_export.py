@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,17 @@ def test_cli_export_and_bad_format(run_id, tmp_path: Path, capsys) -> None:
     assert "verified" in capsys.readouterr().err
     with pytest.raises(export.ExportError, match="one of onnx, pt2"):
         export.export_run(run_id, "torchscript")
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript", "onnxruntime"])
+def test_onnx_without_the_export_extra_names_it(
+    run_id, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, missing: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # what an install without the extra looks like
+    with pytest.raises(export.ExportError, match=r"pip install 'cnnlab\[export\]'") as info:
+        export.export_run(run_id, "onnx", tmp_path / "out")
+    assert f"({missing} is missing)" in str(info.value)
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+    assert cli.main(["export", run_id, "--format", "onnx", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cnnlab[export]" in err

@@ -47,9 +47,8 @@ def test_no_runs_says_so_and_links_onwards(workspace: Path, fresh_app) -> None:
 def test_table_overlay_and_detail(
     workspace: Path, colours_dir: Path, fresh_app, tiny_config
 ) -> None:
-    first = train.fit(tiny_config(colours_dir, epochs=2, name="first"))
-    time.sleep(1.1)  # run ids sort by the second they start in: newest first needs a new second
-    second = train.fit(tiny_config(colours_dir, epochs=3, name="second"))
+    first = train.fit(tiny_config(colours_dir, epochs=2, batch_size=8, name="first"))
+    second = train.fit(tiny_config(colours_dir, epochs=3, batch_size=8, name="second"))
     at = fresh_app(PAGE)
     assert not at.exception and not at.error
     table = at.dataframe[0].value
@@ -103,11 +102,11 @@ def test_delete_asks_first(workspace: Path, colours_dir: Path, fresh_app, finish
 def test_watch_a_running_job_on_the_train_page(
     workspace: Path, colours_dir: Path, fresh_app, tiny_config
 ) -> None:
-    cfg = tiny_config(colours_dir, epochs=10_000)
+    cfg = tiny_config(colours_dir, epochs=10_000, batch_size=8)
     job = jobs.get_manager().start(cfg)
-    end = time.monotonic() + 30
+    end = time.monotonic() + 300
     while job.snapshot().run_id is None:
-        assert time.monotonic() < end, "the job never started its run"
+        assert time.monotonic() < end, f"the job never started its run: {job.snapshot()}"
         time.sleep(0.1)
     run_id = job.snapshot().run_id
     at = fresh_app(PAGE)
@@ -134,7 +133,9 @@ def _interrupted_run(colours_dir: Path, tiny_config) -> str:
             stop.set()
 
     summary = train.fit(
-        tiny_config(colours_dir, epochs=3), callbacks=(stop_after_first_epoch,), stop_event=stop
+        tiny_config(colours_dir, epochs=3, batch_size=8),
+        callbacks=(stop_after_first_epoch,),
+        stop_event=stop,
     )
     assert summary["epochs_run"] == 1
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -158,7 +159,7 @@ def test_interrupted_run_resumes_on_the_train_page(
     assert at.session_state["active_run_id"] == run_id
     at.switch_page("pages/train.py")  # AppTest forgets a script's switch_page on the next run
     # watch it as the fragment would: the progress continues at the run's own epoch
-    texts, captions, end = [], set(), time.monotonic() + 60
+    texts, captions, end = [], set(), time.monotonic() + 300
     while not at.metric:
         assert time.monotonic() < end, texts
         texts += [p.proto.text for p in at.get("progress")]

@@ -10,43 +10,51 @@ import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from cnnlab import jobs
+from cnnlab import jobs, lr_finder
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnnlab.errors import TrainingError
 
-APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "pages/train.py"
 
 
-def open_train_page(data_dir: Path | None, epochs: int = 2, batch_size: int = 64) -> AppTest:
-    """The dashboard on the Train page with a tiny 16 px config (and data when given)."""
-    st.cache_resource.clear()
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    if data_dir is not None:
-        at.session_state["dataset_path"] = str(data_dir)
-        at.session_state["data_config"] = DataConfig(path=str(data_dir), image_size=16)
-        at.session_state["run_config"] = RunConfig(
-            model=ModelConfig(channels=[8, 16], head_units=0),
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu"),
-        )
-    at.switch_page("pages/train.py").run()
-    assert not at.exception
-    return at
+@pytest.fixture
+def open_train(fresh_app):
+    """open_train(data_dir=None, epochs=2, batch_size=64): the Train page with a tiny 16 px config."""
+
+    def open_page(data_dir: Path | None = None, epochs: int = 2, batch_size: int = 64) -> AppTest:
+        state = {}
+        if data_dir is not None:
+            state = {
+                "dataset_path": str(data_dir),
+                "data_config": DataConfig(path=str(data_dir), image_size=16),
+                "run_config": RunConfig(
+                    model=ModelConfig(channels=[8, 16], head_units=0),
+                    train=TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu"),
+                ),
+            }
+        at = fresh_app(PAGE, **state)
+        assert not at.exception
+        return at
+
+    return open_page
 
 
 def button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 
-def poll_until(at: AppTest, done, timeout: float = 60.0) -> None:
-    """Rerun the page every 0.2 s (as the fragment's timer would) until done(at) holds."""
+def poll_until(at: AppTest, done, timeout: float = 300.0) -> None:
+    """Rerun the page every 0.2 s (as the fragment's timer would) until done(at) holds; past the
+    (generous: training speed varies) timeout, fail with what the page shows."""
     end = time.monotonic() + timeout
     while not done(at):
         if time.monotonic() > end:
-            pytest.fail(f"page did not reach the expected state in {timeout} s")
+            shown = [
+                e.value for kind in ("info", "warning", "error", "caption") for e in at.get(kind)
+            ]
+            pytest.fail(f"page did not reach the expected state in {timeout} s; it shows {shown}")
         time.sleep(0.2)
         at.run()
         assert not at.exception
@@ -59,14 +67,16 @@ def finished(at: AppTest) -> bool:
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")  # tests/app/conftest.py
 
 
-def test_without_data_points_to_the_data_page(workspace: Path) -> None:
-    at = open_train_page(None)
+def test_without_data_points_to_the_data_page(workspace: Path, open_train) -> None:
+    at = open_train(None)
     assert "Choose a data set first." in [i.value for i in at.info]
     assert not [b for b in at.button if b.label == "Start"]
 
 
-def test_hyperparameters_show_the_config_defaults(workspace: Path, digits_dir: Path) -> None:
-    at = open_train_page(digits_dir, epochs=2)
+def test_hyperparameters_show_the_config_defaults(
+    workspace: Path, digits_dir: Path, open_train
+) -> None:
+    at = open_train(digits_dir, epochs=2)
     assert at.number_input(key="t_epochs").value == 2  # from the session's run config
     assert at.selectbox(key="t_optimizer").value == TrainConfig().optimizer
     assert at.number_input(key="t_patience").value == TrainConfig().patience
@@ -76,8 +86,10 @@ def test_hyperparameters_show_the_config_defaults(workspace: Path, digits_dir: P
     assert at.number_input(key="t_epochs").value == TrainConfig().epochs
 
 
-def test_start_shows_progress_then_curves_and_summary(workspace: Path, digits_dir: Path) -> None:
-    at = open_train_page(digits_dir, epochs=2)
+def test_start_shows_progress_then_curves_and_summary(
+    workspace: Path, digits_dir: Path, open_train
+) -> None:
+    at = open_train(digits_dir, epochs=2)
     button(at, "Start").click().run()
     assert not at.exception
     assert button(at, "Start").disabled and not button(at, "Stop").disabled
@@ -101,9 +113,11 @@ def _loss_traces(at: AppTest) -> dict[str, list]:
     return {t["name"]: t["x"] for t in spec["data"]}
 
 
-def test_the_loss_curve_moves_within_the_first_epoch(workspace: Path, digits_dir: Path) -> None:
+def test_the_loss_curve_moves_within_the_first_epoch(
+    workspace: Path, digits_dir: Path, open_train
+) -> None:
     """One long epoch: the running train loss is drawn at fractional epochs before it ends."""
-    at = open_train_page(digits_dir, epochs=1, batch_size=4)
+    at = open_train(digits_dir, epochs=1, batch_size=4)
     button(at, "Start").click().run()
     job_id = at.session_state["train_job_id"]
     poll_until(at, lambda a: bool(a.get("plotly_chart")))
@@ -115,16 +129,18 @@ def test_the_loss_curve_moves_within_the_first_epoch(workspace: Path, digits_dir
     jobs.get_manager().stop(job_id)
 
 
-def test_stop_button_ends_the_job(workspace: Path, digits_dir: Path) -> None:
-    at = open_train_page(digits_dir, epochs=200, batch_size=8)
+def test_stop_button_ends_the_job(workspace: Path, digits_dir: Path, open_train) -> None:
+    at = open_train(digits_dir, epochs=200, batch_size=8)
     button(at, "Start").click().run()
     poll_until(at, lambda a: "active_run_id" in a.session_state and a.get("plotly_chart"))
     button(at, "Stop").click().run()
-    poll_until(at, finished, timeout=10)
+    poll_until(at, finished)
     assert any("Stopped by you" in w.value for w in at.warning)
 
 
-def test_start_is_off_with_every_reason_listed(workspace: Path, tmp_path: Path) -> None:
+def test_start_is_off_with_every_reason_listed(
+    workspace: Path, tmp_path: Path, open_train
+) -> None:
     """A class with 1 image: Start is disabled, the reason is in its tooltip and listed below."""
     from PIL import Image
 
@@ -133,7 +149,7 @@ def test_start_is_off_with_every_reason_listed(workspace: Path, tmp_path: Path) 
         (root / name).mkdir(parents=True)
         for i in range(n):
             Image.new("RGB", (8, 8), (9 * i, 80, 20)).save(root / name / f"{i}.png")
-    at = open_train_page(root)
+    at = open_train(root)
     start = button(at, "Start")
     assert start.disabled and "'lonely' (1)" in start.help
     assert any("Start is off" in w.value and "'lonely' (1)" in w.value for w in at.warning)
@@ -141,26 +157,39 @@ def test_start_is_off_with_every_reason_listed(workspace: Path, tmp_path: Path) 
     assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
 
 
-def test_failed_job_shows_its_message(workspace: Path, digits_dir: Path) -> None:
+def test_a_failed_job_shows_its_own_message(
+    workspace: Path, digits_dir: Path, open_train
+) -> None:
     def crash(stop_event, emit):
         raise TrainingError("the disk is full: free some space")
 
     job = jobs.get_manager().start_callable(crash, kind="train")
     jobs.get_manager().wait(job.job_id, timeout=10)
-    at = open_train_page(digits_dir)
+    at = open_train(digits_dir)
     at.session_state["train_job_id"] = job.job_id
     at.run()
     assert at.error and "Training failed: the disk is full" in at.error[0].value
 
 
-def test_a_fresh_session_reattaches_to_a_running_job(workspace: Path, digits_dir: Path) -> None:
+def test_failed_job_shows_its_message(workspace: Path, tmp_path: Path, open_train) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at = open_train(empty)
+    button(at, "Start").click().run()
+    poll_until(at, finished)
+    assert at.error and "Training failed" in at.error[0].value
+
+
+def test_a_fresh_session_reattaches_to_a_running_job(
+    workspace: Path, digits_dir: Path, open_train
+) -> None:
     cfg = RunConfig(
         data=DataConfig(path=str(digits_dir), image_size=16),
         model=ModelConfig(channels=[8, 16], head_units=0),
         train=TrainConfig(epochs=200, batch_size=8, device="cpu"),
     )
     job = jobs.get_manager().start(cfg)  # e.g. started in another tab
-    at = open_train_page(digits_dir)
+    at = open_train(digits_dir)
     assert at.selectbox(key="t_attach").value == job.job_id
     button(at, "Attach").click().run()
     assert not at.exception
@@ -171,26 +200,34 @@ def test_a_fresh_session_reattaches_to_a_running_job(workspace: Path, digits_dir
     assert run_id == job.snapshot().run_id
 
     # a reload that only knows the run id finds the job too
-    again = open_train_page(digits_dir)
+    again = open_train(digits_dir)
     again.session_state["active_run_id"] = run_id
     again.run()
     assert again.session_state["train_job_id"] == job.job_id
     assert again.get("progress")
 
     # a reload with no session state at all (no data chosen) still offers the running job
-    bare = open_train_page(None)
+    bare = open_train(None)
     assert bare.selectbox(key="t_attach").value == job.job_id
     button(bare, "Attach").click().run()
     assert not bare.exception and bare.get("progress")
     assert not button(bare, "Stop").disabled and button(bare, "Start").disabled
 
 
-def test_lr_finder_suggestion_can_be_used(workspace: Path, digits_dir: Path) -> None:
-    at = open_train_page(digits_dir)
+def test_lr_finder_suggestion_can_be_used(workspace: Path, digits_dir: Path, open_train) -> None:
+    at = open_train(digits_dir)
     button(at, "Find a learning rate").click().run()
     assert not at.exception and not at.error
     suggested = at.session_state["suggested_lr"]
-    assert 1e-6 <= suggested <= 1.0
+    # the page shows the core's answer: the same sweep of the same config suggests the same lr,
+    # at a point where the loss has fallen below where the sweep started
+    cfg = at.session_state["run_config"]
+    assert cfg.data.path == str(digits_dir)
+    expected = lr_finder.find_lr(cfg)
+    assert suggested == pytest.approx(expected.suggestion, rel=1e-6)
+    nearest = min(range(len(expected.lrs)), key=lambda i: abs(expected.lrs[i] - suggested))
+    at_suggestion = expected.losses[nearest]
+    assert at_suggestion < expected.losses[0], (at_suggestion, expected.losses[:3])
     button(at, f"Use suggested lr {suggested:.1e}").click().run()
     assert at.number_input(key="t_lr").value == pytest.approx(suggested)
     assert at.session_state["run_config"].train.lr == pytest.approx(suggested)

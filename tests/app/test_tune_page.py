@@ -52,10 +52,11 @@ def test_tiny_study_runs_live_and_hands_the_best_to_train(
     assert not at.exception and not at.error
     assert _button(at, "Stop").disabled is False  # running
 
-    end = time.monotonic() + 120
+    end = time.monotonic() + 600  # generous: trial speed depends on the machine's load
     while not [b for b in at.button if b.label == "Train the best configuration"]:
         if time.monotonic() > end:
-            pytest.fail("the study did not finish in 120 s")
+            shown = {m.label: m.value for m in at.metric}
+            pytest.fail(f"the study did not finish in 600 s; the page shows {shown}")
         time.sleep(0.3)
         at.run()
         assert not at.exception

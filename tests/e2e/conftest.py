@@ -111,7 +111,7 @@ def browser(chromium: Path):
 def page(browser, server: str):
     """A fresh browser session (its own Streamlit session state) on the app's home page."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(120_000)  # pages rerun slowly on a busy machine
     pg = context.new_page()
     pg.goto(server)
     yield pg

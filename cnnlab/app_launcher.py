@@ -1,0 +1,82 @@
+"""`cnnlab app`: find the dashboard (installed or in a checkout) and hand the process to Streamlit.
+
+The dashboard lives at the top of the repository (app.py, pages/, .streamlit/config.toml) and ships
+inside the wheel as cnnlab/dashboard/ (see pyproject.toml). Streamlit reads the config.toml beside
+the script it runs (a script-level config), so the settings apply from any working folder.
+This module never imports Streamlit: it starts `python -m streamlit run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import CnnlabError
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def dashboard_dir() -> Path:
+    """The folder holding app.py and pages/: the installed copy, else the source checkout."""
+    for candidate in (_PACKAGE_DIR / "dashboard", _PACKAGE_DIR.parent):
+        if (candidate / "app.py").is_file() and (candidate / "pages").is_dir():
+            return candidate
+    raise CnnlabError(
+        f"the dashboard (app.py, pages/) is missing from {_PACKAGE_DIR}: reinstall cnnlab "
+        "(`pip install --force-reinstall cnnlab`) or run from a source checkout"
+    )
+
+
+def streamlit_command(app_dir: Path, port: int, address: str) -> list[str]:
+    """The `python -m streamlit run` command line serving app_dir's app.py."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_dir / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+    ]
+
+
+def serve(port: int, address: str) -> int:
+    """Serve the dashboard until Streamlit exits; returns its exit status.
+
+    On POSIX the process becomes Streamlit (exec), so SIGTERM/SIGINT/SIGKILL sent to `cnnlab app`
+    reach the server itself and nothing is left behind. Elsewhere Streamlit runs as a child that
+    receives the signals this process gets.
+    """
+    cmd = streamlit_command(dashboard_dir(), port, address)
+    log.debug("starting %s", " ".join(cmd))
+    sys.stdout.flush()  # exec discards Python's buffers
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, cmd)  # does not return
+    return _run_child(cmd)
+
+
+def _run_child(cmd: list[str]) -> int:
+    """Run cmd, forwarding termination signals to it, and wait for it (non-POSIX systems)."""
+    child = subprocess.Popen(cmd)
+
+    def forward(signum: int, _frame) -> None:
+        child.send_signal(signum)
+
+    for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), forward)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:  # we are leaving for another reason: do not orphan it
+            child.terminate()
+            child.wait()
