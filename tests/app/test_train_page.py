@@ -138,9 +138,7 @@ def test_stop_button_ends_the_job(workspace: Path, digits_dir: Path, open_train)
     assert any("Stopped by you" in w.value for w in at.warning)
 
 
-def test_start_is_off_with_every_reason_listed(
-    workspace: Path, tmp_path: Path, open_train
-) -> None:
+def test_start_is_off_with_every_reason_listed(workspace: Path, tmp_path: Path, open_train) -> None:
     """A class with 1 image: Start is disabled, the reason is in its tooltip and listed below."""
     from PIL import Image
 
@@ -157,9 +155,7 @@ def test_start_is_off_with_every_reason_listed(
     assert not (workspace / "runs").exists() or not list((workspace / "runs").iterdir())
 
 
-def test_a_failed_job_shows_its_own_message(
-    workspace: Path, digits_dir: Path, open_train
-) -> None:
+def test_a_failed_job_shows_its_own_message(workspace: Path, digits_dir: Path, open_train) -> None:
     def crash(stop_event, emit):
         raise TrainingError("the disk is full: free some space")
 
