@@ -290,8 +290,15 @@ def save_uploaded_csv(data: bytes, filename: str) -> Path:
     target = folder / f"{_safe_stem(filename)}-{hashlib.sha256(data).hexdigest()[:12]}.csv"
     if target.is_file():
         return target
+    return _write_upload(data, filename, target, prefix=".upload-")
+
+
+def _write_upload(data: bytes, filename: str, target: Path, prefix: str) -> Path:
+    """Write an upload to a temporary file beside target, then rename: never a half-written file."""
+    folder = target.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".csv", dir=folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, target)
@@ -319,15 +326,4 @@ def save_uploaded_weights(data: bytes, filename: str) -> Path:
     target = folder / f"{_safe_stem(filename)}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
     if target.is_file():
         return target
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".weights-", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise DataError(
-            f"could not save {filename!r} in {folder} ({exc.strerror or exc}); free disk space or "
-            "make the workspace writable"
-        ) from exc
-    return target
+    return _write_upload(data, filename, target, prefix=".weights-")

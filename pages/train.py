@@ -190,12 +190,7 @@ def _live(job_id: str) -> None:
     snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
-    if snap.status == "queued":
-        st.info(
-            f"Queued, position {snap.queue_position}: starts when a running job ends "
-            "(Stop cancels it).",
-            icon=":material/hourglass_top:",
-        )
+    if ui.show_queued(snap):
         return
     if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id

@@ -209,12 +209,7 @@ def _live(job_id: str, name: str, storage: str | None) -> None:
     snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
-    if snap.status == "queued":
-        st.info(
-            f"Queued, position {snap.queue_position}: starts when a running job ends "
-            "(Stop cancels it).",
-            icon=":material/hourglass_top:",
-        )
+    if ui.show_queued(snap):
         return
     elapsed = progress.format_seconds(snap.elapsed_s)
     st.info(f"Study **{name}** is running ({elapsed}).", icon=":material/sync:")

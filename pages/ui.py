@@ -224,3 +224,15 @@ def choose_trained_run(container, key: str) -> str:
     ids = [r["run_id"] for r in summaries]
     default = evaluate.default_run(summaries, st.session_state.get(ACTIVE_RUN_ID))
     return container.selectbox("Run", ids, index=ids.index(default), key=key)
+
+
+def show_queued(snap) -> bool:
+    """Say where a queued job waits (Train and Tune pages); True when it is queued."""
+    if snap.status != "queued":
+        return False
+    st.info(
+        f"Queued, position {snap.queue_position}: starts when a running job ends "
+        "(Stop cancels it).",
+        icon=":material/hourglass_top:",
+    )
+    return True

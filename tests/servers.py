@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 START_TIMEOUT_S = 120  # importing torch + streamlit on a busy 2-core machine takes a while
@@ -88,3 +92,37 @@ def wait_gone(pids: set[int], port: int) -> None:
                 f"({streamlit_pids(port)} run streamlit on {port}), port open: {listening}"
             )
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serve_dashboard(
+    home: Path, logs: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`streamlit run app.py` (this checkout) on a free port over workspace `home`; yields its URL.
+
+    Its output goes to a log under `logs`, named in the failure when it does not come up.
+    """
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {**os.environ, "CNNLAB_HOME": str(home), **(extra_env or {})}
+    env.pop("CNNLAB_DATA_ROOTS", None)
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"streamlit-{port}.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(proc, port, log)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

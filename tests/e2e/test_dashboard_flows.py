@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +20,12 @@ from test_browser import SHAPES, _image, button, open_page, set_number, wait_idl
 
 from cnnlab import runs, train
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tests.servers import serve_dashboard
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-START_TIMEOUT_S = 60
 
 TRAIN_TIMEOUT_MS = 120_000
 PROGRESS = "[data-testid='stProgress']"
@@ -40,20 +35,6 @@ TRACE_X = """name => {
     const trace = plot && plot.data ? plot.data.find(t => t.name === name) : null;
     return trace ? Array.from(trace.x) : null;
 }"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-            return r.status == 200 and r.read().strip() == b"ok"
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -72,36 +53,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def server(home: Path, chromium: Path) -> Iterator[str]:
     """`streamlit run app.py` on a free port over `home` (overrides conftest's server)."""
-    port = _free_port()
-    env = {**os.environ, "CNNLAB_HOME": str(home)}
-    env.pop("CNNLAB_DATA_ROOTS", None)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / f"streamlit-flows-{port}.log", "wb")  # noqa: SIM115 (closed below)
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true", "--server.port", str(port),
-        "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        end = time.monotonic() + START_TIMEOUT_S
-        while not _healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}; see {log.name}")
-            if time.monotonic() > end:
-                pytest.fail(f"streamlit not healthy after {START_TIMEOUT_S} s; see {log.name}")
-            time.sleep(0.25)
+    with serve_dashboard(home, ARTIFACTS) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
