@@ -218,7 +218,8 @@ def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
     )  # the curve grows while the job runs
 
     open_page(page, "Runs")  # another page opens while the job trains, showing it running
-    assert "running" in page.get_by_test_id("stMetricValue").all_inner_texts()
+    running = page.get_by_test_id("stMetricValue").filter(has_text="running")
+    wait_for(running.first, page, "the run shown as running on the Runs page", 120_000)
     open_page(page, "Train")
 
     page.reload()  # a new browser session: the job id in the URL re-attaches it
