@@ -249,7 +249,7 @@ def _start_long_demo(page) -> None:
 def _run_id_shown(page) -> str:
     """The run id in the finished-run caption ("Run `<id>` · <device>")."""
     caption = page.locator("[data-testid='stCaptionContainer']", has_text=re.compile(r"^Run "))
-    code = caption.first.locator("code")
+    code = caption.first.locator("code").first  # the run id; the data set follows
     wait_for(code, page, "the run id caption", 120_000)
     return code.inner_text()
 
