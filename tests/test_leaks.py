@@ -99,11 +99,17 @@ def test_a_chatty_job_keeps_bounded_events() -> None:
     def chatty(stop_event: threading.Event, emit) -> str:
         for i in range(5000):
             emit({"step": i})
-            emit({"kind": "Progress", "epoch": 1, "batch": i, "n_batches": 5000})
+            emit({"kind": "Progress", "epoch": 1, "batch": i, "n_batches": 5000, "loss": 1.0})
         return "done"
 
     snap = manager.wait(manager.start_callable(chatty).job_id, 30)
     assert snap.result == "done"
     assert len(snap.events) == jobs.MAX_EVENTS
     assert snap.events[-1]["step"] == 4999 and snap.events[0]["step"] == 5000 - jobs.MAX_EVENTS
-    assert snap.progress == {"kind": "Progress", "epoch": 1, "batch": 4999, "n_batches": 5000}
+    assert snap.progress == {
+        "kind": "Progress",
+        "epoch": 1,
+        "batch": 4999,
+        "n_batches": 5000,
+        "loss": 1.0,
+    }
