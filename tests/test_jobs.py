@@ -264,7 +264,7 @@ def test_a_multi_process_job_is_followed_through_its_run_folder_and_stops(
     )
     snap = job.snapshot()
     assert snap.status == "running", snap.error
-    assert snap.run_info["n_train"] == 1259 and snap.run_id
+    assert snap.run_info["n_train"] > 1200 and snap.run_id  # ~70 % of the 1,797 digits
     assert manager.get(snap.run_id) is not None  # found by run id, like a fit job
     assert manager.stop(job.job_id)  # SIGTERM to the launcher, forwarded to both ranks
     snap = manager.wait(job.job_id, timeout=300)

@@ -195,10 +195,10 @@ def test_offline_fails_fast_with_one_line(hub: Path, tiny_spec, monkeypatch) -> 
 
 
 def test_cli_offline_and_bad_scheme_are_one_line_exit_2(
-    hub: Path, tiny_spec, monkeypatch, tmp_path: Path, capsys, workspace: Path
+    hub: Path, tiny_spec, monkeypatch, capsys, workspace: Path, colour_classes: Path
 ) -> None:
     monkeypatch.setenv(weights.MIRROR_ENV, f"http://127.0.0.1:{_closed_port()}")
-    data = tmp_path / "data"  # never read: the weights fail before any data work
+    data = colour_classes  # valid data, so the pre-flight check passes and the weights fail
     for argv, expected in (
         (["--model", "test_tiny", "--weights", "imagenet"], "cannot download"),
         (["--model", "resnet18", "--weights", "ftp://example.org/w.pth"], "not http(s)"),
