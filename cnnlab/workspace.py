@@ -17,14 +17,7 @@ log = logging.getLogger(__name__)
 def home() -> Path:
     """The workspace root, created on first use; DataError when it cannot be."""
     root = home_path()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"cannot create the workspace {root} ({exc.strerror or exc}); set CNNLAB_HOME to a "
-            "writable folder"
-        ) from exc
-    return root
+    return _make_dir(root, "the workspace ", "set CNNLAB_HOME to a writable folder")
 
 
 def home_path() -> Path:
@@ -33,14 +26,17 @@ def home_path() -> Path:
 
 
 def _sub(name: str) -> Path:
-    path = home() / name
+    return _make_dir(
+        home() / name, "", "free disk space or make the workspace writable (CNNLAB_HOME)"
+    )
+
+
+def _make_dir(path: Path, what: str, advice: str) -> Path:
+    """mkdir -p, or a DataError naming the folder, the OS's reason and what to do."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(
-            f"cannot create {path} ({exc.strerror or exc}); free disk space or make the "
-            "workspace writable (CNNLAB_HOME)"
-        ) from exc
+        raise DataError(f"cannot create {what}{path} ({exc.strerror or exc}); {advice}") from exc
     return path
 
 
