@@ -49,3 +49,20 @@ def test_stopping_cnnlab_app_stops_streamlit(sig: int, tmp_path: Path) -> None:
                 proc.wait()
     wait_gone(pids, port)  # no orphaned Streamlit still serving the port
     assert code in (0, -sig), log.read_text()
+
+
+def test_the_dashboard_config_turns_off_streamlits_gc_after_every_rerun() -> None:
+    """Streamlit's default gc.collect(2) after each script run (every live-chart tick) held the GIL
+    ~0.3 s per tick beside the training thread: watching the demo cost +134 % (bench_watch.py)."""
+    probe = (
+        "from streamlit import config; "
+        "print(config.get_config_options(force_reparse=True)['runner.postScriptGC'].value)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=app_launcher.dashboard_dir(),  # Streamlit reads .streamlit/config.toml from here
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"
