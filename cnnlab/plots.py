@@ -14,6 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 _LAYOUT = {"margin": {"l": 50, "r": 20, "t": 40, "b": 40}, "height": 340}
+EPOCH_PAD = 0.3  # epochs of room on both ends of an epoch axis (markers are not cut in half)
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
 # a qualitative palette (Plotly's D3), so compared runs never come out in similar blues
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -77,16 +78,26 @@ def loss_figure(
             annotation_text=f"best epoch {diagnosis.best_epoch}",
             annotation_position="top left",
         )
-    last_x = max([len(rows), *(x for x, _ in curve[-1:])])
-    _epoch_axis(fig, math.ceil(last_x))
+    _epoch_axis(fig, max([_last_epoch(rows), *(x for x, _ in curve[-1:])]), first=0 if curve else 1)
     fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_LAYOUT)
     return fig
 
 
-def _epoch_axis(fig: go.Figure, n_epochs: int) -> None:
+def _last_epoch(rows: Sequence[dict[str, Any]]) -> int:
+    """The last row's epoch (rows may be thinned: their count is not the epoch count)."""
+    return max((int(r["epoch"]) for r in rows), default=0)
+
+
+def _epoch_axis(fig: go.Figure, last: float, first: int = 1) -> None:
     """Ticks on whole epochs only (plotly would put some at 1.5, 2.5 on short runs), from 0 when
-    the within-epoch curve starts there."""
-    fig.update_xaxes(tick0=0 if n_epochs < 10 else 1, dtick=max(1, -(-n_epochs // 10)))
+    the within-epoch curve starts there; a fixed range, because plotly's autorange also makes
+    room for the best-epoch label, which on a narrow chart stretched the axis to epoch -7."""
+    n_epochs = math.ceil(last)
+    fig.update_xaxes(
+        tick0=0 if n_epochs < 10 else 1,
+        dtick=max(1, -(-n_epochs // 10)),
+        range=[first - EPOCH_PAD, max(last, first) + EPOCH_PAD],
+    )
 
 
 def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
@@ -99,7 +110,7 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
         x, y = _series(rows, key)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
                                  line={"color": colour}))  # fmt: skip
-    _epoch_axis(fig, len(rows))
+    _epoch_axis(fig, _last_epoch(rows))
     fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_title="accuracy", **_LAYOUT)
     fig.update_yaxes(range=[0, 1.02])
     return fig
@@ -127,7 +138,7 @@ def overlay_figure(
         colour = PALETTE[i % len(PALETTE)]
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, line={"color": colour}))
     title = _METRIC_TITLES.get(metric, metric)
-    _epoch_axis(fig, max((len(r) for r in runs_rows.values()), default=0))
+    _epoch_axis(fig, max((_last_epoch(r) for r in runs_rows.values()), default=0))
     fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric, **_LAYOUT)
     if metric.endswith("_acc"):
         fig.update_yaxes(range=[0, 1.02])

@@ -139,3 +139,18 @@ def test_tune_figures_wait_for_data_and_use_whole_numbers() -> None:
     assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.rangemode == "nonnegative"
     inter = plots.tune_intermediate_figure(study)
     assert inter.layout.showlegend and inter.layout.xaxis.dtick == 1
+
+
+def test_epoch_axes_have_a_fixed_range_from_the_last_epoch() -> None:
+    # plotly's autorange also makes room for the best-epoch label: on an 800 px window the
+    # Runs page's loss chart ran from epoch -7; a set range cannot stretch
+    rows = _rows()
+    loss = plots.loss_figure(rows, evaluate.diagnose(rows))
+    assert tuple(loss.layout.xaxis.range) == (1 - plots.EPOCH_PAD, 7 + plots.EPOCH_PAD)
+    running = plots.loss_figure(rows[:2], curve=[(0.1, 2.0), (2.25, 0.9)])
+    assert tuple(running.layout.xaxis.range) == (0 - plots.EPOCH_PAD, 2.25 + plots.EPOCH_PAD)
+    # thinned rows (every 3rd epoch of 30, the last kept): the axis still ends at epoch 30
+    thinned = [{"epoch": e, "train_acc": 0.5, "val_acc": 0.5} for e in (*range(1, 30, 3), 30)]
+    acc = plots.accuracy_figure(thinned)
+    assert tuple(acc.layout.xaxis.range) == (1 - plots.EPOCH_PAD, 30 + plots.EPOCH_PAD)
+    assert acc.layout.xaxis.dtick == 3
