@@ -39,6 +39,7 @@ def cnnlab(*args: str, home, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_train_json_then_runs_json(digits_dir, workspace):
     proc = cnnlab(
         "train", str(digits_dir), "--epochs", "2", "--image-size", "16", "--json", home=workspace
@@ -53,6 +54,7 @@ def test_train_json_then_runs_json(digits_dir, workspace):
     assert summary["run_id"] in text and "completed" in text
 
 
+@pytest.mark.slow
 def test_train_config_file_and_flag_override(digits_dir, workspace, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text(
@@ -76,6 +78,7 @@ def test_train_config_file_and_flag_override(digits_dir, workspace, tmp_path):
     assert saved["data"]["image_size"] == 12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -100,6 +103,7 @@ def test_user_errors_are_one_line_without_traceback(args, needle, digits_dir, wo
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_demo_and_inspect_json(workspace, tmp_path):
     out = tmp_path / "digits"
     cnnlab("demo", "digits", str(out), home=workspace)
@@ -108,6 +112,7 @@ def test_demo_and_inspect_json(workspace, tmp_path):
     assert sum(report["split"].values()) == 1797 and report["problems"] == []
 
 
+@pytest.mark.slow
 def test_inspect_lists_every_bad_file_and_counts_the_good(workspace, tmp_path):
     root = tmp_path / "mixed"
     for cls in ("cats", "dogs"):
@@ -144,6 +149,7 @@ def test_version_names_the_package_version(workspace):
     assert cnnlab("--version", home=workspace).stdout.strip() == f"cnnlab {package.__version__}"
 
 
+@pytest.mark.slow
 def test_explain_writes_gradcam_and_feature_map_pngs(trained, digits_dir, tmp_path):
     summary, home = trained
     image = next((digits_dir / "7").iterdir())
@@ -174,6 +180,7 @@ def test_explain_writes_gradcam_and_feature_map_pngs(trained, digits_dir, tmp_pa
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_runs_delete_removes_the_run_folder(trained, workspace):
     import shutil
 

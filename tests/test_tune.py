@@ -262,6 +262,7 @@ def test_cli_table_and_errors(home, digits_dir, tmp_path, capsys):
     assert "search.dropout" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study(home, digits_dir, base, prepared, tmp_path):
     n = 4
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
