@@ -57,6 +57,9 @@ def server(home: Path, chromium: Path) -> Iterator[str]:
         yield url
 
 
+RESUME_EPOCHS = 400
+
+
 @pytest.fixture(scope="module")
 def shapes_dir(home: Path) -> Path:
     """3 classes x 40 pictures of coloured shapes, in the workspace."""
@@ -73,12 +76,14 @@ def shapes_dir(home: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def stopped_run(shapes_dir: Path) -> str:
-    """A 40-epoch run stopped by its user after epoch 2 (so resumable, with best.pt)."""
+    """A long run (RESUME_EPOCHS, so resuming cannot finish it before the test stops it) stopped
+    by its user after epoch 2 (so resumable, with best.pt). 96 px at batch 2: an epoch lasts over
+    a second, so the progress line has batches to show (Progress is sent every 0.5 s)."""
     stop = threading.Event()
     cfg = RunConfig(
-        data=DataConfig(path=str(shapes_dir), image_size=32),
+        data=DataConfig(path=str(shapes_dir), image_size=96),
         model=ModelConfig(channels=[8, 16], head_units=0),
-        train=TrainConfig(epochs=40, batch_size=4, device="cpu", patience=0),
+        train=TrainConfig(epochs=RESUME_EPOCHS, batch_size=2, device="cpu", patience=0),
         name="to resume",
     )
 
@@ -105,17 +110,19 @@ def test_resume_continues_at_the_runs_own_epoch_with_its_history(
     page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
     seen: list[str] = []
     end = time.monotonic() + 60
-    while not any(re.match(r"Epoch \d+/40 · batch", t) for t in seen):
+    while not any(re.match(rf"Epoch \d+/{RESUME_EPOCHS} · batch", t) for t in seen):
         assert time.monotonic() < end, seen
         text = _progress_text(page)
         if text:
             seen.append(text)
         page.wait_for_timeout(100)
     assert not [t for t in seen if t.startswith(("Epoch 1/", "Epoch 2/"))], seen
-    assert all(re.match(r"(Epoch (\d+)/40|Starting|Preparing)", t) for t in seen), seen
+    assert all(re.match(rf"(Epoch (\d+)/{RESUME_EPOCHS}|Starting|Preparing)", t) for t in seen), (
+        seen
+    )
     main = page.get_by_test_id("stMain")
     caption = main.locator("[data-testid='stCaptionContainer']", has_text=stopped_run)
-    assert "32 px" in caption.first.inner_text()  # the run's own settings
+    assert "96 px" in caption.first.inner_text()  # the run's own settings
     # the whole history: the validation points start at epoch 1
     page.wait_for_function(f"() => ({TRACE_X})('validation') !== null", timeout=60_000)
     val_x = page.evaluate(TRACE_X, "validation")
@@ -202,7 +209,7 @@ def test_reload_keeps_the_sessions_choices(page, shot, shapes_dir: Path) -> None
 def test_the_loss_curve_moves_within_the_first_epoch(page, shot, shapes_dir: Path) -> None:
     _choose_shapes(page, shapes_dir)
     set_number(page, "Batch size", 1)  # one image a step: the first epoch lasts a while
-    set_number(page, "Epochs", 3)
+    set_number(page, "Epochs", 50)  # still running when Stop is pressed below
     started = time.monotonic()
     button(page, "Start").click()
     page.wait_for_function(f"() => ({TRACE_X})('train (running)') !== null", timeout=60_000)
