@@ -14,47 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.servers: the same server start the e2e tests use
+
+from tests.servers import PAGE_IDLE, serve_dashboard  # noqa: E402
+
 CHROMIUM = os.environ.get("CNNLAB_CHROMIUM", "/usr/bin/chromium")
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(home: Path) -> tuple[subprocess.Popen, str]:
-    port = _port()
-    env = {**os.environ, "CNNLAB_HOME": str(home)}
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-        "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.25)
-    proc.kill()
-    raise SystemExit("streamlit did not start")
 
 
 def _newest_summary(home: Path) -> dict:
@@ -73,16 +44,16 @@ def one_run(browser, url: str, home: Path, epochs: int, watch: bool) -> float:
     page = ctx.new_page()
     page.set_default_timeout(120_000)
     page.goto(url)
-    page.wait_for_selector(IDLE)
+    page.wait_for_selector(PAGE_IDLE)
     page.get_by_role("button", name="Try it on the demo digits").click()
     page.get_by_role("heading", name="Train", exact=True).wait_for()
     page.wait_for_timeout(300)
-    page.wait_for_selector(IDLE)
+    page.wait_for_selector(PAGE_IDLE)
     box = page.get_by_label("Epochs", exact=True)
     box.fill(str(epochs))
     box.press("Enter")
     page.wait_for_timeout(300)
-    page.wait_for_selector(IDLE)
+    page.wait_for_selector(PAGE_IDLE)
     page.get_by_role("button", name="Start").first.click()
     while len(list((home / "runs").iterdir())) <= before:  # the run folder exists: it started
         time.sleep(0.05)
@@ -106,24 +77,19 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     home = Path(tempfile.mkdtemp(prefix="cnnlab-bench-watch-"))
-    proc, url = _serve(home)
     times: dict[bool, list[float]] = {True: [], False: []}
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
-            one_run(browser, url, home, 2, watch=False)  # warm-up: demo data, decode cache
-            for i in range(args.repeats):
-                for watch in (i % 2 == 0, i % 2 == 1):
-                    t = one_run(browser, url, home, args.epochs, watch)
-                    times[watch].append(t)
-                    print(f"{'watched  ' if watch else 'unwatched'} {t:6.2f} s", flush=True)
-            browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serve_dashboard(home, home / "logs") as url, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        one_run(browser, url, home, 2, watch=False)  # warm-up: demo data, decode cache
+        for i in range(args.repeats):
+            for watch in (i % 2 == 0, i % 2 == 1):
+                t = one_run(browser, url, home, args.epochs, watch)
+                times[watch].append(t)
+                print(f"{'watched  ' if watch else 'unwatched'} {t:6.2f} s", flush=True)
+        browser.close()
     w, u = statistics.median(times[True]), statistics.median(times[False])
     print(f"median watched {w:.2f} s, unwatched {u:.2f} s: watching costs {w / u - 1:+.1%}")
 

@@ -21,16 +21,15 @@ sys.path.insert(0, str(ROOT))  # tests.servers: the same server start the e2e te
 
 from PIL import Image  # noqa: E402
 
-from tests.servers import serve_dashboard  # noqa: E402
+from tests.servers import PAGE_IDLE, serve_dashboard  # noqa: E402
 
 CHROMIUM = os.environ.get("CNNLAB_CHROMIUM", "/usr/bin/chromium")
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 PAGES = ["Home", "Data", "Augment", "Model", "Train", "Tune", "Evaluate", "Predict", "Runs"]
 
 
 def _idle(page) -> None:
     page.wait_for_timeout(400)
-    page.wait_for_selector(IDLE, timeout=600_000)
+    page.wait_for_selector(PAGE_IDLE, timeout=600_000)
 
 
 def _open(page, title: str) -> None:

@@ -16,6 +16,9 @@ from pathlib import Path
 START_TIMEOUT_S = 120  # importing torch + streamlit on a busy 2-core machine takes a while
 STOP_TIMEOUT_S = 30
 
+# the Streamlit page between reruns (browser tests, benchmarks and the screenshot script wait on it)
+PAGE_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

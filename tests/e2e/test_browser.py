@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.servers import PAGE_IDLE
+
 # Per-test limit above the generous training waits (pyproject's default 600 s would cut them).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 # Training speed depends on the machine and its load: waits for it are generous and, when they
 # run out, say what the page showed (see wait_for). Latencies are measured in benchmarks/.
 TRAIN_TIMEOUT_MS = 600_000
@@ -84,7 +85,7 @@ def metric(page, label: str) -> str:
 def wait_idle(page, timeout: int = 300_000) -> None:
     """Let the rerun an interaction triggered start, wait for it to end, then check for errors."""
     page.wait_for_timeout(300)
-    wait_for(page.locator(IDLE), page, "the end of the page's rerun", timeout)
+    wait_for(page.locator(PAGE_IDLE), page, "the end of the page's rerun", timeout)
     assert page.locator("[data-testid='stException']").count() == 0, page.inner_text("body")
 
 
