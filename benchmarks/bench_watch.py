@@ -1,5 +1,6 @@
 """Does watching slow training? The same demo run started from the Train page, with the page left
-open (the live fragment redrawing every second in headless Chromium) or closed right after Start.
+open (the live view polling its feed every second in headless Chromium) or closed right after
+Start.
 
 Each run is the Home page's demo (digits, defaults) started with the Start button; its time is
 summary.json's `seconds` (fit's own clock, data preparation excluded). Runs alternate watched /
@@ -54,6 +55,9 @@ def one_run(browser, url: str, home: Path, epochs: int, watch: bool) -> float:
     box.press("Enter")
     page.wait_for_timeout(300)
     page.wait_for_selector(PAGE_IDLE)
+    # the Train page loads the live view's chart library while it waits for Start (as it does
+    # while a person reads it); clicking within that second would parse 4.8 MB beside training
+    page.wait_for_function("() => window.Plotly !== undefined", timeout=30_000)
     page.get_by_role("button", name="Start").first.click()
     while len(list((home / "runs").iterdir())) <= before:  # the run folder exists: it started
         time.sleep(0.05)

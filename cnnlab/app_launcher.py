@@ -1,8 +1,9 @@
 """`cnnlab app`: find the dashboard (installed or in a checkout) and hand the process to Streamlit.
 
-The dashboard lives at the top of the repository (app.py, pages/, .streamlit/config.toml) and ships
-inside the wheel as cnnlab/dashboard/ (see pyproject.toml). Streamlit reads the config.toml beside
-the script it runs (a script-level config), so the settings apply from any working folder.
+The dashboard lives at the top of the repository (server.py, app.py, pages/, .streamlit/config.toml)
+and ships inside the wheel as cnnlab/dashboard/ (see pyproject.toml). Streamlit runs server.py, an
+`st.App` serving app.py's pages plus the Train page's live feed, and reads the config.toml beside
+it (a script-level config), so the settings apply from any working folder.
 This module never imports Streamlit: it starts `python -m streamlit run`.
 """
 
@@ -23,24 +24,24 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def dashboard_dir() -> Path:
-    """The folder holding app.py and pages/: the installed copy, else the source checkout."""
+    """The folder holding server.py, app.py and pages/: the installed copy, else the checkout."""
     for candidate in (_PACKAGE_DIR / "dashboard", _PACKAGE_DIR.parent):
-        if (candidate / "app.py").is_file() and (candidate / "pages").is_dir():
+        if all((candidate / name).exists() for name in ("server.py", "app.py", "pages")):
             return candidate
     raise CnnlabError(
-        f"the dashboard (app.py, pages/) is missing from {_PACKAGE_DIR}: reinstall cnnlab "
+        f"the dashboard (server.py, app.py, pages/) is missing from {_PACKAGE_DIR}: reinstall cnnlab "
         "(`pip install --force-reinstall cnnlab`) or run from a source checkout"
     )
 
 
 def streamlit_command(app_dir: Path, port: int, address: str) -> list[str]:
-    """The `python -m streamlit run` command line serving app_dir's app.py."""
+    """The `python -m streamlit run` command line serving app_dir's server.py (and so app.py)."""
     return [
         sys.executable,
         "-m",
         "streamlit",
         "run",
-        str(app_dir / "app.py"),
+        str(app_dir / "server.py"),
         "--server.port",
         str(port),
         "--server.address",

@@ -17,10 +17,10 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from cnnlab import evaluate, jobs, lr_finder, plots, preflight, progress, runs
+from cnnlab import evaluate, jobs, live_feed, lr_finder, plots, preflight, progress
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
 from cnnlab.errors import CnnlabError
-from pages import ui
+from pages import live, ui
 
 JOB_ID = ui.TRAIN_JOB_ID  # session key: the job this session shows
 STOP_WAIT_S = 3.0  # how long the Stop click waits for the job to wind down before redrawing
@@ -129,18 +129,12 @@ def _run_caption(snap: jobs.JobSnapshot) -> None:
         return
     memo = st.session_state.setdefault("_t_run_caption", {})
     if snap.run_id not in memo:
-        try:
-            cfg = runs.read_config(runs.load_run(snap.run_id))
-        except CnnlabError:
+        text = live_feed.run_caption(snap.run_id)
+        if text is None:
             return
-        name = f" ({cfg.name})" if cfg.name else ""
         memo.clear()
-        memo[snap.run_id] = (
-            f"Run `{snap.run_id}`{name}: model **{cfg.model.name}** · {cfg.data.image_size} px · "
-            f"{progress.plural(cfg.train.epochs, 'epoch')} · lr {cfg.train.lr:.1e} · data "
-            f"`{Path(cfg.data.path).name}`"
-        )
-    st.caption(memo[snap.run_id])
+        memo[snap.run_id] = text
+    st.caption(ui.literal(memo[snap.run_id]))
 
 
 def _progress(snap: jobs.JobSnapshot) -> None:
@@ -184,9 +178,22 @@ def _curves(snap: jobs.JobSnapshot, live: bool) -> None:
         c2.caption("Accuracy is measured at the end of each epoch.")
 
 
+@st.fragment
+def _live_view(job_id: str) -> None:
+    """The browser updates the progress and curves from the live feed by itself (pages/live.py);
+    this re-runs only when the job's phase changes, and once more in full when it ends."""
+    snap = ui.job_manager().snapshot(job_id)
+    if snap is None or not snap.active or not live.served():
+        st.rerun()
+    if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
+        st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
+    live.view(job_id, live_feed.phase(snap))
+
+
 @st.fragment(run_every=1)
 def _live(job_id: str) -> None:
-    """Redrawn every second while the job runs; one full rerun when it ends."""
+    """Without the live feed (`streamlit run app.py`, AppTest): redrawn every second while the
+    job runs; one full rerun when it ends."""
     snap = ui.job_manager().snapshot(job_id)
     if snap is None or not snap.active:
         st.rerun()
@@ -350,12 +357,13 @@ def main() -> None:
             icon=":material/block:",
         )
 
-    if snap is None:
-        return
-    if running:
+    if running and live.served():
+        _live_view(job_id)
+    elif running:
         _live(job_id)
-    else:
+    elif snap is not None:
         _result(snap)
-
+    if not running and live.served():
+        live.preload()  # the next Start's curves then draw at once, without a parse beside them
 
 main()

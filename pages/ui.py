@@ -106,6 +106,11 @@ def show_error(exc: CnnlabError) -> None:
     st.error(str(exc), icon=":material/error:")
 
 
+def literal(text: str) -> str:
+    """text for st.caption/st.markdown shown as typed: a data set named my_set_v2 stays upright."""
+    return "".join("\\" + c if c in "\\`*_[]<>#~|$" else c for c in text)
+
+
 def require_dataset() -> str:
     """The chosen data set's folder; otherwise point to the Data page and stop this page."""
     path = st.session_state.get(DATASET_PATH)

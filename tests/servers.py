@@ -101,7 +101,8 @@ def wait_gone(pids: set[int], port: int) -> None:
 def serve_dashboard(
     home: Path, logs: Path, extra_env: dict[str, str] | None = None
 ) -> Iterator[str]:
-    """`streamlit run app.py` (this checkout) on a free port over workspace `home`; yields its URL.
+    """`streamlit run server.py` (this checkout: app.py plus the live feed, as `cnnlab app` runs
+    it) on a free port over workspace `home`; yields its URL.
 
     Its output goes to a log under `logs`, named in the failure when it does not come up.
     """
@@ -112,7 +113,7 @@ def serve_dashboard(
     logs.mkdir(parents=True, exist_ok=True)
     log = logs / f"streamlit-{port}.log"
     cmd = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
+        sys.executable, "-m", "streamlit", "run", "server.py",
         "--server.headless", "true", "--server.port", str(port),
         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",

@@ -22,7 +22,7 @@ def test_a_checkout_serves_its_own_app_py_and_pages() -> None:
     assert (where / "app.py").is_file() and (where / "pages" / "train.py").is_file()
     cmd = app_launcher.streamlit_command(where, 8765, "127.0.0.1")
     assert cmd[:4] == [sys.executable, "-m", "streamlit", "run"]
-    assert cmd[4] == str(ROOT / "app.py")
+    assert cmd[4] == str(ROOT / "server.py")  # app.py's pages plus the live feed (st.App)
     assert cmd[5:] == ["--server.port", "8765", "--server.address", "127.0.0.1"]
 
 
@@ -48,7 +48,9 @@ def test_stopping_cnnlab_app_stops_streamlit(sig: int, tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait()
     wait_gone(pids, port)  # no orphaned Streamlit still serving the port
-    assert code in (0, -sig), log.read_text()
+    # uvicorn (st.App) shuts down gracefully, then re-raises the signal: SIGTERM ends the process
+    # by it, SIGINT becomes a KeyboardInterrupt that Streamlit's click CLI reports as exit 1
+    assert code in (0, -sig, 1 if sig == signal.SIGINT else 0), log.read_text()
 
 
 def test_the_dashboard_config_turns_off_streamlits_gc_after_every_rerun() -> None:

@@ -1,4 +1,4 @@
-"""Real-browser fixtures: `streamlit run app.py` on a free local port, Debian's chromium via Playwright.
+"""Real-browser fixtures: `streamlit run server.py` on a free local port, Debian's chromium via Playwright.
 
 Never `playwright install` (it downloads a browser): the tests drive /usr/bin/chromium. Without it
 they fail under CI (CI set) and skip elsewhere, saying why.

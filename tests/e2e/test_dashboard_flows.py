@@ -52,7 +52,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def server(home: Path, chromium: Path) -> Iterator[str]:
-    """`streamlit run app.py` on a free port over `home` (overrides conftest's server)."""
+    """`streamlit run server.py` on a free port over `home` (overrides conftest's server)."""
     with serve_dashboard(home, ARTIFACTS) as url:
         yield url
 

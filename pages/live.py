@@ -1,0 +1,138 @@
+"""The Train page's live view without script reruns (a helper module, not a page).
+
+While a job trains, a Streamlit fragment re-running every second makes the browser re-render the
+page each time; on a small machine that CPU comes out of training (docs/performance.md). Here the
+browser polls a JSON route instead (`routes()`, mounted by server.py through `st.App`) and updates
+the progress bar and Plotly charts in place (live_chart.js, a components.v2 component). The page
+re-runs only when the job's phase changes. Under a plain `streamlit run app.py` or AppTest the
+route does not exist (`served()` is False) and the Train page keeps its fragment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import plotly
+import plotly.utils
+import streamlit as st
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from cnnlab import jobs, live_feed
+
+INTERVAL_MS = 1000  # how often a watching page polls
+API = "api/cnnlab"
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+FALLBACK = "_live_fallback"  # session key: the route was unreachable, use the fragment instead
+_served = False
+
+HTML = """
+<div class="cnnlab-live">
+  <div class="cnnlab-live-caption" data-part="caption" data-testid="cnnlab-live-caption"></div>
+  <div class="cnnlab-live-queued" data-part="queued" hidden></div>
+  <div class="cnnlab-live-text" data-part="text" data-testid="cnnlab-live-progress"></div>
+  <div class="cnnlab-live-bar"><div class="cnnlab-live-fill" data-part="fill"></div></div>
+  <div class="cnnlab-live-charts">
+    <div class="cnnlab-live-chart" data-part="loss" data-testid="cnnlab-live-chart"></div>
+    <div class="cnnlab-live-chart" data-part="acc" data-testid="cnnlab-live-chart"></div>
+  </div>
+  <div class="cnnlab-live-error" data-part="error" role="status"></div>
+</div>
+"""
+CSS = """
+.cnnlab-live { font-family: var(--st-font, "Source Sans", sans-serif); }
+.cnnlab-live-caption, .cnnlab-live-charts > :empty, .cnnlab-live-chart:not([data-drawn]) {
+  color: rgba(49, 51, 63, 0.6); font-size: 0.875rem;
+}
+.cnnlab-live-queued { background: rgba(28, 131, 225, 0.1); padding: 0.75rem 1rem;
+  border-radius: 0.5rem; margin: 0.5rem 0; }
+.cnnlab-live-text { font-size: 0.875rem; margin: 0.5rem 0 0.25rem; }
+.cnnlab-live-bar { height: 0.5rem; border-radius: 0.25rem; background: #f0f2f6; overflow: hidden; }
+.cnnlab-live-fill { height: 100%; width: 0; background: var(--st-primary-color, #3b6fd4); }
+.cnnlab-live-charts { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; margin-top: 1rem; }
+.cnnlab-live-chart { min-height: 340px; }
+.cnnlab-live-error { color: #bd4043; font-size: 0.875rem; }
+@media (max-width: 700px) { .cnnlab-live-charts { grid-template-columns: 1fr; } }
+"""
+_component = st.components.v2.component(
+    "cnnlab_live_view",
+    html=HTML,
+    css=CSS,
+    js=(Path(__file__).with_name("live_chart.js")).read_text(encoding="utf-8"),
+    isolate_styles=False,  # Plotly puts its stylesheet (hover labels, mode bar) in the page head
+)
+
+
+def _base() -> str:
+    """'/' or '/<server.baseUrlPath>/': Streamlit's own routes carry the base path, ours too."""
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}/" if base else "/"
+
+
+def _feed(request: Request) -> Response:
+    job_id = request.path_params["job_id"]
+    try:  # the figure revisions the page holds, e.g. ?loss=3&acc=1; figures=0: none this time
+        have = {n: int(request.query_params.get(n, 0)) for n in live_feed.FIGURES}
+        figures = bool(int(request.query_params.get("figures", 1)))
+    except ValueError:
+        return JSONResponse({"error": "figure revisions are whole numbers"}, status_code=400)
+    payload = live_feed.get_feed(jobs.get_manager()).payload(job_id, have, figures=figures)
+    if payload is None:
+        return JSONResponse({"error": f"no job {job_id!r} in this server"}, status_code=404)
+    # Plotly's encoder writes NaN/inf as null and numpy values as numbers: JSON.parse accepts it
+    body = json.dumps(payload, cls=plotly.utils.PlotlyJSONEncoder)
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _plotly_js(_request: Request) -> Response:
+    # versioned URL (see view()), so the browser may keep it for a year
+    return FileResponse(PLOTLY_JS, headers={"Cache-Control": "public, max-age=31536000"})
+
+
+def routes() -> list[Route]:
+    """The live feed's HTTP routes, for `st.App(routes=...)`; marks the feed as served."""
+    global _served
+    _served = True
+    base = _base()
+    return [
+        Route(f"{base}{API}/jobs/{{job_id}}/live", _feed, methods=["GET"]),
+        Route(f"{base}{API}/plotly-{plotly.__version__}.min.js", _plotly_js, methods=["GET"]),
+    ]
+
+
+def served() -> bool:
+    """True when this server answers the live feed (started through server.py) and this session
+    has not found it unreachable."""
+    return _served and not st.session_state.get(FALLBACK)
+
+
+def _lost() -> None:
+    st.session_state[FALLBACK] = True  # e.g. a proxy forwarding only Streamlit's own paths
+
+
+def view(job_id: str, phase: str) -> None:
+    """Mount the live view of job_id; the script re-runs when the job's phase leaves `phase`."""
+    base = _base()
+    _component(
+        key="cnnlab_live_view",
+        data={
+            "job": job_id,
+            "phase": phase,
+            "url": f"{base}{API}/jobs/{job_id}/live",
+            "plotly_url": f"{base}{API}/plotly-{plotly.__version__}.min.js",
+            "interval_ms": INTERVAL_MS,
+            "redraw_ms": int(live_feed.REDRAW_S * 1000),
+        },
+        on_phase_change=lambda: None,
+        on_lost_change=_lost,
+    )
+
+
+def preload() -> None:
+    """Load the live view's Plotly in the browser now, while nothing trains (hidden, no job)."""
+    _component(
+        key="cnnlab_live_preload",
+        data={"job": None, "plotly_url": f"{_base()}{API}/plotly-{plotly.__version__}.min.js"},
+    )
