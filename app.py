@@ -1,7 +1,8 @@
 """cnnlab dashboard entry point: page navigation and the shared sidebar.
 
-Run with `cnnlab app` (or `streamlit run app.py`). Pages live in pages/; pages/ui.py holds the
-helpers and the session-state keys they share.
+Run with `cnnlab app` (or `streamlit run server.py`: this app plus the Train page's live feed;
+`streamlit run app.py` works too, without it). Pages live in pages/; pages/ui.py holds the helpers
+and the session-state keys they share.
 """
 
 import streamlit as st

@@ -35,15 +35,15 @@ HTML = """
   <div class="cnnlab-live-text" data-part="text" data-testid="cnnlab-live-progress"></div>
   <div class="cnnlab-live-bar"><div class="cnnlab-live-fill" data-part="fill"></div></div>
   <div class="cnnlab-live-charts">
-    <div class="cnnlab-live-chart" data-part="loss" data-testid="cnnlab-live-chart"></div>
-    <div class="cnnlab-live-chart" data-part="acc" data-testid="cnnlab-live-chart"></div>
+    <div class="cnnlab-live-chart" data-testid="cnnlab-live-chart"><div data-part="loss"></div></div>
+    <div class="cnnlab-live-chart" data-testid="cnnlab-live-chart"><div data-part="acc"></div></div>
   </div>
   <div class="cnnlab-live-error" data-part="error" role="status"></div>
 </div>
 """
 CSS = """
 .cnnlab-live { font-family: var(--st-font, "Source Sans", sans-serif); }
-.cnnlab-live-caption, .cnnlab-live-charts > :empty, .cnnlab-live-chart:not([data-drawn]) {
+.cnnlab-live-caption, .cnnlab-live-chart > :not([data-drawn]) {
   color: rgba(49, 51, 63, 0.6); font-size: 0.875rem;
 }
 .cnnlab-live-queued { background: rgba(28, 131, 225, 0.1); padding: 0.75rem 1rem;

@@ -4,11 +4,12 @@
 // It asks Streamlit for one rerun when the job's phase changes (its run got an id, it ended).
 
 const FALLBACK_AFTER = 5; // failed polls in a row before the page falls back to re-running itself
-// Share of the wall clock the charts may take. A Plotly redraw costs 15-50 ms of a core; on a
-// 2-core machine the training beside it loses about twice what the browser takes, so a slow or
-// busy machine redraws less often (a fast one every redraw_ms) while the progress line still
-// moves every second.
-const DRAW_BUDGET = 0.01;
+// Share of the wall clock the charts may take. A Plotly redraw costs 15-25 ms of a core, and far
+// more wall time beside training; on a 2-core machine training loses about twice what the
+// browser takes, so a slow or busy machine redraws less often (a fast one every redraw_ms, a
+// busy one every MAX_REDRAW_MS) while the progress line still moves every second.
+const DRAW_BUDGET = 0.02;
+const MAX_REDRAW_MS = 5000;
 const PLOT_CONFIG = { staticPlot: true, responsive: true };
 const running = new WeakMap(); // parentElement -> its poller: a re-render must not start another
 const PRELOAD_DELAY_MS = 500; // let the page settle first
@@ -78,7 +79,8 @@ function startPoller(root, data, setTriggerValue) {
       parts.error.textContent = `The chart could not be drawn: ${err.message}`;
     }
     const spent = performance.now() - started;
-    state.drawAfter = performance.now() + Math.max(data.redraw_ms, spent / DRAW_BUDGET);
+    const wait = Math.min(MAX_REDRAW_MS, Math.max(data.redraw_ms, spent / DRAW_BUDGET));
+    state.drawAfter = performance.now() + wait;
   }
 
   function render(feed) {

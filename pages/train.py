@@ -1,9 +1,10 @@
 """Train page: hyperparameters, Start/Stop, live loss and accuracy curves of a background job.
 
-Training runs in a cnnlab.jobs thread; this page only reads job snapshots. While the job runs, a
-fragment re-runs every second to redraw the progress bar and, when the job has new points, the
-curves (the running training loss within the epoch, validation at epoch ends); it triggers one
-full rerun when the job ends so the summary appears. The job registry is process-wide, so a
+Training runs in a cnnlab.jobs thread; this page only reads job snapshots. While the job runs, the
+live view (pages/live.py) polls the job's feed from the browser and redraws the progress line and
+curves in place (the running training loss within the epoch, validation at epoch ends) without
+re-running this script; without the feed (`streamlit run app.py`, AppTest) a fragment re-runs every
+second instead. Either triggers one full rerun when the job ends so the summary appears. The job registry is process-wide, so a
 reload or a second tab re-attaches to a running job. Start is off, with the reasons listed, while
 cnnlab.preflight finds a problem that would make the run fail.
 """
@@ -365,5 +366,6 @@ def main() -> None:
         _result(snap)
     if not running and live.served():
         live.preload()  # the next Start's curves then draw at once, without a parse beside them
+
 
 main()

@@ -18,6 +18,10 @@ STOP_TIMEOUT_S = 30
 
 # the Streamlit page between reruns (browser tests, benchmarks and the screenshot script wait on it)
 PAGE_IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+# The Train page's charts and progress line: the live view's (pages/live.py) while a job runs
+# under server.py, Streamlit's own after it ends (or under a plain `streamlit run app.py`).
+CHART = ":is([data-testid='stPlotlyChart'], [data-testid='cnnlab-live-chart'])"
+PROGRESS = ":is([data-testid='stProgress'], [data-testid='cnnlab-live-progress'])"
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ TEXT_FILES = [
     *(ROOT / "cnnlab").glob("*.py"),
     *(ROOT / "pages").glob("*.py"),
     ROOT / "app.py",
+    ROOT / "server.py",
 ]
 
 

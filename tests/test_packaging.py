@@ -14,9 +14,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
+import plotly
 import pytest
 
 import cnnlab
@@ -77,14 +80,15 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
 def test_wheel_carries_the_dashboard_unchanged(wheel: Path) -> None:
     pages = PAGE_RE.findall((ROOT / "app.py").read_text())
     assert len(pages) >= 9, pages
-    expected = ["app.py", ".streamlit/config.toml", "pages/ui.py", *[p for p, _ in pages]]
+    expected = ["server.py", "app.py", ".streamlit/config.toml", "pages/ui.py", "pages/live.py",
+                "pages/live_chart.js", *[p for p, _ in pages]]  # fmt: skip
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         for rel in expected:
             member = f"cnnlab/dashboard/{rel}"
             assert member in names, sorted(n for n in names if "dashboard" in n)
             assert zf.read(member) == (ROOT / rel).read_bytes(), f"{member} differs from {rel}"
-        assert not [n for n in names if n.startswith(("tests/", "pages/", "app.py"))]
+        assert not [n for n in names if n.startswith(("tests/", "pages/", "app.py", "server.py"))]
     # pyproject lists the packages by name: a new sub-package must be added there too
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cnnlab").rglob("*.py")}
     assert sources - names == set(), "add these to [tool.setuptools] packages in pyproject.toml"
@@ -153,6 +157,16 @@ def test_installed_app_serves_from_another_folder_with_its_config(
             # announces localhost rather than the bound 127.0.0.1, so the packaged file was read.
             text = log.read_text()
             assert f"URL: http://localhost:{port}" in text, text
+            # server.py's live feed is served too (st.App imports pages/live.py from the wheel)
+            feed = f"http://127.0.0.1:{port}/api/cnnlab/jobs/no-such-job/live"
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(feed, timeout=30)
+            assert missing.value.code == 404
+            assert json.load(missing.value) == {"error": "no job 'no-such-job' in this server"}
+            js = f"http://127.0.0.1:{port}/api/cnnlab/plotly-{plotly.__version__}.min.js"
+            with urllib.request.urlopen(js, timeout=30) as reply:
+                assert reply.read(4096).lstrip().startswith(b"/**")  # plotly.js's licence header
+                assert "max-age" in reply.headers["Cache-Control"]
             pids = streamlit_pids(port)
             assert pids, "no process serving the port was found"
         finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.servers import PAGE_IDLE
+from tests.servers import CHART, PAGE_IDLE
 
 # Per-test limit above the generous training waits (pyproject's default 600 s would cut them).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 # Training speed depends on the machine and its load: waits for it are generous and, when they
 # run out, say what the page showed (see wait_for). Latencies are measured in benchmarks/.
 TRAIN_TIMEOUT_MS = 600_000
-POINTS = "[data-testid='stPlotlyChart'] .scatterlayer .point"
+POINTS = f"{CHART} .scatterlayer .point"
 # number of <img> in the main area that finished loading, at least arg of them
 LOADED_IMAGES = """n => Array.from(document.querySelectorAll("[data-testid='stMain'] img"))
     .filter(i => i.complete && i.naturalWidth > 0).length >= n"""
@@ -110,7 +110,7 @@ def set_number(page, label: str, value: int) -> None:
 def train_and_watch(page) -> None:
     """Press Start; the live chart appears, then (if told to wait) the finished summary."""
     button(page, "Start").click()
-    wait_for(page.get_by_test_id("stPlotlyChart").first, page, "the live chart")
+    wait_for(page.locator(f"{CHART} .js-plotly-plot").first, page, "the live chart")
     # the live chart has points: plotly draws one marker per epoch
     wait_for(page.locator(POINTS).first, page, "a point on the live chart")
 
@@ -212,9 +212,8 @@ def test_live_curve_survives_a_reload_and_stop_ends_the_run(page, shot) -> None:
     train_and_watch(page)
     first = _points(page)
     page.wait_for_function(
-        "n => document.querySelectorAll(\"[data-testid='stPlotlyChart'] .scatterlayer .point\")"
-        ".length > n",
-        arg=first,
+        "([sel, n]) => document.querySelectorAll(sel).length > n",
+        arg=[POINTS, first],
         timeout=TRAIN_TIMEOUT_MS,
     )  # the curve grows while the job runs
 
@@ -250,7 +249,7 @@ def _start_long_demo(page) -> None:
 def _run_id_shown(page) -> str:
     """The run id in the finished-run caption ("Run `<id>` · <device>")."""
     caption = page.locator("[data-testid='stCaptionContainer']", has_text=re.compile(r"^Run "))
-    code = caption.first.locator("code").first  # the run id; the data set follows
+    code = caption.locator("code").first  # the run id (the run's settings caption has none)
     wait_for(code, page, "the run id caption", 120_000)
     return code.inner_text()
 

@@ -20,7 +20,7 @@ from test_browser import SHAPES, _image, button, open_page, set_number, wait_idl
 
 from cnnlab import runs, train
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from tests.servers import serve_dashboard
+from tests.servers import CHART, PROGRESS, serve_dashboard
 
 pytestmark = pytest.mark.e2e
 
@@ -28,13 +28,20 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
 TRAIN_TIMEOUT_MS = 120_000
-PROGRESS = "[data-testid='stProgress']"
 # the x values of one trace (by name) of the first Plotly chart on the page, read from Plotly
-TRACE_X = """name => {
-    const plot = document.querySelector("[data-testid='stPlotlyChart'] .js-plotly-plot");
+TRACE_X = f"""name => {{
+    const plot = document.querySelector("{CHART} .js-plotly-plot");
     const trace = plot && plot.data ? plot.data.find(t => t.name === name) : null;
     return trace ? Array.from(trace.x) : null;
-}"""
+}}"""
+# how many times the page ran its script (a rerun or a fragment's) within `ms` milliseconds
+SCRIPT_RUNS = """ms => new Promise(done => {
+    const app = document.querySelector("[data-testid='stApp']");
+    let runs = 0;
+    const seen = new MutationObserver(() => { if (app.dataset.testScriptState === "running") runs++; });
+    seen.observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});
+    setTimeout(() => { seen.disconnect(); done(runs); }, ms);
+})"""
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,8 @@ def test_resume_continues_at_the_runs_own_epoch_with_its_history(
         seen
     )
     main = page.get_by_test_id("stMain")
-    caption = main.locator("[data-testid='stCaptionContainer']", has_text=stopped_run)
+    captions = ":is([data-testid='stCaptionContainer'], [data-testid='cnnlab-live-caption'])"
+    caption = main.locator(captions, has_text=stopped_run)
     assert "96 px" in caption.first.inner_text()  # the run's own settings
     # the whole history: the validation points start at epoch 1
     page.wait_for_function(f"() => ({TRACE_X})('validation') !== null", timeout=60_000)
@@ -209,7 +217,8 @@ def test_reload_keeps_the_sessions_choices(page, shot, shapes_dir: Path) -> None
 def test_the_loss_curve_moves_within_the_first_epoch(page, shot, shapes_dir: Path) -> None:
     _choose_shapes(page, shapes_dir)
     set_number(page, "Batch size", 1)  # one image a step: the first epoch lasts a while
-    set_number(page, "Epochs", 50)  # still running when Stop is pressed below
+    set_number(page, "Epochs", 1000)  # still running when Stop is pressed below
+    set_number(page, "Patience (0 = off)", 0)
     started = time.monotonic()
     button(page, "Start").click()
     page.wait_for_function(f"() => ({TRACE_X})('train (running)') !== null", timeout=60_000)
@@ -226,6 +235,34 @@ def test_the_loss_curve_moves_within_the_first_epoch(page, shot, shapes_dir: Pat
     if progress.startswith("Epoch 1/"):  # still in the first epoch: the points are fractions
         assert all(0 < x < 1 for x in later), later
     assert later[-1] > first[-1]
+    # issue 17 item 10: the live view moves without the page re-running its script (each run
+    # re-rendered the page in the browser, CPU that a 2-core machine took from training)
+    assert page.locator("[data-testid='cnnlab-live-chart'] .js-plotly-plot").count() >= 1
+    assert page.evaluate(SCRIPT_RUNS, 4000) == 0
+    assert _progress_text(page) != progress or "batch" not in progress  # still moving
     shot(page, "23-moving-curve")
     button(page, "Stop").click()
     page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+
+
+def test_without_its_feed_the_live_view_falls_back_to_rerunning(page, shapes_dir: Path) -> None:
+    """A proxy that forwards only Streamlit's own paths: the live view cannot poll its feed, says
+    so, and the page goes back to re-running a fragment every second instead of freezing."""
+    page.route("**/api/cnnlab/jobs/**", lambda route: route.abort())
+    _choose_shapes(page, shapes_dir)
+    set_number(page, "Batch size", 1)
+    set_number(page, "Epochs", 1000)  # still running when Stop is pressed
+    set_number(page, "Patience (0 = off)", 0)
+    button(page, "Start").click()
+    page.get_by_text("The live view cannot reach the server").first.wait_for(timeout=30_000)
+    bar = page.get_by_test_id("stProgress")  # the fragment's own progress bar
+    bar.first.wait_for(timeout=60_000)
+    page.wait_for_function(
+        "() => /Epoch \\d+\\/1000/.test(document.querySelector(\"[data-testid='stProgress']\")"
+        "?.innerText || '')",
+        timeout=60_000,
+    )
+    assert page.locator("[data-testid='cnnlab-live-progress']").count() == 0
+    button(page, "Stop").click()
+    page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
+    page.unroute("**/api/cnnlab/jobs/**")
