@@ -124,12 +124,7 @@ class LiveFeed:
             "run_id": snap.run_id,
             "phase": phase(snap),
             "caption": self._caption(snap.run_id),
-            "queued": (
-                f"Queued, position {snap.queue_position}: starts when a running job ends "
-                "(Stop cancels it)."
-                if snap.status == "queued"
-                else None
-            ),
+            "queued": progress.queued_line(snap),
             "progress": {"fraction": frac, "text": text},
             "empty": {"loss": NO_LOSS_YET, "acc": NO_ACC_YET},
             "revs": dict(drawn.revs) if drawn else dict(have),

@@ -54,6 +54,15 @@ def progress_line(snap: Any) -> tuple[float, str]:
     return min(frac, 1.0), text
 
 
+def queued_line(snap: Any) -> str | None:
+    """Where a queued job waits ('Queued, position 2: ...'), None when it is not queued."""
+    if snap.status != "queued":
+        return None
+    return (
+        f"Queued, position {snap.queue_position}: starts when a running job ends (Stop cancels it)."
+    )
+
+
 def thin(rows: Sequence[dict[str, Any]], max_points: int = MAX_POINTS) -> list[dict[str, Any]]:
     """At most ~max_points evenly spaced rows, always keeping the last one."""
     step = max(1, -(-len(rows) // max_points))

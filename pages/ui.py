@@ -29,6 +29,7 @@ import streamlit as st
 from cnnlab import data, evaluate, jobs, session
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
+from cnnlab.progress import queued_line
 
 DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
@@ -233,11 +234,8 @@ def choose_trained_run(container, key: str) -> str:
 
 def show_queued(snap) -> bool:
     """Say where a queued job waits (Train and Tune pages); True when it is queued."""
-    if snap.status != "queued":
+    line = queued_line(snap)
+    if line is None:
         return False
-    st.info(
-        f"Queued, position {snap.queue_position}: starts when a running job ends "
-        "(Stop cancels it).",
-        icon=":material/hourglass_top:",
-    )
+    st.info(line, icon=":material/hourglass_top:")
     return True

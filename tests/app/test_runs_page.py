@@ -169,7 +169,7 @@ def test_interrupted_run_resumes_on_the_train_page(
         assert not at.exception
     captions |= {c.value for c in at.caption}
     # the run's own settings (16 px, 3 epochs), not the session's defaults
-    assert any(f"Run `{run_id}`" in c and "16 px" in c and "3 epochs" in c for c in captions)
+    assert any(f"Run {run_id}" in c and "16 px" in c and "3 epochs" in c for c in captions)
     assert texts and not [t for t in texts if t.startswith("Epoch 1/")], texts
     assert all(t.startswith(("Epoch 2/3", "Epoch 3/3", "Starting", "Preparing")) for t in texts)
     snap = jobs.get_manager().snapshot(at.session_state["train_job_id"])
