@@ -263,6 +263,7 @@ def test_without_its_feed_the_live_view_falls_back_to_rerunning(page, shapes_dir
         timeout=60_000,
     )
     assert page.locator("[data-testid='cnnlab-live-progress']").count() == 0
+    assert page.evaluate(SCRIPT_RUNS, 3000) >= 2  # the fragment's ticks (what the live view spares)
     button(page, "Stop").click()
     page.get_by_text("Stopped by you").first.wait_for(timeout=30_000)
     page.unroute("**/api/cnnlab/jobs/**")
