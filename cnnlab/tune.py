@@ -242,7 +242,7 @@ def _next_trial(
     While other workers' running trials would fill the budget, wait: one of them may die, and its
     trial (failed after the heartbeat grace period, then retried) then needs a worker.
     """
-    url = getattr(study._storage, "url", None)  # noqa: SLF001 (optuna exposes no public getter)
+    url = storage_url(study)
     last, since = None, time.monotonic()
     while True:
         with _ask_lock(lock_path, url):
@@ -271,6 +271,15 @@ def _next_trial(
         if stop_event is not None and stop_event.is_set():
             return None
         time.sleep(WAIT_POLL_S)
+
+
+def storage_url(study: optuna.Study) -> str | None:
+    """The URL of the study's RDB storage, or None for in-memory and other storages."""
+    storage = study._storage  # noqa: SLF001 (optuna exposes no public getter)
+    # create_study wraps an RDBStorage in a _CachedStorage, which has no `url` of its own:
+    # reading only the outer object left PostgreSQL workers asking without the lock.
+    backend = getattr(storage, "_backend", storage)
+    return getattr(backend, "url", None)
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
