@@ -67,7 +67,7 @@ def inspect_report(
     drop_conflicts: bool = False,
 ) -> dict:
     """What `cnnlab inspect --json` prints: classes, counts, problems, split, duplicates."""
-    from . import data, duplicates
+    from . import data, duplicates, splits
 
     full = data.scan(path, path_column=path_column, label_column=label_column, images=images)
     scan = data.filter_scan(full, exclude_classes or [], drop_duplicates, drop_conflicts)
@@ -88,7 +88,7 @@ def inspect_report(
         "duplicates": duplicates.describe(groups, paths, class_of, split.of()),
         "excluded_classes": list(exclude_classes or []),
         "n_dropped": full.n_images - scan.n_images,
-        "min_per_class": 1 + (val_fraction > 0) + (test_fraction > 0),
+        "min_per_class": splits.images_needed(scan, val_fraction, test_fraction),
         "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
     }
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, models, weights
+from . import data, models, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
 
@@ -64,30 +64,28 @@ def _weights_problems(config: RunConfig) -> list[Problem]:
 def _data_problems(
     config: RunConfig, scan: data.ScanResult | None
 ) -> tuple[list[Problem], data.ScanResult | None]:
+    """The data set as the run will see it: scanned with the CSV options, then filtered (excluded
+    classes, dropped copies) before the size rule. `scan` is the unfiltered scan, if at hand."""
     d = config.data
-    if scan is None:
-        if not d.path:
-            return [Problem("data", "no data set chosen: give an image folder or a .zip")], None
-        try:
-            scan = data.scan(d.path)
-        except CnnlabError as exc:
-            return [Problem("data", str(exc))], None
+    try:
+        if scan is None:
+            if not d.path:
+                return [Problem("data", "no data set chosen: give an image folder or a .zip")], None
+            scan = data.scan(d.path, path_column=d.path_column, label_column=d.label_column,
+                             images=d.images)  # fmt: skip
+        scan = data.filter_scan(scan, d.exclude_classes, d.drop_duplicates, d.drop_conflicts)
+    except CnnlabError as exc:
+        return [Problem("data", str(exc))], None
     problems = []
     if len(scan.classes) < 2:
         problems.append(
             Problem("data", f"{scan.root} has {len(scan.classes)} usable class(es): a classifier "
                     "needs at least 2 class folders with images")
         )  # fmt: skip
-    # as data.split requires: one image per non-empty split, at least one left for training
-    need = 1 + (d.val_fraction > 0) + (d.test_fraction > 0)
-    small = {c: n for c, n in scan.counts.items() if n < need}
+    small = splits.too_small(scan, d.val_fraction, d.test_fraction)
     if small:
-        listed = ", ".join(f"{c!r} ({n})" for c, n in small.items())
-        problems.append(
-            Problem("data", f"class(es) with too few usable images to split: {listed}; each "
-                    f"needs at least {need} — add images, remove the class folder, or set the "
-                    "validation/test fractions to 0")
-        )  # fmt: skip
+        need = splits.images_needed(scan, d.val_fraction, d.test_fraction)
+        problems.append(Problem("data", splits.too_small_message(small, need)))
     return problems, scan
 
 
@@ -111,7 +109,7 @@ def _model_problems(config: RunConfig, n_classes: int) -> list[Problem]:
 
 def check(config: RunConfig, scan: data.ScanResult | None = None) -> list[Problem]:
     """Every blocking problem of this config (empty when a run can start). `scan` (the config's
-    data set, already scanned) saves scanning it again."""
+    data set, already scanned, not yet filtered) saves scanning it again."""
     try:
         config.validate()
     except CnnlabError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cnnlab import archive, data, demo, duplicates, plots, workspace
+from cnnlab import archive, data, demo, duplicates, plots, splits, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
@@ -264,17 +264,6 @@ def _show_dataset(path: str) -> None:
         c for c in st.session_state["data_exclude"] if c in result.classes
     ]
     exclude = st.multiselect("Exclude classes", result.classes, key="data_exclude")
-    given = set(result.given)  # a split the layout gives is not carved from train
-    carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
-    need = 1 + carve_val + carve_test
-    small = [c for c, n in counts.items() if n < need and c not in exclude and not given]
-    st.caption(
-        f"Each class needs at least {need} images: one to train on"
-        + (", one for validation" if carve_val else "")
-        + (", one for the test" if carve_test else "")
-        + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0." if small
-           else ".")
-    )  # fmt: skip
     cfg = DataConfig(
         path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed,
         exclude_classes=list(exclude), drop_duplicates=drop_dups, drop_conflicts=drop_conflicts,
@@ -283,6 +272,17 @@ def _show_dataset(path: str) -> None:
     try:
         cfg.validate()
         kept = data.filter_scan(result, exclude, drop_dups, drop_conflicts)
+        given = set(kept.given)  # a split the layout gives is not carved from train
+        carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
+        need = splits.images_needed(kept, val, test)
+        small = splits.too_small(kept, val, test)
+        st.caption(
+            f"Each class needs at least {need} images: one to train on"
+            + (", one for validation" if carve_val else "")
+            + (", one for the test" if carve_test else "")
+            + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0."
+               if small else ".")
+        )  # fmt: skip
         parts = data.split(kept, val, test, seed)
     except CnnlabError:
         st.session_state.pop(ui.DATA_CONFIG, None)

@@ -248,7 +248,7 @@ def test_too_small_classes_can_be_excluded(tmp_path: Path, workspace) -> None:
     for c, n in (("big", 10), ("other", 10), ("tiny", 2)):
         for i in range(n):
             _img(root / c / f"{i}.png", sum(map(ord, c)) * 100 + i)
-    with pytest.raises(DataError, match=r"at least 3 are needed.*--exclude-class"):
+    with pytest.raises(DataError, match=r"'tiny' \(2\); each needs at least 3.*--exclude-class"):
         cli.inspect_report(str(root))
     report = cli.inspect_report(str(root), exclude_classes=["tiny"])
     assert report["classes"] == ["big", "other"] and report["min_per_class"] == 3
