@@ -202,6 +202,17 @@ def safe_extract_zip(
     return _move_into_place(tmp, target)
 
 
+_COPY_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # what the workspace adds to an upload's copy
+
+
+def dataset_name(path: str | Path) -> str:
+    """The name a user knows a data set by: its folder or CSV's name, without the '-<hash>' the
+    workspace adds to an uploaded or extracted copy ('labels-69aafff379f0.csv' -> 'labels')."""
+    p = Path(str(path).rstrip("/\\"))
+    stem = p.stem if p.suffix.lower() in (".csv", ".zip") else p.name
+    return _COPY_SUFFIX.sub("", stem) or stem or str(path)
+
+
 def _safe_stem(name: str) -> str:
     """A folder-name-safe version of a user-given name."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.replace("\\", "/")).stem).strip("._")

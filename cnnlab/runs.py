@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import workspace
+from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
 
@@ -123,6 +124,11 @@ def _write_failure(path: Path, exc: OSError) -> str:
     )
 
 
+def run_name(config: RunConfig) -> str:
+    """The run's label: the name it was given, else its data set's name."""
+    return config.name or (dataset_name(config.data.path) if config.data.path else "")
+
+
 def create_run(
     config: RunConfig,
     classes: list[str],
@@ -147,7 +153,7 @@ def create_run(
             {
                 "run_id": run_id,
                 "run_dir": str(run_dir),
-                "name": config.name,
+                "name": run_name(config),
                 "status": "running",
                 "model": config.model.name,
                 "classes": classes,

@@ -30,8 +30,8 @@ WEIGHT_SOURCES = {
 
 def _n_classes() -> int:
     """The chosen data set's class count (scan cached process-wide), else a stand-in."""
-    path = st.session_state.get(ui.DATASET_PATH)
-    if path and Path(path).is_dir():
+    path = ui.chosen_dataset()
+    if path:
         try:
             n = len(ui.scan_dataset(path).classes)
         except CnnlabError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -85,10 +84,14 @@ def _follow_on_train_page(job_id: str, run_id: str, cfg: RunConfig | None) -> No
     st.session_state[ui.ACTIVE_RUN_ID] = run_id
     if (
         cfg is not None
-        and Path(cfg.data.path).is_dir()
+        and ui.dataset_ready(cfg.data.path)
         and not st.session_state.get(ui.DATASET_PATH)
     ):
         st.session_state[ui.DATASET_PATH] = cfg.data.path
+        d = cfg.data
+        st.session_state[ui.DATA_CSV] = {
+            "path_column": d.path_column, "label_column": d.label_column, "images": d.images,
+        }  # fmt: skip
     st.switch_page(TRAIN_PAGE)
 
 

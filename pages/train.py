@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import streamlit as st
 import torch
 
 from cnnlab import evaluate, jobs, live_feed, lr_finder, plots, preflight, progress
+from cnnlab.archive import dataset_name
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from pages import live, ui
@@ -279,17 +279,19 @@ def _controls(dataset: str, running: bool) -> RunConfig:
     base = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
     data_cfg = st.session_state.get(ui.DATA_CONFIG) or base.data or DataConfig()
     data_cfg = dataclasses.replace(data_cfg, path=dataset)
+    # a name given with another data set (the demo's) does not follow the user to this one
+    name = base.name if base.data.path == dataset else ""
     loaded = st.session_state.get(ui.LOADED_FROM)
     if loaded:
         st.success(loaded, icon=":material/star:")
     st.caption(
         f"Start trains model **{base.model.name}** · {data_cfg.image_size} px · data "
-        f"`{Path(dataset).name}` (change them on the Data, Augment and Model pages)"
+        f"`{dataset_name(dataset)}` (change them on the Data, Augment and Model pages)"
     )
     with st.expander("Hyperparameters", expanded=not running):
         tc = _hyperparameters(base.train)
         st.button("Reset to defaults", on_click=_reset_defaults)
-        cfg = dataclasses.replace(base, data=data_cfg, train=tc)
+        cfg = dataclasses.replace(base, data=data_cfg, train=tc, name=name)
         st.session_state[ui.RUN_CONFIG] = cfg  # other pages (and a return visit) see these values
         _lr_tools(cfg)
     return cfg
@@ -319,8 +321,7 @@ def main() -> None:
     if snap is None:
         dataset: str | None = ui.require_dataset()
     else:  # watching a job needs no data; starting another one does
-        dataset = st.session_state.get(ui.DATASET_PATH)
-        dataset = dataset if dataset and Path(dataset).is_dir() else None
+        dataset = ui.chosen_dataset()
 
     cfg = _controls(dataset, running) if dataset else None
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -174,3 +174,11 @@ def test_uploaded_weights_get_a_safe_name(workspace: Path) -> None:
         archive.save_uploaded_weights(b"x", "notes.txt")
     with pytest.raises(DataError, match="is empty"):
         archive.save_uploaded_weights(b"", "w.pt")
+
+
+def test_dataset_name_drops_the_workspace_copy_suffix() -> None:
+    """Issue 28 (polish): one name per data set, as the user knows it."""
+    assert archive.dataset_name("/w/datasets/withjunk-1b2377cdb97f") == "withjunk"
+    assert archive.dataset_name("/w/uploads/labels-69aafff379f0.csv") == "labels"
+    assert archive.dataset_name("/data/icons/") == "icons"
+    assert archive.dataset_name("/data/my-set-2") == "my-set-2"
