@@ -130,3 +130,29 @@ def ensure(config: RunConfig, scan: data.ScanResult | None = None) -> None:
             f"cannot start the run ({len(problems)} problem(s)): "
             + "; ".join(str(p) for p in problems)
         )
+
+
+def batch_warning(batch_size: int, n_train: int) -> str | None:
+    """What a batch larger than the training split does (one step per epoch, of every image)."""
+    if n_train < 1 or batch_size <= n_train:
+        return None
+    return (
+        f"batch size {batch_size} is larger than the {n_train} training images: each epoch is "
+        f"one step and the effective batch is {n_train}; lower the batch size (e.g. "
+        f"{max(1, n_train // 8)}) for more steps per epoch"
+    )
+
+
+def data_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
+    """What the data set makes of this config that does not block a run (a batch larger than
+    the training split); empty when check() finds problems there. `scan` as for check()."""
+    problems, scan = _data_problems(config, scan)
+    if problems or scan is None:
+        return []
+    d = config.data
+    try:
+        n_train = len(splits.split(scan, d.val_fraction, d.test_fraction, d.seed).train)
+    except CnnlabError:
+        return []
+    note = batch_warning(config.train.batch_size, n_train)
+    return [note] if note else []

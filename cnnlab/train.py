@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import augment, distributed, models, runs
+from . import augment, distributed, models, preflight, runs
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -334,6 +334,9 @@ def setup(
     base_lrs = [g.get("lr", tc.lr) for g in groups]
     optimizer = build_optimizer(groups, tc)
     bs = min(tc.batch_size, len(train_rows))
+    note = preflight.batch_warning(tc.batch_size, len(train_rows))
+    if note:
+        log.warning("%s", note)
     scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
         "config": config.to_dict(),

@@ -358,6 +358,9 @@ def main() -> None:
             "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),
             icon=":material/block:",
         )
+    elif cfg is not None and not running:
+        for note in preflight.data_warnings(cfg, ui.scan_dataset(cfg.data.path)):
+            st.warning(note, icon=":material/warning:")
 
     if running and live.served():
         _live_view(job_id)

@@ -152,3 +152,34 @@ def test_csv_options_reach_the_preflight(workspace: Path, tmp_path: Path, capsys
     )
     assert code == 0, capsys.readouterr().err
     assert folder.is_dir()
+
+
+def test_a_batch_larger_than_the_training_split_is_said(
+    workspace: Path, tmp_path: Path, capsys
+) -> None:
+    """Item 5: not blocking, but said before the run, with the effective batch."""
+    folder = _folder(tmp_path / "d", {"a": 6, "b": 6})
+    cfg = _config(folder)
+    assert preflight.data_warnings(cfg) == []
+    cfg.train.batch_size = 64
+    (text,) = preflight.data_warnings(cfg)
+    n_train = 8  # 6 per class, one val and one test image each
+    assert f"batch size 64 is larger than the {n_train} training images" in text
+    assert f"effective batch is {n_train}" in text
+    code = cli.main(
+        [
+            "train",
+            str(folder),
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: batch size 64 is larger" in err

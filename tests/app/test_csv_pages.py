@@ -106,3 +106,16 @@ def test_the_csv_options_survive_a_reload() -> None:
 
     options = {"path_column": "fname", "label_column": "kind", "images": ""}
     assert session.from_record(session.to_record({"data_csv": options})) == {"data_csv": options}
+
+
+def test_train_page_says_the_effective_batch(workspace: Path, colours_dir: Path, fresh_app):
+    """Item 5: a batch larger than the training split is said before Start."""
+    data_cfg = DataConfig(path=str(colours_dir), image_size=16)
+    state = {
+        "dataset_path": str(colours_dir),
+        "data_config": data_cfg,
+        "run_config": RunConfig(data=data_cfg, train=TrainConfig(batch_size=512, device="cpu")),
+    }
+    at = fresh_app("pages/train.py", **state)
+    assert not _button(at, "Start").disabled
+    assert any("effective batch is" in w.value for w in at.warning), _texts(at)
