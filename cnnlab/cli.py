@@ -202,7 +202,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return launched
     config = _config_from_args(args)
     preflight.ensure(config)  # every known problem at once, before a run folder exists
-    for warning in preflight.data_warnings(config):
+    for warning in preflight.run_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])

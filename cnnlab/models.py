@@ -118,6 +118,26 @@ def _wanted(model: nn.Module, cfg: ModelConfig, epoch: int) -> set[int] | None:
     return want
 
 
+def random_backbone_warning(cfg: ModelConfig) -> str | None:
+    """What freezing a randomly initialised backbone costs (feature_extraction, or fine_tune's
+    head-only epochs, with weights 'random'), or None."""
+    if cfg.weights != "random" or not is_transfer(cfg.name):
+        return None
+    if cfg.strategy == "feature_extraction":
+        when = "every epoch"
+        fix = "choose the fine_tune strategy with 0 head-only epochs"
+    elif cfg.freeze_epochs > 0:
+        when = f"the first {cfg.freeze_epochs} epoch(s)"
+        fix = "set the head-only epochs (--freeze-epochs) to 0"
+    else:
+        return None
+    return (
+        f"weights 'random' (\"Random (train from scratch)\") with {cfg.strategy}: the backbone "
+        f"is random but frozen for {when}, so only the head learns then; use ImageNet weights, "
+        f"or {fix} to train the whole model"
+    )
+
+
 def set_phase(model: nn.Module, cfg: ModelConfig, epoch: int) -> bool:
     """Set requires_grad for `epoch` (1-based) per cfg.strategy; True when anything changed.
 

@@ -44,7 +44,13 @@ def _weights_problems(config: RunConfig) -> list[Problem]:
             Problem("data.image_size", f"{m.name} needs images of at least {spec.min_size} px, "
                     f"got {config.data.image_size}: choose a larger image size on the Data page")
         )  # fmt: skip
-    if m.weights in ("random", "imagenet") or weights.is_url(m.weights):
+    if m.weights == "random":
+        return problems
+    if m.weights == "imagenet" or weights.is_url(m.weights):
+        failure = weights.last_failure(m.weights, spec)
+        if failure:  # this process tried already: a run would fail the same way
+            problems.append(Problem("model.weights", f"{failure}; then try again with "
+                                    "'Download the weights now' on the Model page"))  # fmt: skip
         return problems
     if m.weights.startswith("run:"):
         from . import runs  # lazy: runs imports models
@@ -143,16 +149,23 @@ def batch_warning(batch_size: int, n_train: int) -> str | None:
     )
 
 
-def data_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
-    """What the data set makes of this config that does not block a run (a batch larger than
-    the training split); empty when check() finds problems there. `scan` as for check()."""
+def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
+    """What does not block a run but changes what it does: a batch larger than the training
+    split, a frozen random backbone. `scan` as for check()."""
+    out = []
+    try:
+        note = models.random_backbone_warning(config.model)
+    except CnnlabError:  # an unknown model: check() says so
+        note = None
+    if note:
+        out.append(note)
     problems, scan = _data_problems(config, scan)
     if problems or scan is None:
-        return []
+        return out
     d = config.data
     try:
         n_train = len(splits.split(scan, d.val_fraction, d.test_fraction, d.seed).train)
     except CnnlabError:
-        return []
+        return out
     note = batch_warning(config.train.batch_size, n_train)
-    return [note] if note else []
+    return out + ([note] if note else [])

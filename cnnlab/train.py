@@ -334,9 +334,10 @@ def setup(
     base_lrs = [g.get("lr", tc.lr) for g in groups]
     optimizer = build_optimizer(groups, tc)
     bs = min(tc.batch_size, len(train_rows))
-    note = preflight.batch_warning(tc.batch_size, len(train_rows))
-    if note:
-        log.warning("%s", note)
+    for note in (preflight.batch_warning(tc.batch_size, len(train_rows)),
+                 models.random_backbone_warning(config.model)):  # fmt: skip
+        if note:
+            log.warning("%s", note)
     scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
         "config": config.to_dict(),

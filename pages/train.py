@@ -359,7 +359,7 @@ def main() -> None:
             icon=":material/block:",
         )
     elif cfg is not None and not running:
-        for note in preflight.data_warnings(cfg, ui.scan_dataset(cfg.data.path)):
+        for note in preflight.run_warnings(cfg, ui.scan_dataset(cfg.data.path)):
             st.warning(note, icon=":material/warning:")
 
     if running and live.served():

@@ -160,9 +160,9 @@ def test_a_batch_larger_than_the_training_split_is_said(
     """Item 5: not blocking, but said before the run, with the effective batch."""
     folder = _folder(tmp_path / "d", {"a": 6, "b": 6})
     cfg = _config(folder)
-    assert preflight.data_warnings(cfg) == []
+    assert preflight.run_warnings(cfg) == []
     cfg.train.batch_size = 64
-    (text,) = preflight.data_warnings(cfg)
+    (text,) = preflight.run_warnings(cfg)
     n_train = 8  # 6 per class, one val and one test image each
     assert f"batch size 64 is larger than the {n_train} training images" in text
     assert f"effective batch is {n_train}" in text
