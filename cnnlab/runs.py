@@ -109,15 +109,47 @@ def _write_atomic(path: Path, write) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise TrainingError(_write_failure(path, exc)) from exc
+    except RuntimeError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save's writer turns the file's OSError (a full disk) into "[enforce fail at
+        # inline_container.cc] unexpected pos ...", keeping the OSError only as the context
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        raise TrainingError(_write_failure(path, cause)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError an exception was raised from or while handling, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _write_failure(path: Path, exc: OSError) -> str:
     """One line saying why path could not be written and what to do."""
     if exc.errno == errno.ENOENT and not path.parent.exists():
         return f"could not write {path}: its folder was deleted (the run was removed)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            left = f", {shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free"
+        except OSError:
+            left = ""
+        in_run = path.parent.parent.name == "runs"
+        then = f", then `cnnlab resume {path.parent.name}`" if in_run else ""
+        return (
+            f"could not write {path}: {exc.strerror or exc} (the disk holding {path.parent}"
+            f"{left}). Free disk space there (old runs: `cnnlab runs delete ID`; the decoded-image "
+            f"cache: {workspace.home() / 'cache'}){then}; the previous file was left intact."
+        )
     return (
         f"could not write {path}: {exc.strerror or exc}. Free disk space or make the workspace "
         f"({path.parent.parent}) writable; the previous file was left intact."

@@ -236,8 +236,8 @@ def _fail(
         runs.update_summary(
             run, status="failed", error=message, seconds=time.perf_counter() - t_start
         )
-    except CnnlabError:
-        log.exception("could not record the failure of run %s", run.run_id)
+    except CnnlabError as exc:  # e.g. the same full disk: one line, the cause is raised anyway
+        log.error("could not record the failure of run %s: %s", run.run_id, exc)
     emit(Failed(message))
 
 
