@@ -383,6 +383,8 @@ def _restore(s: Setup, run: runs.Run, state: dict[str, Any] | None) -> LoopState
     if s.world.is_main:
         loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
         runs.rewrite_metrics(run, loop.history)
+    # every rank needs the history: _finish decides on it (best epoch, test) in collectives
+    loop.history = distributed.broadcast(s.world, loop.history)
     log.info("resuming run %s at epoch %d", run.run_id, loop.epoch + 1)
     return loop
 

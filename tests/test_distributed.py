@@ -169,3 +169,40 @@ def test_launch_flag_is_stripped_for_the_workers():
 
     argv = ["train", "d", "--nproc-per-node", "2", "--json", "--nproc-per-node=3"]
     assert strip_launch_flag(argv) == ["train", "d", "--json"]
+
+
+def test_resume_under_ddp_when_the_best_epoch_came_before_the_stop(
+    colour_classes: Path, workspace: Path
+):
+    """Issue 28 item 13: every rank knows the history it resumes (rank 0 read it), so the end
+    (best weights, test evaluation) runs on all ranks together instead of dying in a broadcast."""
+    import threading
+
+    stop = threading.Event()
+    config = RunConfig(
+        data=DataConfig(path=str(colour_classes), image_size=12),
+        model=ModelConfig(channels=[4, 8], head_units=0),
+        train=TrainConfig(epochs=4, batch_size=16, device="cpu", patience=0),
+    )
+
+    def stop_after_two(epoch: int, _row: dict) -> None:
+        if epoch == 2:
+            stop.set()
+
+    summary = train.fit(config, stop_event=stop, epoch_hook=stop_after_two)
+    assert summary["status"] == "stopped" and summary["epochs_run"] == 2
+    run = runs.load_run(summary["run_id"])
+    # the best epoch was epoch 1 and nothing after it is better (as when val loss turned up)
+    state = runs.read_checkpoint(run.last_path)
+    state.update(best_epoch=1, best_loss=0.0, bad_epochs=1)
+    runs.save_checkpoint_atomic(run.last_path, state)
+    resumed = _cnnlab(
+        ["cnnlab", "resume", run.run_id, "--nproc-per-node", "2", "--json"], workspace
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "completed" and final["epochs_run"] == 4 and final["best_epoch"] == 1
+    assert final["test_accuracy"] is not None
+    on_disk = json.loads(run.summary_path.read_text())
+    assert on_disk["epochs_run"] == 4 and on_disk["status"] == "completed"
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3, 4]
