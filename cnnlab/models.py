@@ -69,6 +69,12 @@ def create_model(
     return model
 
 
+def weights_are_remote(cfg: ModelConfig) -> bool:
+    """True for weights fetched by fetch_weights (ImageNet, a URL) or none (random); False for a
+    local file or run checkpoint, which only loading the model checks."""
+    return cfg.weights in ("random", "imagenet") or weights.is_url(cfg.weights)
+
+
 def fetch_weights(cfg: ModelConfig, progress: weights.Progress | None = None) -> Path | None:
     """Download cfg.weights into the cache if needed (before data work); the local file or None."""
     spec = get_spec(cfg.name)

@@ -202,6 +202,35 @@ def create_run(
     return run
 
 
+def rebuild_summary(run: Run) -> dict[str, Any]:
+    """A summary for a run whose summary.json is missing or unreadable, from its config and
+    split: an interrupted run (what a kill before the first write leaves)."""
+    config = read_config(run)
+    try:
+        created = run.config_path.stat().st_mtime
+    except OSError:
+        created = time.time()
+    return {
+        "run_id": run.run_id,
+        "run_dir": str(run.run_dir),
+        "name": run_name(config),
+        "status": "interrupted",
+        "model": config.model.name,
+        "classes": read_split(run).get("classes") or [],
+        "created": created,
+    }
+
+
+def remove_temporaries(run: Run) -> None:
+    """Delete the temporaries a killed write left in the run folder (call holding its lock)."""
+    for tmp in run.run_dir.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted write", tmp)
+        except OSError as exc:
+            log.warning("could not remove %s (%s)", tmp, exc.strerror or exc)
+
+
 def write_summary(run: Run, summary: dict[str, Any]) -> None:
     """Replace summary.json atomically."""
     write_json_atomic(run.summary_path, summary)
@@ -471,6 +500,10 @@ def list_runs() -> list[dict[str, Any]]:
             summary.update(status="damaged", damage=reason)
         else:
             summary["status"] = effective_status(summary, run)
+            if summary.get("epochs_run") is None:  # killed or pruned before a final summary
+                done = max((r["epoch"] for r in read_metrics(run)), default=None)
+                if done is not None:
+                    summary["epochs_run"] = done
         out.append(summary)
     return out
 
