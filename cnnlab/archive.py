@@ -165,6 +165,12 @@ def safe_extract_zip(
     # a mangled central directory surfaces as any of these, depending on which field is bad
     except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{zip_path.name} is not a readable zip file ({exc})") from exc
+    if not any(not info.is_dir() for info in zf.infolist()):
+        zf.close()
+        raise DataError(
+            f"{zip_path.name} holds no files: zip the folder that holds one sub-folder of images "
+            "per class (or the train/val/test folders)"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         with zf:
