@@ -170,11 +170,21 @@ def _show_duplicates(result: data.ScanResult) -> tuple[bool, bool]:
         st.success("No two images are copies of each other.")
         return False, False
     conflicts = [g for g in groups if duplicates.conflicting(g, result.labels)]
-    st.warning(
-        f"{len(groups)} group(s) of copies ({sum(len(g.members) for g in groups)} files); "
-        f"{len(conflicts)} carry different labels — likely labelling errors. Copies always share "
-        "a split here, so they cannot inflate the test accuracy of a random split."
-    )
+    leaks = duplicates.across_splits(groups, result.given)
+    text = f"{len(groups)} group(s) of copies ({sum(len(g.members) for g in groups)} files)"
+    if conflicts:
+        text += f"; {len(conflicts)} carry different labels — likely labelling errors"
+    if leaks:
+        text += (
+            f". {len(leaks)} group(s) have copies in different given splits (e.g. train and "
+            "test): the model is scored on pictures it trained on, which inflates that accuracy "
+            "— Drop duplicates keeps one copy of each (the test one)."
+        )
+    elif result.given:
+        text += ". No copies cross the given splits; copies carved from train stay together."
+    else:
+        text += ". Copies always share a split here, so they cannot inflate the test accuracy."
+    st.warning(text)
     shown = sorted(groups, key=lambda g: not duplicates.conflicting(g, result.labels))
     for g in shown[:MAX_GROUPS_SHOWN]:
         flag = " · **different labels**" if duplicates.conflicting(g, result.labels) else ""
@@ -255,9 +265,25 @@ def _show_dataset(path: str) -> None:
                         if same else [])):  # fmt: skip
         st.session_state.setdefault(key, value)
     sizes = sorted({*IMAGE_SIZES, int(st.session_state["data_size"])})
+    given = set(result.given)
+    for name, label in (("val", "validation"), ("test", "test")):
+        if result.given and name not in given:
+            st.info(
+                f"The data set gives no {label} split: the {label.capitalize()} fraction below "
+                "carves one from its train split.",
+                icon=":material/info:",
+            )
     c1, c2, c3, c4 = st.columns(4)
-    val = c1.slider("Validation fraction", 0.0, 0.4, step=0.05, key="data_val")
-    test = c2.slider("Test fraction", 0.0, 0.4, step=0.05, key="data_test")
+    val, test = float(st.session_state["data_val"]), float(st.session_state["data_test"])
+    for col, name, label, key in ((c1, "val", "Validation fraction", "data_val"),
+                                  (c2, "test", "Test fraction", "data_test")):  # fmt: skip
+        if name in given:  # given by the layout: nothing to choose
+            n = sum(s == name for s in result.given)
+            col.caption(f"{label.split()[0]} split: given by the data set ({n:,} images).")
+        elif name == "val":
+            val = col.slider(label, 0.0, 0.4, step=0.05, key=key)
+        else:
+            test = col.slider(label, 0.0, 0.4, step=0.05, key=key)
     size = c3.select_slider("Image size (px)", sizes, key="data_size")
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, key="data_seed"))
     st.session_state["data_exclude"] = [
@@ -288,6 +314,8 @@ def _show_dataset(path: str) -> None:
         st.session_state.pop(ui.DATA_CONFIG, None)
         raise
     for warning in kept.warnings + data.split_warnings(val, test, kept):
+        if warning.startswith("the layout gives no"):
+            continue  # said above the split controls, in the page's words
         st.warning(warning, icon=":material/warning:")
     rows = [{"class": c, **row, "total": sum(row.values())} for c, row in
             parts.per_class(kept).items()]  # fmt: skip
