@@ -137,7 +137,12 @@ def _choose_csv() -> str | None:
         "Images folder (empty: the CSV's paths are relative to its own folder)",
         key="data_csv_server_images",
     ).strip()
-    if st.button("Use this CSV", disabled=not raw):
+    # never greyed out: the path box only commits its text when it loses focus, so a typed path
+    # would leave the button off until then; an empty box is said on the click instead
+    if st.button("Use this CSV"):
+        if not raw:
+            st.warning("Type the CSV's path first.", icon=":material/edit:")
+            return None
         checked = workspace.check_inside_roots(raw)
         images = str(workspace.check_inside_roots(images_raw)) if images_raw else ""
         st.session_state[ui.DATA_CSV] = {**options, "images": images}

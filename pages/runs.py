@@ -137,7 +137,12 @@ def _delete(run_id: str) -> None:
 def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
     """Use / watch / resume buttons for the opened run (they wrap on a narrow window)."""
     with st.container(horizontal=True):
-        if st.button("Make it the active run", icon=":material/check_circle:", key="runs_use"):
+        if st.button(
+            "Show it on Evaluate and Predict",
+            icon=":material/check_circle:",
+            key="runs_use",
+            help="Evaluate and Predict open on this run",
+        ):
             st.session_state[ui.ACTIVE_RUN_ID] = run_id
             st.toast(f"Evaluate and Predict now show {run_id}")
         live = _live_job(run_id)

@@ -119,3 +119,10 @@ def test_train_page_says_the_effective_batch(workspace: Path, colours_dir: Path,
     at = fresh_app("pages/train.py", **state)
     assert not _button(at, "Start").disabled
     assert any("effective batch is" in w.value for w in at.warning), _texts(at)
+
+
+def test_top_k_stops_at_the_class_count(workspace: Path, fresh_app, finished_run) -> None:
+    """Polish: top-k allowed 10 with 3 classes."""
+    at = fresh_app("pages/predict.py", active_run_id=finished_run["run_id"])
+    assert not at.exception
+    assert at.number_input(key="pr_k").max == 3 and at.number_input(key="pr_k").value == 3
