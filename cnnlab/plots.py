@@ -296,7 +296,10 @@ def tune_history_figure(study) -> go.Figure | None:
     if not complete:
         return None
     fig = plot_optimization_history(study, target_name="val accuracy")
-    fig.update_xaxes(**_whole_numbers(max(t.number for t in complete) + 1))
+    last = max(t.number for t in complete)
+    # room around the first and last trial, and markers drawn whole at the top (a best of 1.0)
+    fig.update_xaxes(**_whole_numbers(last + 1), range=[-0.5, last + 0.5])
+    fig.update_traces(cliponaxis=False)
     return _tune_layout(fig, "Optimization history")
 
 

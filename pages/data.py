@@ -196,25 +196,28 @@ def _show_duplicates(result: data.ScanResult) -> tuple[bool, bool]:
         st.markdown(f"{g.kind} copies{flag}")
         thumbs = [ui.thumbnail(str(result.files[i]), result.files[i].stat().st_mtime_ns)
                   for i in g.members[:8]]  # fmt: skip
+        # class and split, then the file name alone: a whole path broke mid-word under 96 px
         captions = [
             f"{result.classes[result.labels[i]]}"
             + (f" · {result.given[i]}" if result.given and result.given[i] else "")
-            + f" · {result.rel(i)}"
+            + f" · {result.files[i].name}"
             for i in g.members[:8]
         ]
-        st.image(thumbs, caption=captions, width=96)
+        st.image(thumbs, caption=captions, width=128)
     if len(groups) > MAX_GROUPS_SHOWN:
         st.caption(
             f"… and {len(groups) - MAX_GROUPS_SHOWN} more groups (`cnnlab inspect` lists all)."
         )
     c1, c2 = st.columns(2)
     drop_dups = c1.checkbox(
-        "Drop duplicates (keep one copy of each group; the test copy when there is one)",
+        "Drop duplicates",
         key="data_drop_duplicates",
+        help="Keep one copy of each group: the test copy when there is one",
     )
     drop_conflicts = c2.checkbox(
-        "Drop conflicting labels (leave out every copy whose labels disagree)",
+        "Drop conflicting labels",
         key="data_drop_conflicts",
+        help="Leave out every copy whose labels disagree",
     )
     st.caption("Recorded in the run's config; your files are never deleted.")
     return drop_dups, drop_conflicts

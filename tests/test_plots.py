@@ -140,6 +140,9 @@ def test_tune_figures_wait_for_data_and_use_whole_numbers() -> None:
         study.tell(t, value)
     history = plots.tune_history_figure(study)
     assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.rangemode == "nonnegative"
+    # the best point is not clipped (issue 28 polish): room on both ends, markers drawn whole
+    assert tuple(history.layout.xaxis.range) == (-0.5, 2.5)
+    assert all(t.cliponaxis is False for t in history.data)
     inter = plots.tune_intermediate_figure(study)
     assert inter.layout.showlegend and inter.layout.xaxis.dtick == 1
 
