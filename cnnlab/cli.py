@@ -195,12 +195,30 @@ def _launch_if_asked(args: argparse.Namespace) -> int | None:
     return distributed.launch(n, distributed.strip_launch_flag(args.argv))
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed, preflight, train
+def _print_failed_run(args: argparse.Namespace, code: int, run_id: str | None) -> int:
+    """--json after the launched processes failed: the run's summary (its status and error), so
+    a script reads the same JSON object as on success."""
+    from . import runs
 
+    if code and args.json and run_id:
+        try:
+            run = runs.load_run(run_id)
+        except CnnlabError:
+            return code  # no run folder was made: the workers said why on stderr
+        console.print_json({**runs.read_summary(run), "run_id": run.run_id,
+                            "run_dir": str(run.run_dir)})  # fmt: skip
+    return code
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed, preflight, runs, train
+
+    if getattr(args, "nproc_per_node", None) and "LOCAL_RANK" not in os.environ and args.json:
+        # rank 0 names its run so (see fit); a parent (the dashboard) may have chosen it already
+        os.environ.setdefault("CNNLAB_RUN_ID", runs.new_run_id())
     launched = _launch_if_asked(args)
     if launched is not None:
-        return launched
+        return _print_failed_run(args, launched, os.environ.get("CNNLAB_RUN_ID"))
     config = _config_from_args(args)
     preflight.ensure(config)  # every known problem at once, before a run folder exists
     for warning in preflight.run_warnings(config):
@@ -221,7 +239,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     launched = _launch_if_asked(args)
     if launched is not None:
-        return launched
+        return _print_failed_run(args, launched, args.run)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.resume(args.run, callbacks=[printer])
     if not distributed.is_main_process():

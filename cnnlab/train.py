@@ -225,6 +225,14 @@ def fit(
         if type(exc).__name__ == "TrialPruned":  # optuna's; imported lazily by tune only
             runs.update_summary(run, status="pruned", seconds=time.perf_counter() - t_start)
             raise
+        if distributed.peer_lost(world, exc):  # not the backend's words: what happened, what to do
+            msg = (
+                f"one of the {world.world_size} training processes stopped (killed, or out of "
+                f"memory), so the others could not go on; the epochs so far are kept: resume with "
+                f"`cnnlab resume {run.run_id} --nproc-per-node {world.world_size}`"
+            )
+            _fail(run, summary, msg, t_start, emit)
+            raise TrainingError(msg) from exc
         _fail(run, summary, f"{type(exc).__name__}: {exc}", t_start, emit)
         raise
     finally:
