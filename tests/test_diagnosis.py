@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -170,3 +173,16 @@ def test_a_converged_run_is_not_a_plateau() -> None:
         [0.7, 0.91, 0.95, 0.97, 0.975, 0.98, 0.98, 0.98],
     )
     assert diagnose(rows).status == "healthy"
+
+
+CURVES = Path(__file__).parent / "data" / "curves"
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in CURVES.glob("*.json")))
+def test_real_curves_get_their_label(case: str) -> None:
+    """Issue 28 item 11: curves of real runs, labelled by what was done to get them (named
+    <label>-<how>.json): healthy-digits (defaults), underfitting-tiny-lr (lr 1e-5, SGD),
+    overfitting-14-per-class (14 digits a class, a big head, no augmentation or regularisation,
+    30 epochs), plateau-reported-icons (the issue's run, as reported)."""
+    rows = json.loads((CURVES / f"{case}.json").read_text())
+    assert diagnose(rows).status == case.split("-")[0]
