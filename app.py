@@ -8,6 +8,7 @@ and the session-state keys they share.
 import streamlit as st
 
 from cnnlab import workspace
+from cnnlab.archive import dataset_name
 from cnnlab.device import describe_device
 from pages import ui
 
@@ -43,7 +44,7 @@ with st.sidebar:
     st.caption(f"**Device:** {_device_label()}")
     st.caption(f"**Workspace:** `{workspace.home()}`")
     dataset = st.session_state.get(ui.DATASET_PATH)
-    st.caption(f"**Data set:** {dataset.rsplit('/', 1)[-1] if dataset else 'none chosen'}")
+    st.caption(f"**Data set:** {ui.literal(dataset_name(dataset)) if dataset else 'none chosen'}")
     for snap in ui.job_manager().list(active_only=True):
         what = "Tuning" if snap.kind == "tune" else "Training"
         st.caption(f"**{what}:** {snap.name or snap.run_id or 'starting'}")

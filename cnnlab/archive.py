@@ -165,6 +165,12 @@ def safe_extract_zip(
     # a mangled central directory surfaces as any of these, depending on which field is bad
     except (zipfile.BadZipFile, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{zip_path.name} is not a readable zip file ({exc})") from exc
+    if not any(not info.is_dir() for info in zf.infolist()):
+        zf.close()
+        raise DataError(
+            f"{zip_path.name} holds no files: zip the folder that holds one sub-folder of images "
+            "per class (or the train/val/test folders)"
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         with zf:
@@ -200,6 +206,17 @@ def safe_extract_zip(
         raise
     log.info("extracted %d members of %s into %s", len(infos), zip_path.name, target)
     return _move_into_place(tmp, target)
+
+
+_COPY_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # what the workspace adds to an upload's copy
+
+
+def dataset_name(path: str | Path) -> str:
+    """The name a user knows a data set by: its folder or CSV's name, without the '-<hash>' the
+    workspace adds to an uploaded or extracted copy ('labels-69aafff379f0.csv' -> 'labels')."""
+    p = Path(str(path).rstrip("/\\"))
+    stem = p.stem if p.suffix.lower() in (".csv", ".zip") else p.name
+    return _COPY_SUFFIX.sub("", stem) or stem or str(path)
 
 
 def _safe_stem(name: str) -> str:

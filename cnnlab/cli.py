@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def inspect_report(
     drop_conflicts: bool = False,
 ) -> dict:
     """What `cnnlab inspect --json` prints: classes, counts, problems, split, duplicates."""
-    from . import data, duplicates
+    from . import data, duplicates, splits
 
     full = data.scan(path, path_column=path_column, label_column=label_column, images=images)
     scan = data.filter_scan(full, exclude_classes or [], drop_duplicates, drop_conflicts)
@@ -88,7 +89,7 @@ def inspect_report(
         "duplicates": duplicates.describe(groups, paths, class_of, split.of()),
         "excluded_classes": list(exclude_classes or []),
         "n_dropped": full.n_images - scan.n_images,
-        "min_per_class": 1 + (val_fraction > 0) + (test_fraction > 0),
+        "min_per_class": splits.images_needed(scan, val_fraction, test_fraction),
         "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
     }
 
@@ -194,14 +195,34 @@ def _launch_if_asked(args: argparse.Namespace) -> int | None:
     return distributed.launch(n, distributed.strip_launch_flag(args.argv))
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed, preflight, train
+def _print_failed_run(args: argparse.Namespace, code: int, run_id: str | None) -> int:
+    """--json after the launched processes failed: the run's summary (its status and error), so
+    a script reads the same JSON object as on success."""
+    from . import runs
 
+    if code and args.json and run_id:
+        try:
+            run = runs.load_run(run_id)
+        except CnnlabError:
+            return code  # no run folder was made: the workers said why on stderr
+        console.print_json({**runs.read_summary(run), "run_id": run.run_id,
+                            "run_dir": str(run.run_dir)})  # fmt: skip
+    return code
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed, preflight, runs, train
+
+    if getattr(args, "nproc_per_node", None) and "LOCAL_RANK" not in os.environ and args.json:
+        # rank 0 names its run so (see fit); a parent (the dashboard) may have chosen it already
+        os.environ.setdefault("CNNLAB_RUN_ID", runs.new_run_id())
     launched = _launch_if_asked(args)
     if launched is not None:
-        return launched
+        return _print_failed_run(args, launched, os.environ.get("CNNLAB_RUN_ID"))
     config = _config_from_args(args)
     preflight.ensure(config)  # every known problem at once, before a run folder exists
+    for warning in preflight.run_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
     if not distributed.is_main_process():
@@ -218,7 +239,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     launched = _launch_if_asked(args)
     if launched is not None:
-        return launched
+        return _print_failed_run(args, launched, args.run)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.resume(args.run, callbacks=[printer])
     if not distributed.is_main_process():
@@ -660,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader left (`cnnlab runs --json | head`): not an error worth a traceback. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)  # as a process ended by SIGPIPE
     finally:
         if "cnnlab.distributed" in sys.modules:  # leave a torchrun process group cleanly
             sys.modules["cnnlab.distributed"].shutdown()

@@ -1,5 +1,6 @@
-"""One verdict per run from its per-epoch curves: healthy, overfitting, underfitting, unstable, or
-too early to tell, with the evidence quoted and one suggestion.
+"""One verdict per run from its per-epoch curves: healthy, overfitting, underfitting, unstable,
+plateau (val loss flat while train loss falls) or too early to tell, with the evidence quoted and
+one suggestion.
 
 Trends are read from lightly smoothed curves, and a change only counts when it is larger than the
 curve's own epoch-to-epoch noise (and a few percent of its level), so a +0.3 % wiggle is never
@@ -26,6 +27,9 @@ UNSTABLE_NOISE = 0.15  # val-loss noise above this share of its level: the curve
 # smoothing alone keeps it ~0.1), where a ±0.03 jitter is a fifth of its level while accuracy
 # holds at 99 %: the demo run was called unstable for that.
 UNSTABLE_ACC_NOISE = 0.02
+PLATEAU_EPOCHS = 4  # val loss within its noise for this many epochs while train loss falls...
+PLATEAU_TRAIN_DROP = 0.09  # ...by more than this share of where it was...
+PLATEAU_ACCURACY = 0.9  # ...at a val accuracy under this (a converged run levels off up high)
 
 LABELS = {
     "healthy": "Healthy",
@@ -33,6 +37,7 @@ LABELS = {
     "underfitting": "Underfitting",
     "unstable": "Unstable",
     "too_early": "Too early to tell",
+    "plateau": "Plateau",
 }
 
 SUGGESTIONS = {
@@ -58,13 +63,19 @@ SUGGESTIONS = {
         "the batch size."
     ),
     "too_early": "Train for more epochs (at least 4) before judging the curves.",
+    "plateau": (
+        "More epochs of this will not help: the training loss falls but validation does not "
+        "follow. Check the per-class recall on the Evaluate page (a class never predicted?), "
+        "then try a learning-rate schedule or a lower learning rate, more augmentation, class "
+        "weights for an imbalanced set, or a pretrained transfer model."
+    ),
     "healthy": "Curves look healthy: to gain more, try more data or a pretrained transfer model.",
 }
 
 
 @dataclass
 class Finding:
-    kind: str  # the verdict: healthy, overfitting, underfitting, unstable, too_early
+    kind: str  # the verdict: healthy, overfitting, underfitting, unstable, plateau, too_early
     message: str  # what the curves show, with epochs and numbers
     suggestion: str  # one concrete thing to try
     from_epoch: int | None = None  # where it starts (overfitting: the first epoch after the best)
@@ -163,6 +174,18 @@ def _too_early(epochs: list[int], val: np.ndarray, tr: np.ndarray) -> str:
     )
 
 
+def _plateau_start(val: np.ndarray, tr: np.ndarray) -> int | None:
+    """The first index from which val loss stays within its noise to the end (at least
+    PLATEAU_EPOCHS epochs) while the train loss falls by more than PLATEAU_TRAIN_DROP; or None."""
+    last = len(val) - 1
+    limit = threshold(val)
+    for s in range(0, last - PLATEAU_EPOCHS + 2):
+        if np.all(np.abs(val[s:] - val[s]) <= limit):
+            dropped = (tr[s] - tr[last]) / max(abs(tr[s]), 1e-12)
+            return s if dropped > PLATEAU_TRAIN_DROP and dropped * tr[s] > limit else None
+    return None
+
+
 def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
     """Read per-epoch metrics rows (runs.read_metrics) and give one verdict with its evidence."""
     rows = [r for r in rows if math.isfinite(_num(r, "val_loss"))]
@@ -253,6 +276,16 @@ def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
             f"both accuracies are low at the end (train {tr_acc[last]:.1%}, validation "
             f"{va_acc[last]:.1%}; train loss {tr[last]:.3f}).",
             f"{SUGGESTIONS['underfitting']} {more}",
+        )
+    start = _plateau_start(val, tr)
+    if start is not None and math.isfinite(va_acc[last]) and va_acc[last] < PLATEAU_ACCURACY:
+        return verdict(
+            "plateau",
+            f"validation loss has hardly moved since epoch {epochs[start]} ({val[start]:.3f} -> "
+            f"{val[last]:.3f}, within its ±{threshold(val):.3f} noise) while the training loss "
+            f"kept falling ({tr[start]:.3f} -> {tr[last]:.3f}); validation accuracy "
+            f"{va_acc[last]:.1%} at the end.",
+            SUGGESTIONS["plateau"],
         )
     message = (
         f"validation loss fell to its lowest at epoch {best_epoch} ({val[b]:.3f}) and the "

@@ -98,6 +98,20 @@ def init(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
+def peer_lost(world: World, exc: BaseException) -> bool:
+    """True when exc is a collective that failed because another process of the job is gone
+    (gloo: 'Connection closed by peer', nccl: a communicator error or timeout)."""
+    if not world.active:
+        return False
+    backend_error = getattr(dist, "DistBackendError", None)
+    if backend_error is not None and isinstance(exc, backend_error):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "nccl", "connection closed by peer", "connection reset")
+    )
+
+
 def shutdown() -> None:
     """Leave the process group (end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():

@@ -120,6 +120,14 @@ def conflicting(group: Group, labels: Sequence[int]) -> bool:
     return len({labels[i] for i in group.members}) > 1
 
 
+def across_splits(groups: Sequence[Group], given: Sequence[str]) -> list[Group]:
+    """The groups whose copies sit in different given splits (train and test, say): a copy the
+    model trains on is then scored again, inflating that split's accuracy."""
+    if not given:
+        return []  # random splits keep every group in one split
+    return [g for g in groups if len({given[i] or "train" for i in g.members}) > 1]
+
+
 def dropped(
     groups: Sequence[Group],
     labels: Sequence[int],

@@ -39,7 +39,6 @@ ACTIVE = ("queued", "running")
 MAX_EVENTS = 1000  # non-progress events kept per job (epoch ends, run started, finished...)
 MAX_FINISHED = 20  # finished jobs kept for the UI; older ones are released
 MAX_CURVE = 600  # within-epoch loss points kept per job; beyond it every other one is dropped
-CURVE_SMOOTHING = 0.3  # weight of the newest tick in the running loss's moving average
 
 Emit = Callable[[Any], None]
 JobFn = Callable[[threading.Event, Emit], Any]
@@ -73,7 +72,7 @@ class JobSnapshot:
     started_at: float | None  # time.time() stamps
     finished_at: float | None
     eta_s: float | None  # estimated seconds left, None when unknown
-    # (fractional epoch, smoothed train loss) from Progress ticks, the live curve within epochs
+    # (fractional epoch, the epoch's mean train loss so far) from Progress ticks, the live curve within epochs
     curve: tuple[tuple[float, float], ...] = ()
     curve_version: int = 0  # grows with every new point (epoch end or tick): redraw only then
     prior_epochs: int = 0  # epochs the run had finished before this job (a resumed run)
@@ -137,7 +136,6 @@ class Job:
     curve_version: int = 0
     prior_epochs: int = 0
     prior_seconds: float = 0.0
-    _ema: float | None = None  # the running loss's moving average (for the curve)
     thread: threading.Thread | None = None
     slots: int = 1  # how many of the manager's slots it holds while running (GPUs for DDP)
     queue_position: int | None = None
@@ -182,24 +180,21 @@ class Job:
         if not rows:
             return
         self.epochs = [{"kind": "EpochEnd", **r} for r in rows]
+        # the earlier epochs' running curve: where each ended, its mean (what it would have read)
+        self.curve = [(float(r["epoch"]), r["train_loss"]) for r in rows
+                      if isinstance(r.get("train_loss"), (int, float))]  # fmt: skip
         self.prior_epochs = len(rows)
         self.prior_seconds = runs.seconds_so_far(run)
         self.curve_version += 1
 
     def _add_curve_point(self, p: dict[str, Any]) -> None:
-        """The loss over the batches since the previous tick, smoothed, at its fractional epoch."""
-        prev = self.progress
-        batch, mean = p["batch"], p["loss"]  # mean: average over the epoch's batches so far
-        if prev and prev["epoch"] == p["epoch"] and prev["batch"] < batch:
-            recent = (mean * batch - prev["loss"] * prev["batch"]) / (batch - prev["batch"])
-        else:
-            recent = mean
-        if not math.isfinite(recent):
+        """The epoch's mean loss over its batches so far, at its fractional epoch: the same
+        quantity as the epoch mean, which the curve reaches at the epoch's end."""
+        batch, mean = p["batch"], p["loss"]
+        if not math.isfinite(mean):
             return
-        a = CURVE_SMOOTHING
-        self._ema = recent if self._ema is None else a * recent + (1 - a) * self._ema
         x = p["epoch"] - 1 + batch / max(p["n_batches"], 1)
-        self.curve.append((round(x, 4), self._ema))
+        self.curve.append((round(x, 4), mean))
         if len(self.curve) > MAX_CURVE:
             self.curve = self.curve[::2]  # bounded, still spread over the whole run
         self.curve_version += 1

@@ -8,8 +8,8 @@ CNNLAB_DATA_ROOTS), so a link nested inside a data set cannot read files from el
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import logging
 import os
 from collections.abc import Callable
@@ -242,23 +242,32 @@ def _read_folders(root: Path) -> Layout:
 
 
 # ---------------------------------------------------------------- CSV
-def _read_csv_text(csv_path: Path) -> str:
+# A cell may be long (a description, an inline thumbnail): csv's default limit of 131,072
+# characters made such a file a traceback. The limit is process-wide; only ever raised here.
+MAX_FIELD_CHARS = 64 * 1024**2
+
+
+def _encodings(csv_path: Path) -> list[str]:
+    """The encodings to read csv_path with, in order: UTF-16 when its BOM or its NUL pattern
+    says so (spreadsheets' "Unicode text"), else UTF-8 (BOM or not), then Latin-1."""
     try:
         size = csv_path.stat().st_size
         if size > MAX_CSV_BYTES:
             raise DataError(f"{csv_path.name} is {size:,} bytes, over the {MAX_CSV_BYTES:,} limit")
-        raw = csv_path.read_bytes()
+        with csv_path.open("rb") as f:
+            head = f.read(65536)
     except OSError as exc:
         raise DataError(f"{csv_path} cannot be read ({exc.strerror or exc})") from exc
-    if b"\x00" in raw[:65536]:
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return ["utf-16"]
+    if b"\x00" in head:
+        even, odd = head[0::2].count(0), head[1::2].count(0)  # ASCII text in UTF-16: every
+        if odd > len(head) // 4 and even == 0:  # other byte is NUL, on one side
+            return ["utf-16-le"]
+        if even > len(head) // 4 and odd == 0:
+            return ["utf-16-be"]
         raise DataError(f"{csv_path.name} is not a CSV text file (it holds binary data)")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            return raw.decode("latin-1")
-        except UnicodeDecodeError as exc:  # pragma: no cover - latin-1 decodes any byte
-            raise DataError(f"{csv_path.name} is not a CSV text file ({exc})") from exc
+    return ["utf-8-sig", "latin-1"]
 
 
 def _pick(header: list[str], given: str, names: tuple[str, ...], what: str, flag: str,
@@ -298,16 +307,46 @@ def read_csv(
 ) -> Layout:
     """Entries from a CSV with a header: image path (or id) and label columns, optional split."""
     name = csv_path.name
-    text = _read_csv_text(csv_path)
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARS))
+    encodings = _encodings(csv_path)
+    for encoding in encodings:
+        try:
+            with csv_path.open(encoding=encoding, newline="") as f:
+                return _read_csv_rows(f, csv_path, path_column, label_column, images)
+        except UnicodeDecodeError as exc:
+            if encoding == encodings[-1]:
+                raise DataError(f"{name} is not a CSV text file ({exc})") from exc
+            log.info("%s is not %s: reading it again as %s", name, encoding, encodings[-1])
+    raise AssertionError("unreachable: the last encoding returns or raises")
+
+
+def _read_csv_rows(
+    f, csv_path: Path, path_column: str, label_column: str, images: str
+) -> Layout:  # fmt: skip
+    """read_csv on an open text stream: one row at a time (a big CSV is never held whole)."""
+    name = csv_path.name
+    sample = f.read(8192)
+    f.seek(0)
     try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
+        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel  # one column, or nothing that looks delimited: checked just below
-    rows = list(csv.reader(io.StringIO(text), dialect))
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
+    reader = csv.reader(f, dialect)
+
+    def rows():
+        """The non-blank rows; a malformed one is a one-line DataError naming its line."""
+        try:
+            for row in reader:
+                if any(c.strip() for c in row):
+                    yield row
+        except csv.Error as exc:
+            raise DataError(f"{name} line {reader.line_num}: {exc}; fix that row") from exc
+
+    stream = rows()
+    first = next(stream, None)
+    if first is None:
         raise DataError(f"{name} is empty; it needs a header row and one row per image")
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in first]
     if len(header) < 2:
         raise DataError(
             f"{name} has one column ({header[0][:40]!r}); a labels CSV needs a header with an "
@@ -326,7 +365,8 @@ def read_csv(
     layout = Layout(base, "csv" if i_split is not None else "random")
     index: dict[str, Path | None] | None = None
     seen: dict[Path, int] = {}
-    for n, row in enumerate(rows[1:], 2):
+    n = 1
+    for n, row in enumerate(stream, 2):
         cells = row + [""] * (len(header) - len(row))
         ref, label = cells[i_path].strip(), cells[i_label].strip()
         where = ref or f"row {n}"
@@ -371,7 +411,7 @@ def read_csv(
         layout.entries.append(Entry(real, label, split, n))
     if not layout.entries:
         raise DataError(
-            f"{name}: none of its {len(rows) - 1} rows names a usable image file under {base}; "
+            f"{name}: none of its {n - 1} rows names a usable image file under {base}; "
             "check the path column or give the images folder with --images"
         )
     return layout

@@ -12,10 +12,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import plots, progress, runs
+from .archive import dataset_name
 from .errors import CnnlabError
 from .jobs import JobManager, JobSnapshot
 
@@ -50,11 +50,12 @@ def run_caption(run_id: str) -> str | None:
         cfg = runs.read_config(runs.load_run(run_id))
     except CnnlabError:
         return None
-    name = f" ({cfg.name})" if cfg.name else ""
+    name = runs.run_name(cfg)
+    name = f" ({name})" if name else ""
     return (
         f"Run {run_id}{name}: model {cfg.model.name} · {cfg.data.image_size} px · "
         f"{progress.plural(cfg.train.epochs, 'epoch')} · lr {cfg.train.lr:.1e} · "
-        f"data {Path(cfg.data.path).name}"
+        f"data {dataset_name(cfg.data.path)}"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -87,8 +88,11 @@ def find_lr(
     steps: int = STEPS,
     start_lr: float = START_LR,
     end_lr: float = END_LR,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> LRFinderResult:
-    """Sweep the learning rate on the training split of `config`'s data; see the module docstring."""
+    """Sweep the learning rate on the training split of `config`'s data; see the module docstring.
+
+    `progress(done, total, stage)` hears the data preparation, then each step ("lr sweep")."""
     config.validate()
     if steps < 2:
         raise ConfigError(f"lr-find needs at least 2 steps to compare losses, got {steps}")
@@ -96,7 +100,7 @@ def find_lr(
     device = resolve_device(tc.device)
     if device.type == "cpu":
         configure_cpu_threads()
-    data = data if data is not None else prepare(config.data)
+    data = data if data is not None else prepare(config.data, progress)
     if len(data.split.train) == 0:
         raise TrainingError("the training split is empty: the LR finder needs training images")
     s = train.setup(config, data, device)  # fit's own model, batches, loss and groups
@@ -145,6 +149,8 @@ def find_lr(
         raw.append(value)
         smooth.append(smoothed)
         best = min(best, smoothed)
+        if progress is not None:
+            progress(step + 1, steps, "lr sweep")
         if step > 10 and smoothed > DIVERGE * best:
             stopped = True
             break

@@ -69,6 +69,12 @@ def create_model(
     return model
 
 
+def weights_are_remote(cfg: ModelConfig) -> bool:
+    """True for weights fetched by fetch_weights (ImageNet, a URL) or none (random); False for a
+    local file or run checkpoint, which only loading the model checks."""
+    return cfg.weights in ("random", "imagenet") or weights.is_url(cfg.weights)
+
+
 def fetch_weights(cfg: ModelConfig, progress: weights.Progress | None = None) -> Path | None:
     """Download cfg.weights into the cache if needed (before data work); the local file or None."""
     spec = get_spec(cfg.name)
@@ -116,6 +122,26 @@ def _wanted(model: nn.Module, cfg: ModelConfig, epoch: int) -> set[int] | None:
         stages = block_modules(_unwrap(model), spec)[-cfg.unfreeze_blocks :]
         want |= {id(p) for stage in stages for m in stage for p in m.parameters()}
     return want
+
+
+def random_backbone_warning(cfg: ModelConfig) -> str | None:
+    """What freezing a randomly initialised backbone costs (feature_extraction, or fine_tune's
+    head-only epochs, with weights 'random'), or None."""
+    if cfg.weights != "random" or not is_transfer(cfg.name):
+        return None
+    if cfg.strategy == "feature_extraction":
+        when = "every epoch"
+        fix = "choose the fine_tune strategy with 0 head-only epochs"
+    elif cfg.freeze_epochs > 0:
+        when = f"the first {cfg.freeze_epochs} epoch(s)"
+        fix = "set the head-only epochs (--freeze-epochs) to 0"
+    else:
+        return None
+    return (
+        f"weights 'random' (\"Random (train from scratch)\") with {cfg.strategy}: the backbone "
+        f"is random but frozen for {when}, so only the head learns then; use ImageNet weights, "
+        f"or {fix} to train the whole model"
+    )
 
 
 def set_phase(model: nn.Module, cfg: ModelConfig, epoch: int) -> bool:

@@ -37,7 +37,7 @@ def loss_figure(
     diagnosis=None,
     curve: Sequence[tuple[float, float]] = (),
 ) -> go.Figure:
-    """Train/val loss per epoch; with `curve` ((fractional epoch, smoothed loss) pairs from the
+    """Train/val loss per epoch; with `curve` ((fractional epoch, the epoch's mean loss so far) from the
     batches) the running training loss within epochs; with an evaluate.Diagnosis: the best epoch
     and the overfitting region."""
     fig = go.Figure()
@@ -58,8 +58,7 @@ def loss_figure(
         ("val_loss", "validation", VAL_COLOUR),
     ):
         x, y = _series(rows, key)
-        mode = "markers" if curve else "lines+markers"
-        fig.add_trace(go.Scatter(x=x, y=y, mode=mode, name=name, line={"color": colour}))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, line={"color": colour}))
     if diagnosis is not None and diagnosis.best_epoch is not None:
         if diagnosis.overfitting_from is not None:
             fig.add_vrect(
@@ -297,7 +296,10 @@ def tune_history_figure(study) -> go.Figure | None:
     if not complete:
         return None
     fig = plot_optimization_history(study, target_name="val accuracy")
-    fig.update_xaxes(**_whole_numbers(max(t.number for t in complete) + 1))
+    last = max(t.number for t in complete)
+    # room around the first and last trial, and markers drawn whole at the top (a best of 1.0)
+    fig.update_xaxes(**_whole_numbers(last + 1), range=[-0.5, last + 0.5])
+    fig.update_traces(cliponaxis=False)
     return _tune_layout(fig, "Optimization history")
 
 

@@ -164,6 +164,16 @@ class Predictor:
         return rows
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
+
+
+def csv_safe(text: Any) -> str:
+    """A text cell a spreadsheet shows as text: a leading apostrophe before a formula start
+    (OWASP's CSV injection advice); the csv module quotes the rest as needed."""
+    text = str(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def write_csv(rows: list[dict[str, Any]], csv_path: str | Path, k: int = 3) -> Path:
     """path, prediction, probability, top-k columns and error, one row per file."""
     out = Path(csv_path)
@@ -178,12 +188,14 @@ def write_csv(rows: list[dict[str, Any]], csv_path: str | Path, k: int = 3) -> P
         writer.writerow(header)
         for r in rows:
             top = r.get("top", [])
-            line: list[Any] = [r["path"]]
-            line += [top[0]["class"], f"{top[0]['probability']:.6f}"] if top else ["", ""]
+            line: list[Any] = [csv_safe(r["path"])]
+            line += [csv_safe(top[0]["class"]), f"{top[0]['probability']:.6f}"] if top else ["", ""]
             for i in range(k):
                 line += (
-                    [top[i]["class"], f"{top[i]['probability']:.6f}"] if i < len(top) else ["", ""]
+                    [csv_safe(top[i]["class"]), f"{top[i]['probability']:.6f}"]
+                    if i < len(top)
+                    else ["", ""]
                 )
-            line.append(r.get("error", ""))
+            line.append(csv_safe(r.get("error", "")))
             writer.writerow(line)
     return out

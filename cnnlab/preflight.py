@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, models, weights
+from . import data, models, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
 
@@ -44,7 +44,13 @@ def _weights_problems(config: RunConfig) -> list[Problem]:
             Problem("data.image_size", f"{m.name} needs images of at least {spec.min_size} px, "
                     f"got {config.data.image_size}: choose a larger image size on the Data page")
         )  # fmt: skip
-    if m.weights in ("random", "imagenet") or weights.is_url(m.weights):
+    if m.weights == "random":
+        return problems
+    if m.weights == "imagenet" or weights.is_url(m.weights):
+        failure = weights.last_failure(m.weights, spec)
+        if failure:  # this process tried already: a run would fail the same way
+            problems.append(Problem("model.weights", f"{failure}; then try again with "
+                                    "'Download the weights now' on the Model page"))  # fmt: skip
         return problems
     if m.weights.startswith("run:"):
         from . import runs  # lazy: runs imports models
@@ -64,30 +70,28 @@ def _weights_problems(config: RunConfig) -> list[Problem]:
 def _data_problems(
     config: RunConfig, scan: data.ScanResult | None
 ) -> tuple[list[Problem], data.ScanResult | None]:
+    """The data set as the run will see it: scanned with the CSV options, then filtered (excluded
+    classes, dropped copies) before the size rule. `scan` is the unfiltered scan, if at hand."""
     d = config.data
-    if scan is None:
-        if not d.path:
-            return [Problem("data", "no data set chosen: give an image folder or a .zip")], None
-        try:
-            scan = data.scan(d.path)
-        except CnnlabError as exc:
-            return [Problem("data", str(exc))], None
+    try:
+        if scan is None:
+            if not d.path:
+                return [Problem("data", "no data set chosen: give an image folder or a .zip")], None
+            scan = data.scan(d.path, path_column=d.path_column, label_column=d.label_column,
+                             images=d.images)  # fmt: skip
+        scan = data.filter_scan(scan, d.exclude_classes, d.drop_duplicates, d.drop_conflicts)
+    except CnnlabError as exc:
+        return [Problem("data", str(exc))], None
     problems = []
     if len(scan.classes) < 2:
         problems.append(
             Problem("data", f"{scan.root} has {len(scan.classes)} usable class(es): a classifier "
                     "needs at least 2 class folders with images")
         )  # fmt: skip
-    # as data.split requires: one image per non-empty split, at least one left for training
-    need = 1 + (d.val_fraction > 0) + (d.test_fraction > 0)
-    small = {c: n for c, n in scan.counts.items() if n < need}
+    small = splits.too_small(scan, d.val_fraction, d.test_fraction)
     if small:
-        listed = ", ".join(f"{c!r} ({n})" for c, n in small.items())
-        problems.append(
-            Problem("data", f"class(es) with too few usable images to split: {listed}; each "
-                    f"needs at least {need} — add images, remove the class folder, or set the "
-                    "validation/test fractions to 0")
-        )  # fmt: skip
+        need = splits.images_needed(scan, d.val_fraction, d.test_fraction)
+        problems.append(Problem("data", splits.too_small_message(small, need)))
     return problems, scan
 
 
@@ -111,7 +115,7 @@ def _model_problems(config: RunConfig, n_classes: int) -> list[Problem]:
 
 def check(config: RunConfig, scan: data.ScanResult | None = None) -> list[Problem]:
     """Every blocking problem of this config (empty when a run can start). `scan` (the config's
-    data set, already scanned) saves scanning it again."""
+    data set, already scanned, not yet filtered) saves scanning it again."""
     try:
         config.validate()
     except CnnlabError as exc:
@@ -132,3 +136,36 @@ def ensure(config: RunConfig, scan: data.ScanResult | None = None) -> None:
             f"cannot start the run ({len(problems)} problem(s)): "
             + "; ".join(str(p) for p in problems)
         )
+
+
+def batch_warning(batch_size: int, n_train: int) -> str | None:
+    """What a batch larger than the training split does (one step per epoch, of every image)."""
+    if n_train < 1 or batch_size <= n_train:
+        return None
+    return (
+        f"batch size {batch_size} is larger than the {n_train} training images: each epoch is "
+        f"one step and the effective batch is {n_train}; lower the batch size (e.g. "
+        f"{max(1, n_train // 8)}) for more steps per epoch"
+    )
+
+
+def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
+    """What does not block a run but changes what it does: a batch larger than the training
+    split, a frozen random backbone. `scan` as for check()."""
+    out = []
+    try:
+        note = models.random_backbone_warning(config.model)
+    except CnnlabError:  # an unknown model: check() says so
+        note = None
+    if note:
+        out.append(note)
+    problems, scan = _data_problems(config, scan)
+    if problems or scan is None:
+        return out
+    d = config.data
+    try:
+        n_train = len(splits.split(scan, d.val_fraction, d.test_fraction, d.seed).train)
+    except CnnlabError:
+        return out
+    note = batch_warning(config.train.batch_size, n_train)
+    return out + ([note] if note else [])

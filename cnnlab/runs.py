@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import workspace
+from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
 
@@ -108,19 +109,56 @@ def _write_atomic(path: Path, write) -> None:
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise TrainingError(_write_failure(path, exc)) from exc
+    except RuntimeError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        # torch.save's writer turns the file's OSError (a full disk) into "[enforce fail at
+        # inline_container.cc] unexpected pos ...", keeping the OSError only as the context
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        raise TrainingError(_write_failure(path, cause)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError an exception was raised from or while handling, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _write_failure(path: Path, exc: OSError) -> str:
     """One line saying why path could not be written and what to do."""
     if exc.errno == errno.ENOENT and not path.parent.exists():
         return f"could not write {path}: its folder was deleted (the run was removed)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            left = f", {shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free"
+        except OSError:
+            left = ""
+        in_run = path.parent.parent.name == "runs"
+        then = f", then `cnnlab resume {path.parent.name}`" if in_run else ""
+        return (
+            f"could not write {path}: {exc.strerror or exc} (the disk holding {path.parent}"
+            f"{left}). Free disk space there (old runs: `cnnlab runs delete ID`; the decoded-image "
+            f"cache: {workspace.home() / 'cache'}){then}; the previous file was left intact."
+        )
     return (
         f"could not write {path}: {exc.strerror or exc}. Free disk space or make the workspace "
         f"({path.parent.parent}) writable; the previous file was left intact."
     )
+
+
+def run_name(config: RunConfig) -> str:
+    """The run's label: the name it was given, else its data set's name."""
+    return config.name or (dataset_name(config.data.path) if config.data.path else "")
 
 
 def create_run(
@@ -147,7 +185,7 @@ def create_run(
             {
                 "run_id": run_id,
                 "run_dir": str(run_dir),
-                "name": config.name,
+                "name": run_name(config),
                 "status": "running",
                 "model": config.model.name,
                 "classes": classes,
@@ -162,6 +200,35 @@ def create_run(
         shutil.rmtree(run_dir, ignore_errors=True)  # a full disk leaves no half-made run folder
         raise
     return run
+
+
+def rebuild_summary(run: Run) -> dict[str, Any]:
+    """A summary for a run whose summary.json is missing or unreadable, from its config and
+    split: an interrupted run (what a kill before the first write leaves)."""
+    config = read_config(run)
+    try:
+        created = run.config_path.stat().st_mtime
+    except OSError:
+        created = time.time()
+    return {
+        "run_id": run.run_id,
+        "run_dir": str(run.run_dir),
+        "name": run_name(config),
+        "status": "interrupted",
+        "model": config.model.name,
+        "classes": read_split(run).get("classes") or [],
+        "created": created,
+    }
+
+
+def remove_temporaries(run: Run) -> None:
+    """Delete the temporaries a killed write left in the run folder (call holding its lock)."""
+    for tmp in run.run_dir.glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted write", tmp)
+        except OSError as exc:
+            log.warning("could not remove %s (%s)", tmp, exc.strerror or exc)
 
 
 def write_summary(run: Run, summary: dict[str, Any]) -> None:
@@ -433,6 +500,10 @@ def list_runs() -> list[dict[str, Any]]:
             summary.update(status="damaged", damage=reason)
         else:
             summary["status"] = effective_status(summary, run)
+            if summary.get("epochs_run") is None:  # killed or pruned before a final summary
+                done = max((r["epoch"] for r in read_metrics(run)), default=None)
+                if done is not None:
+                    summary["epochs_run"] = done
         out.append(summary)
     return out
 

@@ -54,6 +54,8 @@ def to_record(state: dict[str, Any]) -> dict[str, Any]:
             out[key] = {"DataConfig": asdict(value)}
         elif isinstance(value, (str, int, float, bool)):
             out[key] = value
+        elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            out[key] = dict(value)
     return out
 
 
@@ -68,6 +70,8 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
                 data_cfg = RunConfig.from_dict({"data": value["DataConfig"]}).data
                 data_cfg.validate()
                 out[key] = data_cfg
+            elif isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+                out[key] = dict(value)  # e.g. the Data page's CSV options
             elif isinstance(value, (str, int, float, bool)):
                 out[key] = value
         except CnnlabError as exc:

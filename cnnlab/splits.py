@@ -103,6 +103,41 @@ def _min_per_class(val_fraction: float, test_fraction: float) -> int:
     return 1 + (val_fraction > 0) + (test_fraction > 0)
 
 
+def _carved_fractions(scan: ScanResult, val_fraction: float, test_fraction: float):
+    """The (val, test) fractions split() carves from train: 0 for a split the layout gives."""
+    given = set(scan.given)
+    return (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
+
+
+def images_needed(scan: ScanResult, val_fraction: float, test_fraction: float) -> int:
+    """Images each class needs in its training pool: one to train on, one per carved split
+    (a split the layout gives is not carved, so it costs nothing)."""
+    return _min_per_class(*_carved_fractions(scan, val_fraction, test_fraction))
+
+
+def too_small(scan: ScanResult, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """{class: images in its training pool} of the classes split() would refuse, for the scan as
+    filtered (excluded classes and dropped copies already left out). The one size rule the
+    pre-flight, the CLI and the pages all use."""
+    need = images_needed(scan, val_fraction, test_fraction)
+    pool = dict.fromkeys(scan.classes, 0)
+    for i, label in enumerate(scan.labels):
+        if not scan.given or scan.given[i] in ("", "train"):
+            pool[scan.classes[label]] += 1
+    # a class only in a given val/test split is not carved (scan warned about it)
+    return {c: n for c, n in pool.items() if 0 < n < need}
+
+
+def too_small_message(small: dict[str, int], need: int) -> str:
+    """What too_small() found and what to do, in one line."""
+    listed = ", ".join(f"{c!r} ({n})" for c, n in small.items())
+    return (
+        f"class(es) with too few usable images to split: {listed}; each needs at least {need} "
+        "(one to train on, one per validation/test split carved from it) — add images, exclude "
+        "the class (--exclude-class / the Data page), or set the validation/test fractions to 0"
+    )
+
+
 def _units(scan: ScanResult) -> dict[int, list[int]]:
     """{first member: every member} of each duplicate group (copies share one split)."""
     return {g.members[0]: list(g.members) for g in scan.duplicate_groups()}
@@ -113,7 +148,6 @@ def _carve(
     test_fraction: float, seed: int,
 ) -> Split:  # fmt: skip
     """Stratified, seeded split of the files idx; duplicate groups move as one unit."""
-    need = _min_per_class(val_fraction, test_fraction)
     pool = set(idx)
     head_of = {m: head for head, members in units.items() for m in members}
     by_class: dict[int, list[list[int]]] = {i: [] for i in range(len(scan.classes))}
@@ -126,17 +160,10 @@ def _carve(
         by_class[scan.labels[i]].append(unit)
     rng = np.random.default_rng(seed)
     out = Split([], [], [])
-    for label, group in by_class.items():
+    for group in by_class.values():
         n = sum(len(u) for u in group)
         if n == 0:
             continue  # a class only in a given val/test split: scan warned about it
-        if n < need:
-            raise DataError(
-                f"class {scan.classes[label]!r} has only {n} usable image(s); at least {need} are "
-                f"needed to split with val_fraction={val_fraction} and "
-                f"test_fraction={test_fraction} (one per split) — add images, exclude the class "
-                "(--exclude-class / the Data page), or set the fractions to 0"
-            )
         n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
         n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
         while n_val + n_test > n - 1:  # keep at least one training image
@@ -173,6 +200,9 @@ def split(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
             "and leave some images for training"
         )
+    small = too_small(scan, val_fraction, test_fraction)
+    if small:
+        raise DataError(too_small_message(small, images_needed(scan, val_fraction, test_fraction)))
     units = _units(scan)
     if not scan.given:
         return _carve(scan, list(range(scan.n_images)), units, val_fraction, test_fraction, seed)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import augment, distributed, models, runs
+from . import augment, distributed, models, preflight, runs
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -151,6 +151,10 @@ def fit(
     if n_train == 0:
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
 
+    if run is None and not models.weights_are_remote(config.model):
+        # a local weights file or run checkpoint that cannot load fails here, before a run folder
+        # exists (a bad download fails in fetch_weights above, also before)
+        models.create_model(config.model, len(data.classes), config.data.image_size)
     if run is None:
         # CNNLAB_RUN_ID: the id a parent (the dashboard's job) chose, to follow the run folder.
         run_id = os.environ.pop("CNNLAB_RUN_ID", None)
@@ -158,6 +162,7 @@ def fit(
         run = distributed.shared_run(world, run)
     if main:
         runs.mark_active(run, True)
+        runs.remove_temporaries(run)  # a kill mid-save left them; we hold the lock now
     t_start = time.perf_counter()
     if resume_state is not None:  # the run's total time adds up across its sessions
         t_start -= runs.seconds_so_far(run)
@@ -167,6 +172,8 @@ def fit(
         stop_event = distributed.CollectiveStop(world, [e for e in (stop_event, signal_stop) if e])
     try:
         summary.update(
+            run_id=run.run_id,  # the folder's: a copied run folder is its own run
+            run_dir=str(run.run_dir),
             status="running",
             pid=os.getpid(),
             host=socket.gethostname(),
@@ -218,6 +225,14 @@ def fit(
         if type(exc).__name__ == "TrialPruned":  # optuna's; imported lazily by tune only
             runs.update_summary(run, status="pruned", seconds=time.perf_counter() - t_start)
             raise
+        if distributed.peer_lost(world, exc):  # not the backend's words: what happened, what to do
+            msg = (
+                f"one of the {world.world_size} training processes stopped (killed, or out of "
+                f"memory), so the others could not go on; the epochs so far are kept: resume with "
+                f"`cnnlab resume {run.run_id} --nproc-per-node {world.world_size}`"
+            )
+            _fail(run, summary, msg, t_start, emit)
+            raise TrainingError(msg) from exc
         _fail(run, summary, f"{type(exc).__name__}: {exc}", t_start, emit)
         raise
     finally:
@@ -236,8 +251,8 @@ def _fail(
         runs.update_summary(
             run, status="failed", error=message, seconds=time.perf_counter() - t_start
         )
-    except CnnlabError:
-        log.exception("could not record the failure of run %s", run.run_id)
+    except CnnlabError as exc:  # e.g. the same full disk: one line, the cause is raised anyway
+        log.error("could not record the failure of run %s: %s", run.run_id, exc)
     emit(Failed(message))
 
 
@@ -334,6 +349,10 @@ def setup(
     base_lrs = [g.get("lr", tc.lr) for g in groups]
     optimizer = build_optimizer(groups, tc)
     bs = min(tc.batch_size, len(train_rows))
+    for note in (preflight.batch_warning(tc.batch_size, len(train_rows)),
+                 models.random_backbone_warning(config.model)):  # fmt: skip
+        if note:
+            log.warning("%s", note)
     scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
         "config": config.to_dict(),
@@ -379,8 +398,28 @@ def _restore(s: Setup, run: runs.Run, state: dict[str, Any] | None) -> LoopState
     if s.world.is_main:
         loop.history = [r for r in runs.read_metrics(run) if r["epoch"] <= loop.epoch]
         runs.rewrite_metrics(run, loop.history)
+    missing = sorted(set(range(1, loop.epoch + 1)) - {r["epoch"] for r in loop.history})
+    if s.world.is_main and missing:
+        log.warning(
+            "metrics.jsonl of run %s lacks epoch(s) %s (truncated or damaged): they are missing "
+            "from its curves; training continues from last.pt after epoch %d",
+            run.run_id, _spans(missing), loop.epoch,
+        )  # fmt: skip
+    # every rank needs the history: _finish decides on it (best epoch, test) in collectives
+    loop.history = distributed.broadcast(s.world, loop.history)
     log.info("resuming run %s at epoch %d", run.run_id, loop.epoch + 1)
     return loop
+
+
+def _spans(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    out: list[str] = []
+    for n in numbers:
+        if out and int(out[-1].split("-")[-1]) == n - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 def _train_epoch(
@@ -611,7 +650,13 @@ def resume(
 ) -> dict[str, Any]:
     """Continue an interrupted/stopped run from last.pt: weights, optimizer, schedule, RNG, patience."""
     r = runs.load_run(run)
-    status = runs.effective_status(runs.read_summary(r), r)
+    summary = runs.read_summary(r)
+    if not summary and not runs.is_locked(r):
+        # missing or torn (a kill, a truncated copy): config.json and last.pt are what counts
+        log.warning("run %s has no readable summary.json: rebuilt from its config", r.run_id)
+        summary = runs.rebuild_summary(r)
+        runs.write_summary(r, summary)
+    status = runs.effective_status(summary, r)
     if status not in RESUMABLE:
         raise TrainingError(
             f"run {r.run_id} is {status}; only {', '.join(RESUMABLE)} runs can be resumed"

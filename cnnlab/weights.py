@@ -107,6 +107,19 @@ def cached_path(url: str) -> Path:
     return cache_dir() / _check_url(url)
 
 
+# url -> why its last download failed in this process (the Model page's "Download the weights
+# now", a run's start); the pre-flight lists it so Start stays off until the file is there
+_FAILED: dict[str, str] = {}
+
+
+def last_failure(source: str, spec: ModelSpec) -> str | None:
+    """Why the last download of `source` failed in this process, while its file is still missing."""
+    url = remote_url(source, spec)
+    if url is None or cached_path(url).is_file():
+        return None
+    return _FAILED.get(url)
+
+
 def needs_download(source: str, spec: ModelSpec) -> bool:
     """True when `source` is a download whose file is not in the cache yet."""
     url = remote_url(source, spec)
@@ -122,7 +135,12 @@ def fetch(url: str, progress: Progress | None = None) -> Path:
     with _LOCK:
         if target.is_file():  # another thread fetched it while we waited
             return target
-        _download(url, target, progress)
+        try:
+            _download(url, target, progress)
+        except WeightsError as exc:
+            _FAILED[url] = str(exc)
+            raise
+        _FAILED.pop(url, None)
     return target
 
 
@@ -195,7 +213,8 @@ def _offline_message(url: str, target: Path, exc: BaseException, seconds: float)
     return (
         f"cannot download {target.name} from {url} ({why}); on a machine with internet download "
         f"that URL and copy the file into {target.parent}/ (or set {MIRROR_ENV} to a mirror "
-        "holding it), or use weights 'random' or a local .pth file"
+        "holding it), or use weights 'random' (\"Random (train from scratch)\" on the Model page) "
+        "or a local .pth file"
     )
 
 

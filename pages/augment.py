@@ -122,8 +122,8 @@ def _controls(aug: AugmentConfig) -> tuple[AugmentConfig, int]:
 def _sample_files() -> tuple[list[Path], list[str], str]:
     """One image per class of the chosen data set (a page of N_IMAGES classes at a time, picked
     below the grid), else the demo photos."""
-    path = st.session_state.get(ui.DATASET_PATH)
-    if path and Path(path).is_dir():
+    path = ui.chosen_dataset()
+    if path:
         result = ui.scan_dataset(path)
         firsts: dict[int, Path] = {}
         for f, label in zip(result.files, result.labels, strict=True):
@@ -147,8 +147,8 @@ def _sample_files() -> tuple[list[Path], list[str], str]:
 
 def _class_pages() -> None:
     """The page picker under the grid when the data set has more classes than one page shows."""
-    path = st.session_state.get(ui.DATASET_PATH)
-    if not (path and Path(path).is_dir()):
+    path = ui.chosen_dataset()
+    if not path:
         return
     n = len(ui.scan_dataset(path).classes)
     pages = max(1, -(-n // N_IMAGES))

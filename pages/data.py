@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cnnlab import archive, data, demo, duplicates, plots, workspace
+from cnnlab import archive, data, demo, duplicates, plots, splits, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 from pages import ui
@@ -137,7 +137,12 @@ def _choose_csv() -> str | None:
         "Images folder (empty: the CSV's paths are relative to its own folder)",
         key="data_csv_server_images",
     ).strip()
-    if st.button("Use this CSV", disabled=not raw):
+    # never greyed out: the path box only commits its text when it loses focus, so a typed path
+    # would leave the button off until then; an empty box is said on the click instead
+    if st.button("Use this CSV"):
+        if not raw:
+            st.warning("Type the CSV's path first.", icon=":material/edit:")
+            return None
         checked = workspace.check_inside_roots(raw)
         images = str(workspace.check_inside_roots(images_raw)) if images_raw else ""
         st.session_state[ui.DATA_CSV] = {**options, "images": images}
@@ -170,36 +175,49 @@ def _show_duplicates(result: data.ScanResult) -> tuple[bool, bool]:
         st.success("No two images are copies of each other.")
         return False, False
     conflicts = [g for g in groups if duplicates.conflicting(g, result.labels)]
-    st.warning(
-        f"{len(groups)} group(s) of copies ({sum(len(g.members) for g in groups)} files); "
-        f"{len(conflicts)} carry different labels — likely labelling errors. Copies always share "
-        "a split here, so they cannot inflate the test accuracy of a random split."
-    )
+    leaks = duplicates.across_splits(groups, result.given)
+    text = f"{len(groups)} group(s) of copies ({sum(len(g.members) for g in groups)} files)"
+    if conflicts:
+        text += f"; {len(conflicts)} carry different labels — likely labelling errors"
+    if leaks:
+        text += (
+            f". {len(leaks)} group(s) have copies in different given splits (e.g. train and "
+            "test): the model is scored on pictures it trained on, which inflates that accuracy "
+            "— Drop duplicates keeps one copy of each (the test one)."
+        )
+    elif result.given:
+        text += ". No copies cross the given splits; copies carved from train stay together."
+    else:
+        text += ". Copies always share a split here, so they cannot inflate the test accuracy."
+    st.warning(text)
     shown = sorted(groups, key=lambda g: not duplicates.conflicting(g, result.labels))
     for g in shown[:MAX_GROUPS_SHOWN]:
         flag = " · **different labels**" if duplicates.conflicting(g, result.labels) else ""
         st.markdown(f"{g.kind} copies{flag}")
         thumbs = [ui.thumbnail(str(result.files[i]), result.files[i].stat().st_mtime_ns)
                   for i in g.members[:8]]  # fmt: skip
+        # class and split, then the file name alone: a whole path broke mid-word under 96 px
         captions = [
             f"{result.classes[result.labels[i]]}"
             + (f" · {result.given[i]}" if result.given and result.given[i] else "")
-            + f" · {result.rel(i)}"
+            + f" · {result.files[i].name}"
             for i in g.members[:8]
         ]
-        st.image(thumbs, caption=captions, width=96)
+        st.image(thumbs, caption=captions, width=128)
     if len(groups) > MAX_GROUPS_SHOWN:
         st.caption(
             f"… and {len(groups) - MAX_GROUPS_SHOWN} more groups (`cnnlab inspect` lists all)."
         )
     c1, c2 = st.columns(2)
     drop_dups = c1.checkbox(
-        "Drop duplicates (keep one copy of each group; the test copy when there is one)",
+        "Drop duplicates",
         key="data_drop_duplicates",
+        help="Keep one copy of each group: the test copy when there is one",
     )
     drop_conflicts = c2.checkbox(
-        "Drop conflicting labels (leave out every copy whose labels disagree)",
+        "Drop conflicting labels",
         key="data_drop_conflicts",
+        help="Leave out every copy whose labels disagree",
     )
     st.caption("Recorded in the run's config; your files are never deleted.")
     return drop_dups, drop_conflicts
@@ -255,26 +273,31 @@ def _show_dataset(path: str) -> None:
                         if same else [])):  # fmt: skip
         st.session_state.setdefault(key, value)
     sizes = sorted({*IMAGE_SIZES, int(st.session_state["data_size"])})
+    given = set(result.given)
+    for name, label in (("val", "validation"), ("test", "test")):
+        if result.given and name not in given:
+            st.info(
+                f"The data set gives no {label} split: the {label.capitalize()} fraction below "
+                "carves one from its train split.",
+                icon=":material/info:",
+            )
     c1, c2, c3, c4 = st.columns(4)
-    val = c1.slider("Validation fraction", 0.0, 0.4, step=0.05, key="data_val")
-    test = c2.slider("Test fraction", 0.0, 0.4, step=0.05, key="data_test")
+    val, test = float(st.session_state["data_val"]), float(st.session_state["data_test"])
+    for col, name, label, key in ((c1, "val", "Validation fraction", "data_val"),
+                                  (c2, "test", "Test fraction", "data_test")):  # fmt: skip
+        if name in given:  # given by the layout: nothing to choose
+            n = sum(s == name for s in result.given)
+            col.caption(f"{label.split()[0]} split: given by the data set ({n:,} images).")
+        elif name == "val":
+            val = col.slider(label, 0.0, 0.4, step=0.05, key=key)
+        else:
+            test = col.slider(label, 0.0, 0.4, step=0.05, key=key)
     size = c3.select_slider("Image size (px)", sizes, key="data_size")
     seed = int(c4.number_input("Seed", 0, 2**31 - 1, key="data_seed"))
     st.session_state["data_exclude"] = [
         c for c in st.session_state["data_exclude"] if c in result.classes
     ]
     exclude = st.multiselect("Exclude classes", result.classes, key="data_exclude")
-    given = set(result.given)  # a split the layout gives is not carved from train
-    carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
-    need = 1 + carve_val + carve_test
-    small = [c for c, n in counts.items() if n < need and c not in exclude and not given]
-    st.caption(
-        f"Each class needs at least {need} images: one to train on"
-        + (", one for validation" if carve_val else "")
-        + (", one for the test" if carve_test else "")
-        + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0." if small
-           else ".")
-    )  # fmt: skip
     cfg = DataConfig(
         path=path, image_size=size, val_fraction=val, test_fraction=test, seed=seed,
         exclude_classes=list(exclude), drop_duplicates=drop_dups, drop_conflicts=drop_conflicts,
@@ -283,11 +306,24 @@ def _show_dataset(path: str) -> None:
     try:
         cfg.validate()
         kept = data.filter_scan(result, exclude, drop_dups, drop_conflicts)
+        given = set(kept.given)  # a split the layout gives is not carved from train
+        carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
+        need = splits.images_needed(kept, val, test)
+        small = splits.too_small(kept, val, test)
+        st.caption(
+            f"Each class needs at least {need} images: one to train on"
+            + (", one for validation" if carve_val else "")
+            + (", one for the test" if carve_test else "")
+            + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0."
+               if small else ".")
+        )  # fmt: skip
         parts = data.split(kept, val, test, seed)
     except CnnlabError:
         st.session_state.pop(ui.DATA_CONFIG, None)
         raise
     for warning in kept.warnings + data.split_warnings(val, test, kept):
+        if warning.startswith("the layout gives no"):
+            continue  # said above the split controls, in the page's words
         st.warning(warning, icon=":material/warning:")
     rows = [{"class": c, **row, "total": sum(row.values())} for c, row in
             parts.per_class(kept).items()]  # fmt: skip

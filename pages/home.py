@@ -6,12 +6,12 @@ then opens the Train page: a newcomer presses Start and watches the curves grow.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
 from cnnlab import demo, evaluate, run_table, runs
+from cnnlab.archive import dataset_name
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.device import describe_device
 from cnnlab.errors import CnnlabError
@@ -80,8 +80,8 @@ def _steps(run_list: list[dict[str, Any]]) -> None:
         else "no trained run yet"
     )
     steps = [
-        ("pages/data.py", "1. Data", bool(dataset and Path(dataset).is_dir()),
-         f"`{Path(dataset).name}`" if dataset else "choose a folder, zip or the demo"),
+        ("pages/data.py", "1. Data", ui.dataset_ready(dataset),
+         f"`{dataset_name(dataset)}`" if dataset else "choose a folder, zip or the demo"),
         ("pages/augment.py", "2. Augment", cfg is not None,
          "random crops, flips, jitter" if cfg is None else "set"),
         ("pages/model.py", "3. Model", cfg is not None,

@@ -30,8 +30,8 @@ WEIGHT_SOURCES = {
 
 def _n_classes() -> int:
     """The chosen data set's class count (scan cached process-wide), else a stand-in."""
-    path = st.session_state.get(ui.DATASET_PATH)
-    if path and Path(path).is_dir():
+    path = ui.chosen_dataset()
+    if path:
         try:
             n = len(ui.scan_dataset(path).classes)
         except CnnlabError:
@@ -222,6 +222,9 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
     model = dataclasses.replace(
         m, name=name, strategy=strategy, dropout=dropout, weights=source, freeze_epochs=int(freeze)
     )
+    note = models.random_backbone_warning(model)
+    if note:
+        st.warning(note, icon=":material/warning:")
     return model, float(head_lr), float(backbone_lr)
 
 
@@ -233,16 +236,16 @@ def _download(model_cfg: ModelConfig) -> None:
         f"Weights {Path(url or '').name} are not downloaded yet: they download when training "
         f"starts, or now. Cache: {weights.cache_dir()}"
     )
+    failure = weights.last_failure(model_cfg.weights, spec)
+    if failure:  # Start stays off (the pre-flight lists it) until a download succeeds
+        st.error(failure, icon=":material/cloud_off:")
     if st.button("Download the weights now", key="m_download"):
         bar, update = ui.progress_bar("Weights")
         try:
             models.fetch_weights(model_cfg, update)
-        except CnnlabError as exc:
+        except CnnlabError:
             bar.empty()
-            st.error(str(exc))
-            return
-        bar.empty()
-        st.rerun()
+        st.rerun()  # a failure is shown above (recorded by the core), a success clears it
 
 
 def main() -> None:

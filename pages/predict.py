@@ -21,12 +21,15 @@ ui.use_app_navigation()
 st.title("Predict")
 left, right = st.columns([3, 1])
 run_id = ui.choose_trained_run(left, "pr_run")
-k = right.number_input("Top-k", 1, 10, 3, key="pr_k")
 try:
     predictor = _predictor(run_id, runs.checkpoint_path(run_id).stat().st_mtime)
 except CnnlabError as exc:
     ui.show_error(exc)
     st.stop()
+n_classes = len(predictor.classes)  # top-k past the class count would list nothing more
+if st.session_state.get("pr_k", 0) > n_classes:
+    st.session_state["pr_k"] = n_classes
+k = right.number_input("Top-k", 1, n_classes, min(3, n_classes), key="pr_k")
 st.caption(f"Classes: {', '.join(predictor.classes)} · input {predictor.image_size} px")
 
 uploads = st.file_uploader(

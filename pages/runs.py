@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -85,10 +84,14 @@ def _follow_on_train_page(job_id: str, run_id: str, cfg: RunConfig | None) -> No
     st.session_state[ui.ACTIVE_RUN_ID] = run_id
     if (
         cfg is not None
-        and Path(cfg.data.path).is_dir()
+        and ui.dataset_ready(cfg.data.path)
         and not st.session_state.get(ui.DATASET_PATH)
     ):
         st.session_state[ui.DATASET_PATH] = cfg.data.path
+        d = cfg.data
+        st.session_state[ui.DATA_CSV] = {
+            "path_column": d.path_column, "label_column": d.label_column, "images": d.images,
+        }  # fmt: skip
     st.switch_page(TRAIN_PAGE)
 
 
@@ -134,7 +137,12 @@ def _delete(run_id: str) -> None:
 def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
     """Use / watch / resume buttons for the opened run (they wrap on a narrow window)."""
     with st.container(horizontal=True):
-        if st.button("Make it the active run", icon=":material/check_circle:", key="runs_use"):
+        if st.button(
+            "Show it on Evaluate and Predict",
+            icon=":material/check_circle:",
+            key="runs_use",
+            help="Evaluate and Predict open on this run",
+        ):
             st.session_state[ui.ACTIVE_RUN_ID] = run_id
             st.toast(f"Evaluate and Predict now show {run_id}")
         live = _live_job(run_id)

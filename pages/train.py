@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import streamlit as st
 import torch
 
 from cnnlab import evaluate, jobs, live_feed, lr_finder, plots, preflight, progress
+from cnnlab.archive import dataset_name
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.events import Preparing
 from pages import live, ui
 
 JOB_ID = ui.TRAIN_JOB_ID  # session key: the job this session shows
 STOP_WAIT_S = 3.0  # how long the Stop click waits for the job to wind down before redrawing
+QUERY_LR = "lr"  # the LR finder's job id in the URL: a reload shows the sweep again
 QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
 LR_RESULT = "_lr_result"  # session key: the LR finder's whole result (for its chart)
@@ -81,23 +83,62 @@ def _hyperparameters(tc: TrainConfig) -> TrainConfig:
     return dataclasses.replace(tc, **{n: st.session_state[f"t_{n}"] for n in WIDGET_FIELDS})
 
 
+def _start_lr_sweep(cfg: RunConfig) -> None:
+    """The sweep as a background job (its id in the URL, so a reload finds it again)."""
+
+    def sweep(_stop, emit) -> lr_finder.LRFinderResult:
+        return lr_finder.find_lr(cfg, progress=lambda d, t, s: emit(Preparing(d, t, s)))
+
+    job = ui.job_manager().start_callable(sweep, kind="lr_find", name="LR finder")
+    st.query_params[QUERY_LR] = job.job_id
+
+
+@st.fragment(run_every=1)
+def _lr_progress(job_id: str) -> None:
+    """The running sweep's progress; one full rerun when it ends (its result shows then)."""
+    snap = ui.job_manager().snapshot(job_id)
+    if snap is None or not snap.active:
+        st.rerun()
+    p = snap.preparing or {}
+    done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+    stage = {"lr sweep": "step"}.get(p.get("stage"), p.get("stage") or "starting")
+    text = f"Finding a learning rate: {stage} {done:,}/{total:,}" if total else (
+        "Finding a learning rate: starting…")  # fmt: skip
+    st.progress(done / total if total else 0.0, text=text)
+
+
+def _lr_job() -> jobs.JobSnapshot | None:
+    """The LR sweep this tab started (named in the URL), finished results taken in once."""
+    job_id = st.query_params.get(QUERY_LR)
+    snap = ui.job_manager().snapshot(job_id) if job_id else None
+    if snap is None or snap.active:
+        return snap
+    if snap.status == "completed" and isinstance(snap.result, lr_finder.LRFinderResult):
+        st.session_state[SUGGESTED_LR] = snap.result.suggestion
+        st.session_state[LR_RESULT] = snap.result
+    elif snap.status == "failed":
+        st.error(f"The LR finder failed: {snap.error}", icon=":material/error:")
+    del st.query_params[QUERY_LR]
+    return None
+
+
 def _lr_tools(cfg: RunConfig) -> None:
     """The LR finder and, once it has run, 'use suggested' and its curve; side by side."""
+    running = _lr_job()
     suggested = st.session_state.get(SUGGESTED_LR)
     with st.container(horizontal=True):
-        find = st.button("Find a learning rate", help="A short sweep of increasing learning rates")
+        find = st.button(
+            "Find a learning rate",
+            help="A short sweep of increasing learning rates (in the background)",
+            disabled=running is not None,
+        )
         if suggested:
             st.button(f"Use suggested lr {suggested:.1e}", on_click=_use_suggested)
     if find:
-        try:
-            with st.spinner("Sweeping learning rates…"):
-                result = lr_finder.find_lr(cfg)
-        except CnnlabError as exc:
-            ui.show_error(exc)
-            return
-        st.session_state[SUGGESTED_LR] = result.suggestion
-        st.session_state[LR_RESULT] = result
-        st.rerun()  # so the 'use suggested' button shows the new value
+        _start_lr_sweep(cfg)
+        st.rerun()
+    if running is not None:
+        _lr_progress(running.job_id)
     result = st.session_state.get(LR_RESULT)
     if result is not None:
         with st.expander(f"LR finder: suggestion {result.suggestion:.1e}"):
@@ -279,17 +320,19 @@ def _controls(dataset: str, running: bool) -> RunConfig:
     base = st.session_state.get(ui.RUN_CONFIG) or RunConfig()
     data_cfg = st.session_state.get(ui.DATA_CONFIG) or base.data or DataConfig()
     data_cfg = dataclasses.replace(data_cfg, path=dataset)
+    # a name given with another data set (the demo's) does not follow the user to this one
+    name = base.name if base.data.path == dataset else ""
     loaded = st.session_state.get(ui.LOADED_FROM)
     if loaded:
         st.success(loaded, icon=":material/star:")
     st.caption(
         f"Start trains model **{base.model.name}** · {data_cfg.image_size} px · data "
-        f"`{Path(dataset).name}` (change them on the Data, Augment and Model pages)"
+        f"`{dataset_name(dataset)}` (change them on the Data, Augment and Model pages)"
     )
     with st.expander("Hyperparameters", expanded=not running):
         tc = _hyperparameters(base.train)
         st.button("Reset to defaults", on_click=_reset_defaults)
-        cfg = dataclasses.replace(base, data=data_cfg, train=tc)
+        cfg = dataclasses.replace(base, data=data_cfg, train=tc, name=name)
         st.session_state[ui.RUN_CONFIG] = cfg  # other pages (and a return visit) see these values
         _lr_tools(cfg)
     return cfg
@@ -319,8 +362,7 @@ def main() -> None:
     if snap is None:
         dataset: str | None = ui.require_dataset()
     else:  # watching a job needs no data; starting another one does
-        dataset = st.session_state.get(ui.DATASET_PATH)
-        dataset = dataset if dataset and Path(dataset).is_dir() else None
+        dataset = ui.chosen_dataset()
 
     cfg = _controls(dataset, running) if dataset else None
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -357,6 +399,9 @@ def main() -> None:
             "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),
             icon=":material/block:",
         )
+    elif cfg is not None and not running:
+        for note in preflight.run_warnings(cfg, ui.scan_dataset(cfg.data.path)):
+            st.warning(note, icon=":material/warning:")
 
     if running and live.served():
         _live_view(job_id)

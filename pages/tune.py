@@ -8,15 +8,15 @@ pruned trials, importances, parallel coordinates). Trials are ordinary runs in t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from cnnlab import jobs, models, plots, preflight, progress, tune
-from cnnlab.config import OPTIMIZERS, STRATEGIES, ModelConfig, TrainConfig
+from cnnlab.config import OPTIMIZERS, STRATEGIES, DataConfig, ModelConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.search_space import Choices, Range, SearchSpace
 from pages import ui
@@ -71,7 +71,11 @@ def _controls(dataset: str) -> dict[str, Any] | None:
     c1, c2, c3 = st.columns(3)
     model = c1.selectbox("Model", models.list_models(), key="tn_model")
     epochs = c2.number_input("Epochs per trial", 1, 200, value=tune.TUNE_EPOCHS, key="tn_epochs")
-    size = c3.number_input("Image size (px)", 8, 512, value=tune.TUNE_IMAGE_SIZE, key="tn_size")
+    chosen = st.session_state.get(ui.DATA_CONFIG)
+    chosen = chosen if isinstance(chosen, DataConfig) and chosen.path == dataset else None
+    # the Data page's image size: trials then compare settings at the size a run will use
+    default_size = chosen.image_size if chosen else tune.TUNE_IMAGE_SIZE
+    size = c3.number_input("Image size (px)", 8, 512, value=default_size, key="tn_size")
     with st.expander("What to search", expanded=True):
         defaults = SearchSpace.default_for(model)  # the dimensions this model has, and ranges
         space = SearchSpace(**dict.fromkeys(DIMS))
@@ -85,6 +89,10 @@ def _controls(dataset: str) -> dict[str, Any] | None:
     timeout = c4.number_input("Time limit (s, 0 = none)", 0, 10**6, value=0, key="tn_timeout")
     try:
         base = tune.base_config(dataset, model, int(size), int(epochs))
+        if chosen is not None:
+            # the Data page's choices (CSV columns, excluded classes, fractions) at tuning's size
+            base.data = dataclasses.replace(chosen, image_size=int(size))
+        base.validate()
         space.validate(model)
     except CnnlabError as exc:
         ui.show_error(exc)
@@ -232,7 +240,7 @@ def main() -> None:
     if not running:
         dataset = ui.require_dataset()
     # the form stays while a study runs, so its values are still there when it ends
-    args = _controls(dataset) if dataset and Path(dataset).is_dir() else None
+    args = _controls(dataset) if ui.dataset_ready(dataset) else None
     c1, c2 = st.columns(2)
     idle = args is not None and not running
     why = (

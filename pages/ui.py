@@ -42,7 +42,9 @@ DATA_SOURCE = "data_source_kept"  # str: the Data page's source choice (its radi
 LOADED_FROM = "loaded_from"  # str: where the Train page's config came from (Tune's best trial)
 DATA_PAGE = "pages/data.py"
 QUERY_SESSION = "s"  # URL query: this browser session's id (cnnlab.session)
-SESSION_KEYS = (DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, DATA_SOURCE)
+SESSION_KEYS = (
+    DATASET_PATH, DATA_CONFIG, RUN_CONFIG, ACTIVE_RUN_ID, TRAIN_JOB_ID, DATA_SOURCE, DATA_CSV,
+)  # fmt: skip
 _SESSION_ID = "_session_id"
 _SESSION_SAVED = "_session_saved"
 _SCAN_CACHE_SIZE = 8
@@ -112,10 +114,21 @@ def literal(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_[]<>#~|$" else c for c in text)
 
 
+def dataset_ready(path: str | None) -> bool:
+    """True when path is a chosen data set still on disk: a folder or a labels CSV."""
+    return bool(path) and (Path(path).is_dir() or _is_csv(path))
+
+
+def chosen_dataset() -> str | None:
+    """The session's data set (a folder or a labels CSV) when it is still on disk, else None."""
+    path = st.session_state.get(DATASET_PATH)
+    return path if dataset_ready(path) else None
+
+
 def require_dataset() -> str:
     """The chosen data set's folder; otherwise point to the Data page and stop this page."""
-    path = st.session_state.get(DATASET_PATH)
-    if path and (Path(path).is_dir() or _is_csv(path)):
+    path = chosen_dataset()
+    if path:
         return path
     st.info("Choose a data set first.", icon=":material/info:")
     st.page_link(DATA_PAGE, label="Go to the Data page", icon=":material/dataset:")

@@ -174,3 +174,28 @@ def test_uploaded_weights_get_a_safe_name(workspace: Path) -> None:
         archive.save_uploaded_weights(b"x", "notes.txt")
     with pytest.raises(DataError, match="is empty"):
         archive.save_uploaded_weights(b"", "w.pt")
+
+
+def test_dataset_name_drops_the_workspace_copy_suffix() -> None:
+    """Issue 28 (polish): one name per data set, as the user knows it."""
+    assert archive.dataset_name("/w/datasets/withjunk-1b2377cdb97f") == "withjunk"
+    assert archive.dataset_name("/w/uploads/labels-69aafff379f0.csv") == "labels"
+    assert archive.dataset_name("/data/icons/") == "icons"
+    assert archive.dataset_name("/data/my-set-2") == "my-set-2"
+
+
+def test_an_empty_zip_is_named_as_the_user_knows_it(workspace: Path, tmp_path: Path) -> None:
+    """Issue 28 item 8: the error names the user's file, not the workspace's internal copy."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("only-a-folder/", "")
+    with pytest.raises(DataError) as info:
+        archive.save_uploaded_zip(buf.getvalue(), "mine.zip")
+    assert str(info.value).startswith("mine.zip holds no files") and "datasets" not in str(
+        info.value
+    )
+    local = tmp_path / "empty.zip"
+    local.write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match=r"^empty\.zip holds no files"):
+        data.scan(local)
+    assert not [p for p in (workspace / "datasets").iterdir() if not p.name.startswith(".")]

@@ -195,3 +195,20 @@ def test_runs_delete_removes_the_run_folder(trained, workspace):
     again = cnnlab("runs", "delete", run_id, home=workspace, check=False)
     assert again.returncode == 2 and f"no run '{run_id}'" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_reader_that_closes_early_is_no_traceback(workspace, tmp_path) -> None:
+    """Issue 28 item 16: `cnnlab runs --json | head -1` ends quietly (no BrokenPipeError)."""
+    from cnnlab import runs
+    from cnnlab.config import RunConfig
+
+    for _ in range(300):  # more JSON than a pipe buffer holds (CNNLAB_HOME is the workspace)
+        runs.create_run(RunConfig(), ["a", "b"], {"train": ["x" * 40] * 5})
+    env = {**os.environ, "CNNLAB_HOME": str(workspace)}
+    proc = subprocess.run(
+        f"{sys.executable} -m cnnlab.cli runs --json | head -1",
+        shell=True, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.stdout == "[\n"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -286,7 +286,7 @@ def test_too_few_images_to_stratify_names_the_class(tmp_path: Path) -> None:
     result = data.scan(_classes(tmp_path / "d", {"cats": 5, "dogs": 2}))
     with pytest.raises(DataError) as info:
         data.split(result)
-    assert "class 'dogs' has only 2 usable image(s); at least 3 are needed" in str(info.value)
+    assert "'dogs' (2); each needs at least 3" in str(info.value)
     # with no test split two images suffice
     assert data.split(result, 0.2, 0.0).per_class(result)["dogs"] == {
         "train": 1,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -143,3 +146,43 @@ def test_one_to_three_epochs_are_too_early_to_tell(n: int) -> None:
     if n == 3:  # the direction quoted is the real one
         assert "validation loss fell (1.900 -> 1.450)" in f.message
     assert d.best_epoch == (None if n == 0 else 2 if n >= 2 else 1)
+
+
+def test_the_reported_plateau_is_not_healthy() -> None:
+    """Issue 28 item 11: val loss flat 1.19 -> 1.16 over epochs 4-12 while train loss fell
+    1.06 -> 0.72 (test accuracy 51.6 %, one class at 0 recall) was called healthy."""
+    rows = _rows(
+        [1.50, 1.30, 1.15, 1.06, 1.00, 0.95, 0.90, 0.86, 0.82, 0.78, 0.75, 0.72],
+        [1.60, 1.40, 1.25, 1.19, 1.18, 1.17, 1.18, 1.17, 1.16, 1.17, 1.16, 1.16],
+        [0.40, 0.46, 0.50, 0.53, 0.55, 0.56, 0.58, 0.59, 0.60, 0.61, 0.62, 0.63],
+        [0.38, 0.45, 0.50, 0.51, 0.52, 0.52, 0.51, 0.52, 0.52, 0.53, 0.52, 0.52],
+    )
+    d = diagnose(rows)
+    f = _one(d)
+    assert d.status == "plateau" and d.label == "Plateau"
+    assert "1.19" in f.message and "1.16" in f.message and "0.720" in f.message
+    assert "epoch 4" in f.message
+
+
+def test_a_converged_run_is_not_a_plateau() -> None:
+    """Both losses level off together (the demo digits): healthy, not a plateau."""
+    rows = _rows(
+        [1.2, 0.4, 0.2, 0.12, 0.09, 0.08, 0.075, 0.07],
+        [0.9, 0.3, 0.15, 0.10, 0.09, 0.085, 0.085, 0.084],
+        [0.6, 0.88, 0.94, 0.97, 0.98, 0.98, 0.985, 0.99],
+        [0.7, 0.91, 0.95, 0.97, 0.975, 0.98, 0.98, 0.98],
+    )
+    assert diagnose(rows).status == "healthy"
+
+
+CURVES = Path(__file__).parent / "data" / "curves"
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in CURVES.glob("*.json")))
+def test_real_curves_get_their_label(case: str) -> None:
+    """Issue 28 item 11: curves of real runs, labelled by what was done to get them (named
+    <label>-<how>.json): healthy-digits (defaults), underfitting-tiny-lr (lr 1e-5, SGD),
+    overfitting-14-per-class (14 digits a class, a big head, no augmentation or regularisation,
+    30 epochs), plateau-reported-icons (the issue's run, as reported)."""
+    rows = json.loads((CURVES / f"{case}.json").read_text())
+    assert diagnose(rows).status == case.split("-")[0]

@@ -169,3 +169,82 @@ def test_launch_flag_is_stripped_for_the_workers():
 
     argv = ["train", "d", "--nproc-per-node", "2", "--json", "--nproc-per-node=3"]
     assert strip_launch_flag(argv) == ["train", "d", "--json"]
+
+
+def test_resume_under_ddp_when_the_best_epoch_came_before_the_stop(
+    colour_classes: Path, workspace: Path
+):
+    """Issue 28 item 13: every rank knows the history it resumes (rank 0 read it), so the end
+    (best weights, test evaluation) runs on all ranks together instead of dying in a broadcast."""
+    import threading
+
+    stop = threading.Event()
+    config = RunConfig(
+        data=DataConfig(path=str(colour_classes), image_size=12),
+        model=ModelConfig(channels=[4, 8], head_units=0),
+        train=TrainConfig(epochs=4, batch_size=16, device="cpu", patience=0),
+    )
+
+    def stop_after_two(epoch: int, _row: dict) -> None:
+        if epoch == 2:
+            stop.set()
+
+    summary = train.fit(config, stop_event=stop, epoch_hook=stop_after_two)
+    assert summary["status"] == "stopped" and summary["epochs_run"] == 2
+    run = runs.load_run(summary["run_id"])
+    # the best epoch was epoch 1 and nothing after it is better (as when val loss turned up)
+    state = runs.read_checkpoint(run.last_path)
+    state.update(best_epoch=1, best_loss=0.0, bad_epochs=1)
+    runs.save_checkpoint_atomic(run.last_path, state)
+    resumed = _cnnlab(
+        ["cnnlab", "resume", run.run_id, "--nproc-per-node", "2", "--json"], workspace
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads(resumed.stdout)
+    assert final["status"] == "completed" and final["epochs_run"] == 4 and final["best_epoch"] == 1
+    assert final["test_accuracy"] is not None
+    on_disk = json.loads(run.summary_path.read_text())
+    assert on_disk["epochs_run"] == 4 and on_disk["status"] == "completed"
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1, 2, 3, 4]
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the worker with RANK=rank among the launcher's descendants."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = int(next(ln for ln in status.read_text().splitlines() if ln.startswith("PPid"))
+                       .split()[1])  # fmt: skip
+            environ = (status.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, StopIteration, ValueError):
+            continue
+        if ppid == launcher and f"RANK={rank}".encode() in environ:
+            return int(status.parent.name)
+    return None
+
+
+def test_a_dead_worker_is_one_clear_line_and_json(digits_dir: Path, workspace: Path):
+    """Issue 28 item 13: a worker killed mid-run: the run records what happened and how to
+    resume (not gloo's raw error), and `--json` prints the failed run's summary."""
+    args = ["cnnlab", "train", str(digits_dir), "--device", "cpu", "--image-size", "12"]
+    args += ["--epochs", "30", "--json", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], env=_env(workspace), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+    def first_epoch() -> Path | None:
+        for m in (workspace / "runs").glob("*/metrics.jsonl"):
+            if m.read_text().strip():
+                return m.parent
+        return None
+
+    run_dir = _wait_for(first_epoch, 240, "the first epoch", proc)
+    worker = _wait_for(lambda: _rank_pid(proc.pid, 1), 30, "rank 1's pid", proc)
+    os.kill(worker, signal.SIGKILL)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    printed = json.loads(out[out.index("{") :])
+    assert printed["status"] == "failed" and printed["run_id"] == run_dir.name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert "gloo" not in summary["error"] and f"cnnlab resume {run_dir.name}" in summary["error"]

@@ -185,9 +185,10 @@ def test_a_resumed_run_keeps_its_history_and_the_curve_moves_within_epochs(
     job.record(Progress(3, 2, 10, 0.8, 50.0))  # mean of batches 1-2
     job.record(Progress(3, 4, 10, 0.7, 50.0))  # mean of 1-4: batches 3-4 averaged 0.6
     snap = job.snapshot()
-    assert [x for x, _ in snap.curve] == [2.2, 2.4]
-    assert snap.curve[0][1] == pytest.approx(0.8)
-    assert snap.curve[1][1] == pytest.approx(0.3 * 0.6 + 0.7 * 0.8)  # smoothed
+    # the earlier epochs' curve is kept (each at its end: its mean), then this epoch's ticks
+    assert [x for x, _ in snap.curve] == [1.0, 2.0, 2.2, 2.4]
+    assert snap.curve[2][1] == pytest.approx(0.8)
+    assert snap.curve[3][1] == pytest.approx(0.7)  # the epoch's mean so far (issue 28 item 5)
     assert progress.progress_line(snap)[1].startswith("Epoch 3/5 · batch 4/10")
     version = snap.curve_version
     job.record(EpochEnd(3, 0.7, 0.6, 0.9, 0.6, 0.1, 4.0, 10.0, 3, True))
@@ -273,3 +274,23 @@ def test_a_multi_process_job_is_followed_through_its_run_folder_and_stops(
     on_disk = runs.read_summary(runs.load_run(snap.run_id))
     assert on_disk["status"] == "stopped"
     assert [r["epoch"] for r in snap.epochs] == list(range(1, on_disk["epochs_run"] + 1))
+
+
+def test_the_running_loss_is_the_epoch_mean_at_each_epoch_end(
+    workspace: Path, colours_dir: Path, tiny_config
+) -> None:
+    """Issue 28 item 5: a batch larger than the training split (one step per epoch): the running
+    curve and the epoch means are one quantity, and a resumed run keeps the earlier curve."""
+    from cnnlab import train
+
+    job = jobs.Job(job_id="j", kind="train", status="running")
+    summary = train.fit(tiny_config(colours_dir, epochs=3, batch_size=64), callbacks=[job.record])
+    snap = job.snapshot()
+    means = {r["epoch"]: r["train_loss"] for r in snap.epochs}
+    assert len(means) == 3
+    at_ends = {round(x): y for x, y in snap.curve if x == round(x)}
+    assert at_ends == pytest.approx(means)
+    resumed = jobs.Job(job_id="k", kind="train", status="running")
+    run = runs.load_run(summary["run_id"])
+    resumed.record(train.RunStarted(run.run_id, str(run.run_dir), 5, 1, 1, 1, "CPU", ["a"]))
+    assert dict(resumed.snapshot().curve) == pytest.approx({float(e): m for e, m in means.items()})

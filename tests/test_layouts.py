@@ -248,7 +248,7 @@ def test_too_small_classes_can_be_excluded(tmp_path: Path, workspace) -> None:
     for c, n in (("big", 10), ("other", 10), ("tiny", 2)):
         for i in range(n):
             _img(root / c / f"{i}.png", sum(map(ord, c)) * 100 + i)
-    with pytest.raises(DataError, match=r"at least 3 are needed.*--exclude-class"):
+    with pytest.raises(DataError, match=r"'tiny' \(2\); each needs at least 3.*--exclude-class"):
         cli.inspect_report(str(root))
     report = cli.inspect_report(str(root), exclude_classes=["tiny"])
     assert report["classes"] == ["big", "other"] and report["min_per_class"] == 3
@@ -265,3 +265,59 @@ def test_zero_val_or_test_fraction_warns(colour_classes: Path, workspace) -> Non
     text = " ".join(report["warnings"])
     assert "no early stopping" in text and "no test accuracy" in text
     assert cli.inspect_report(str(colour_classes))["warnings"] == []
+
+
+# ---------------------------------------------------------------- issue 28 item 6: CSVs as they come
+def _two_class_images(root: Path) -> list[list[str]]:
+    rows = []
+    for c in ("cat", "dog"):
+        for i in range(3):
+            _img(root / c / f"{i}.png", hash((c, i)) % 10_000)
+            rows.append([f"{c}/{i}.png", c])
+    return rows
+
+
+def test_a_csv_with_a_huge_field_reads(tmp_path: Path) -> None:
+    rows = _two_class_images(tmp_path)
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "notes"])
+        for r in rows:
+            writer.writerow([*r, "x" * 200_000])  # over csv's default 131,072 field limit
+    assert data.scan(path).counts == {"cat": 3, "dog": 3}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-8-sig", "latin-1"])
+def test_csv_encodings_as_spreadsheets_save_them(tmp_path: Path, encoding: str) -> None:
+    rows = _two_class_images(tmp_path)
+    path = tmp_path / "labels.csv"
+    text = "path\tlabel\tnote\r\n" + "".join(f"{p}\t{c}\tcafé\r\n" for p, c in rows)
+    path.write_bytes(text.encode(encoding))
+    scan = data.scan(path)
+    assert scan.counts == {"cat": 3, "dog": 3}
+
+
+def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
+    """Reading holds about one row at a time, not the file (and its decoded copies) whole."""
+    import tracemalloc
+
+    from cnnlab import layouts
+
+    rows = _two_class_images(tmp_path)
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "notes"])
+        for r in rows:
+            writer.writerow([*r, "n" * 10])
+        for i in range(2_000):  # 20 MB of rows naming missing files, each a short problem
+            writer.writerow([f"gone/{i}.png", "cat", "n" * 10_000])
+    tracemalloc.start()
+    layout = layouts.read_csv(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(layout.entries) == 6 and len(layout.problems) == 2_000
+    assert peak < 8 * 2**20, (
+        f"peak {peak / 2**20:.1f} MB for a {path.stat().st_size / 2**20:.0f} MB CSV"
+    )

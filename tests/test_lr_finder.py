@@ -67,3 +67,17 @@ def test_valley_rule_sits_past_the_steepest_point_before_the_minimum() -> None:
     valley = lr_finder.valley_lr(lrs, list(loss))
     _, min_lr = lr_finder.suggest_lr(lrs, list(loss))
     assert 3e-4 < valley < 3e-3 and min_lr == pytest.approx(1e-2, rel=0.1)
+
+
+def test_the_sweep_reports_progress(colour_classes: Path, workspace) -> None:
+    """Issue 28 item 12: data preparation, then every step, reported as (done, total, stage)."""
+    from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    seen: list[tuple[int, int, str]] = []
+    config = RunConfig(data=DataConfig(path=str(colour_classes), image_size=12),
+                       model=ModelConfig(channels=[4, 8], head_units=0),
+                       train=TrainConfig(batch_size=16, device="cpu"))  # fmt: skip
+    result = lr_finder.find_lr(config, steps=20, progress=lambda d, t, s: seen.append((d, t, s)))
+    sweep = [(d, t) for d, t, s in seen if s == "lr sweep"]
+    assert sweep[-1] == (len(result.lrs), 20) and len(sweep) == len(result.lrs)
+    assert any(s in ("verify", "decode") for _, _, s in seen)

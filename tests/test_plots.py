@@ -83,7 +83,10 @@ def test_loss_figure_draws_the_running_loss_within_epochs() -> None:
     names = [t.name for t in fig.data]
     assert names == ["train (running)", "train (epoch mean)", "validation"]
     assert list(fig.data[0].x) == [0.25, 0.5, 1.0, 1.5, 2.0, 2.25]  # fractional epochs
-    assert fig.data[2].mode == "markers" and list(fig.data[2].x) == [1, 2]  # val at epoch ends
+    assert fig.data[2].mode == "lines+markers" and list(fig.data[2].x) == [
+        1,
+        2,
+    ]  # val at epoch ends
     assert fig.layout.xaxis.dtick == 1  # whole-epoch ticks
 
 
@@ -137,6 +140,9 @@ def test_tune_figures_wait_for_data_and_use_whole_numbers() -> None:
         study.tell(t, value)
     history = plots.tune_history_figure(study)
     assert history.layout.xaxis.dtick == 1 and history.layout.xaxis.rangemode == "nonnegative"
+    # the best point is not clipped (issue 28 polish): room on both ends, markers drawn whole
+    assert tuple(history.layout.xaxis.range) == (-0.5, 2.5)
+    assert all(t.cliponaxis is False for t in history.data)
     inter = plots.tune_intermediate_figure(study)
     assert inter.layout.showlegend and inter.layout.xaxis.dtick == 1
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import cli, evaluate
+from cnnlab import cli, evaluate, predict
 from cnnlab.errors import DataError
 
 
@@ -106,3 +106,41 @@ def test_cli_predict_csv_and_bad_run(trained, digits_dir, tmp_path, capsys, monk
     assert cli.main(["predict", "missing-run", str(out)]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert "no run 'missing-run'" in err and "Traceback" not in err
+
+
+def test_predict_csv_escapes_spreadsheet_formulas(workspace: Path, tmp_path: Path) -> None:
+    """Issue 28 item 7: labels, top-k and paths starting with = + - @ (or tab/CR) are written
+    with a leading apostrophe (OWASP's advice), so a spreadsheet shows them as text."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab import train
+    from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+    root = tmp_path / "data"
+    names = ["=HYPERLINK(1)", "+plus", "-minus", "@at"]
+    gen = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for j in range(6):
+            pixels = np.clip(gen.normal(50 * i, 20, (12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{j}.png")
+    summary = train.fit(RunConfig(
+        data=DataConfig(path=str(root), image_size=12, val_fraction=0.0, test_fraction=0.0),
+        model=ModelConfig(channels=[4], head_units=0),
+        train=TrainConfig(epochs=1, batch_size=8, device="cpu"),
+    ))  # fmt: skip
+    image = root / names[0] / "0.png"
+    odd = tmp_path / "=cmd.png"
+    odd.write_bytes(image.read_bytes())
+    predictor = predict.Predictor.from_run(summary["run_id"])
+    rows = predictor.predict_files([str(odd)], 4)
+    rows[0]["path"] = "=cmd.png"  # as a relative path the user typed would read
+    out = predict.write_csv(rows, tmp_path / "p.csv", 4)
+    with out.open(newline="") as f:
+        (line,) = list(csv.DictReader(f))
+    cells = [line["path"]] + [line[f"top{i}_class"] for i in range(1, 5)] + [line["prediction"]]
+    assert line["path"] == "'=cmd.png"
+    assert sorted(c for c in cells[1:5]) == sorted("'" + n for n in names)
+    assert all(c.startswith("'") for c in cells)
+    assert float(line["top1_probability"]) > 0  # numbers stay numbers

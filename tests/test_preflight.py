@@ -60,3 +60,126 @@ def test_cli_train_refuses_before_creating_a_run(workspace: Path, tmp_path: Path
     err = capsys.readouterr().err
     assert code == cli.EXIT_USER_ERROR and "'lonely' (1)" in err and len(err.splitlines()) == 1
     assert runs.list_runs() == []
+
+
+# ---------------------------------------------------------------- issue 28
+def test_excluded_classes_do_not_block_the_run(workspace: Path, tmp_path: Path, capsys) -> None:
+    """Item 1: `--exclude-class tiny` leaves tiny out of the size rule (preflight, CLI)."""
+    folder = _folder(tmp_path / "d", {"a": 6, "b": 6, "tiny": 1})
+    cfg = _config(folder)
+    assert "'tiny' (1)" in " ".join(map(str, preflight.check(cfg)))
+    cfg.data.exclude_classes = ["tiny"]
+    assert preflight.check(cfg) == []
+    cfg.data.exclude_classes = ["nope"]
+    assert "not in the data set" in str(preflight.check(cfg)[0])
+    code = cli.main(
+        [
+            "train",
+            str(folder),
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--exclude-class",
+            "tiny",
+            "--json",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert runs.list_runs()[0]["classes"] == ["a", "b"]
+
+
+def test_one_rule_for_images_needed_honours_given_splits(tmp_path: Path) -> None:
+    """Item 1: the rule sees given splits: a class with 1 train image and a given val/test folder
+    needs nothing carved, so it is not too small; the same images in a random layout are."""
+    from cnnlab import data, splits
+
+    root = tmp_path / "k"
+    for split, n in (("train", 1), ("val", 1), ("test", 1)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for j in range(n if cls == "a" else 4):
+                Image.new(
+                    "RGB", (12, 12), (j * 30, 80 if cls == "a" else 160, hash(split) % 255)
+                ).save(root / split / cls / f"{j}.png")
+    scan = data.scan(root)
+    assert splits.too_small(scan, 0.15, 0.15) == {}
+    assert splits.images_needed(scan, 0.15, 0.15) == 1
+    assert preflight.check(_config(root)) == []
+    flat = _folder(tmp_path / "flat", {"a": 2, "b": 6})
+    scan = data.scan(flat)
+    assert splits.images_needed(scan, 0.15, 0.15) == 3
+    assert splits.too_small(scan, 0.15, 0.15) == {"a": 2}
+    assert splits.too_small(scan, 0.15, 0.0) == {}
+    report = cli.inspect_report(str(root))
+    assert report["min_per_class"] == 1
+
+
+def test_csv_options_reach_the_preflight(workspace: Path, tmp_path: Path, capsys) -> None:
+    """Item 2: a CSV whose columns are named by flag passes preflight and trains."""
+    import csv
+
+    folder = _folder(tmp_path / "imgs", {"x": 5, "y": 5})
+    rows = [[f"{c}/{j}.png", c] for c in ("x", "y") for j in range(5)]
+    labels = tmp_path / "imgs" / "labels.csv"
+    with labels.open("w", newline="") as f:
+        csv.writer(f).writerows([["fname", "kind"], *rows])
+    cfg = _config(labels)
+    cfg.data.path_column, cfg.data.label_column = "fname", "kind"
+    assert preflight.check(cfg) == []
+    code = cli.main(
+        [
+            "train",
+            str(labels),
+            "--path-column",
+            "fname",
+            "--label-column",
+            "kind",
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert folder.is_dir()
+
+
+def test_a_batch_larger_than_the_training_split_is_said(
+    workspace: Path, tmp_path: Path, capsys
+) -> None:
+    """Item 5: not blocking, but said before the run, with the effective batch."""
+    folder = _folder(tmp_path / "d", {"a": 6, "b": 6})
+    cfg = _config(folder)
+    assert preflight.run_warnings(cfg) == []
+    cfg.train.batch_size = 64
+    (text,) = preflight.run_warnings(cfg)
+    n_train = 8  # 6 per class, one val and one test image each
+    assert f"batch size 64 is larger than the {n_train} training images" in text
+    assert f"effective batch is {n_train}" in text
+    code = cli.main(
+        [
+            "train",
+            str(folder),
+            "--epochs",
+            "1",
+            "--image-size",
+            "16",
+            "--batch-size",
+            "64",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: batch size 64 is larger" in err

@@ -368,3 +368,41 @@ def test_one_cycle_schedule_with_four_steps_in_all_trains(workspace: Path, small
     config = _config(small_data, epochs=1)  # 66 training images // batch 16 = 4 steps
     assert config.train.schedule == "onecycle" and len(small_data.split.train) // 16 == 4
     assert train.fit(config, data=small_data)["status"] == "completed"
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_the_run_resumes(
+    small_data, small_disk, caplog
+):
+    """Issue 28 item 15: torch.save on a full disk raises RuntimeError ('unexpected pos'), not
+    OSError: it is the same one-line TrainingError naming the disk, no traceback is logged while
+    recording the failure, and once space is freed the run resumes to the end."""
+    import logging
+
+    fill, free = small_disk
+    filler = Path(os.environ["CNNLAB_HOME"]) / "filler"
+    state = {}
+
+    def after_epoch(epoch: int, row: dict) -> None:
+        if epoch == 1:
+            state["run"] = Path(runs.list_runs()[0]["run_dir"])
+            fill(state["run"])
+            if filler.exists():  # leave a few pages: the metrics line fits, a checkpoint not
+                os.truncate(filler, max(0, filler.stat().st_size - 12_288))
+
+    caplog.set_level(logging.WARNING)
+    config = _config(small_data, epochs=3)
+    config.model.channels = [
+        32,
+        64,
+    ]  # checkpoints of ~100 KB: torch.save itself meets the full disk
+    with pytest.raises(TrainingError) as info:
+        train.fit(config, data=small_data, epoch_hook=after_epoch)
+    message = str(info.value)
+    assert "\n" not in message and "enforce fail" not in message and "unexpected pos" not in message
+    assert "could not write" in message and ("free" in message or "writable" in message)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback while recording it"
+    run_dir = state["run"]
+    free(run_dir)
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    summary = train.resume(str(run_dir))
+    assert summary["status"] == "completed" and summary["epochs_run"] == 3

@@ -301,3 +301,49 @@ def test_temporaries_of_a_killed_download_are_cleaned(server: Server, hub: Path)
     os.utime(old, (time.time() - 2 * weights.STALE_S,) * 2)
     weights.fetch(f"{server.base}/{name}")
     assert _leftovers(hub) == sorted([name, fresh.name])
+
+
+def test_a_failed_download_keeps_start_off_until_the_file_is_there(
+    server: Server, hub: Path, tiny_spec, monkeypatch, colour_classes: Path, workspace: Path
+) -> None:
+    """Issue 28 item 10: after 'Download the weights now' failed, the pre-flight (Train's Start)
+    lists it instead of letting a run fail 20 s later; a later success clears it."""
+    from cnnlab import preflight
+    from cnnlab.config import DataConfig, RunConfig, TrainConfig
+
+    spec, _, payload = tiny_spec
+    monkeypatch.setenv(weights.MIRROR_ENV, f"{server.base}/models/")  # not there yet: 404
+    cfg = RunConfig(data=DataConfig(path=str(colour_classes), image_size=16),
+                    model=ModelConfig(name="test_tiny", weights="imagenet"),
+                    train=TrainConfig(device="cpu"))  # fmt: skip
+    assert [p.where for p in preflight.check(cfg)] == []
+    with pytest.raises(WeightsError):
+        models.fetch_weights(cfg.model)
+    (problem,) = preflight.check(cfg)
+    assert problem.where == "model.weights" and "cannot download" in problem.message
+    assert "Random (train from scratch)" in problem.message  # the option as the page names it
+    server.files[f"/models/{Path(spec.weights.url).name}"] = payload
+    models.fetch_weights(cfg.model)
+    assert preflight.check(cfg) == []
+
+
+def test_a_frozen_random_backbone_is_said(
+    workspace: Path, colour_classes: Path, capsys, monkeypatch
+) -> None:
+    """Item 10: feature_extraction / fine_tune's head-only epochs with random weights freeze a
+    random backbone: the pre-flight says so (CLI, Train page), the Model page too."""
+    from cnnlab import cli, preflight
+    from cnnlab.config import DataConfig, RunConfig
+
+    def notes(**model) -> list[str]:
+        cfg = RunConfig(data=DataConfig(path=str(colour_classes)),
+                        model=ModelConfig(name="resnet18", weights="random", **model))  # fmt: skip
+        return [n for n in preflight.run_warnings(cfg) if "frozen" in n]
+
+    assert "only the head learns" in notes(strategy="feature_extraction")[0]
+    assert "--freeze-epochs" in notes(strategy="fine_tune", freeze_epochs=1)[0]
+    assert notes(strategy="fine_tune", freeze_epochs=0) == []
+    code = cli.main(["train", str(colour_classes), "--model", "resnet18", "--weights", "random",
+                     "--strategy", "feature_extraction", "--epochs", "1", "--image-size", "32",
+                     "--batch-size", "16", "--device", "cpu", "--json"])  # fmt: skip
+    assert code == 0 and "warning: weights 'random'" in capsys.readouterr().err

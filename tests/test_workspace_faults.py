@@ -299,3 +299,101 @@ def test_app_resolves_relative_workspace_settings_once(tmp_path, monkeypatch) ->
         str(Path("~/d2").expanduser().resolve()),
     ]
     assert os.environ.get("CNNLAB_HOME") != "rel-home"  # the caller's environment is left alone
+
+
+# ---------------------------------------------------------------- issue 28 item 14
+def _stopped_run(colours: Path, epochs: int = 3, stop_at: int = 2) -> runs.Run:
+    """A real run stopped by the user after `stop_at` epochs (resumable)."""
+    import threading
+
+    stop = threading.Event()
+    config = RunConfig(
+        data=DataConfig(path=str(colours), image_size=12),
+        model=ModelConfig(channels=[4, 8], head_units=0),
+        train=TrainConfig(epochs=epochs, batch_size=16, device="cpu", patience=0),
+    )
+    summary = train.fit(config, stop_event=stop,
+                        epoch_hook=lambda e, _r: stop.set() if e == stop_at else None)  # fmt: skip
+    assert summary["status"] == "stopped"
+    return runs.load_run(summary["run_id"])
+
+
+def test_a_resumed_copy_is_its_own_run(workspace: Path, colour_classes: Path, capsys) -> None:
+    original = _stopped_run(colour_classes)
+    copy = workspace / "runs" / "s1"
+    shutil.copytree(original.run_dir, copy)
+    code, out, err = _main(capsys, "resume", "s1", "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["run_id"] == "s1" and printed["run_dir"] == str(copy)
+    written = json.loads((copy / "summary.json").read_text())
+    assert written["run_id"] == "s1" and written["run_dir"] == str(copy)
+    assert json.loads((original.run_dir / "summary.json").read_text())["status"] == "stopped"
+
+
+@pytest.mark.parametrize("summary", [None, '{"status": "runn'])
+def test_a_missing_or_torn_summary_still_resumes(
+    workspace: Path, colour_classes: Path, capsys, summary
+) -> None:
+    run = _stopped_run(colour_classes)
+    if summary is None:
+        run.summary_path.unlink()
+    else:
+        run.summary_path.write_text(summary)
+    code, out, err = _main(capsys, "resume", run.run_id, "--json")
+    assert code == 0, err
+    assert "unknown" not in err
+    final = json.loads(out)
+    assert final["status"] == "completed" and final["epochs_run"] == 3
+    assert runs.list_runs()[0]["status"] == "completed"
+
+
+def test_a_truncated_metrics_file_is_said_when_resuming(
+    workspace: Path, colour_classes: Path, caplog
+) -> None:
+    import logging
+
+    run = _stopped_run(colour_classes, epochs=4, stop_at=3)
+    lines = run.metrics_path.read_text().splitlines()
+    run.metrics_path.write_text(lines[-1] + "\n")  # epochs 1-2 lost (a truncated copy)
+    caplog.set_level(logging.WARNING)
+    train.resume(run.run_id)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "epoch(s) 1-2" in said and "metrics.jsonl" in said
+
+
+def test_epochs_of_an_interrupted_run_come_from_its_metrics(
+    workspace: Path, colour_classes: Path, capsys
+) -> None:
+    run = _stopped_run(colour_classes)
+    summary = json.loads(run.summary_path.read_text())
+    for key in ("epochs_run", "best_epoch"):
+        summary.pop(key)
+    summary["status"] = "running"  # killed: no lock held, so it lists as interrupted
+    run.summary_path.write_text(json.dumps(summary))
+    (row,) = runs.list_runs()
+    assert row["status"] == "interrupted" and row["epochs_run"] == 2
+    code, out, _ = _main(capsys, "runs")
+    line = next(ln for ln in out.splitlines() if ln.startswith(run.run_id))
+    assert line.split()[3] == "2"
+
+
+def test_leftover_temporaries_go_when_the_run_resumes(workspace: Path, colour_classes: Path):
+    run = _stopped_run(colour_classes)
+    left = run.run_dir / ".last.pt.abc123.tmp"  # what a SIGKILL during torch.save leaves
+    left.write_bytes(b"half a checkpoint")
+    train.resume(run.run_id)
+    assert not left.exists()
+
+
+def test_a_bad_local_weights_file_leaves_no_run(workspace: Path, colour_classes, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    config = RunConfig(
+        data=DataConfig(path=str(colour_classes), image_size=32),
+        model=ModelConfig(name="resnet18", weights=str(bad)),
+        train=TrainConfig(epochs=1, device="cpu"),
+    )
+    with pytest.raises(Exception, match="bad.pth"):
+        train.fit(config)
+    assert runs.list_runs() == []

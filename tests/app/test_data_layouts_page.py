@@ -92,3 +92,27 @@ def test_the_runs_page_lists_a_damaged_run(workspace: Path, fresh_app) -> None:
     assert not at.exception
     assert any("summary.json holds a list" in w.value for w in at.warning)
     assert any("damaged" in e.value for e in at.error)
+
+
+def test_a_kaggle_layout_speaks_of_what_it_gives(workspace: Path, fresh_app) -> None:
+    """Issue 28 item 4: copies across the given train/test are called a leak (not 'cannot
+    inflate'); the missing val split is said in the page's terms above the split; no Test
+    fraction slider when the test split is given."""
+    root = workspace / "kaggle"
+    seed = 0
+    for split, n in (("train", 8), ("test", 3)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                seed += 1
+                _img(root / split / cls / f"{i}.png", seed)
+    shutil.copy(root / "train/cat/0.png", root / "test/cat/leak.png")
+    at = _use_server_path(fresh_app(PAGE), root)
+    assert not at.exception and not at.error
+    warnings = " ".join(w.value for w in at.warning)
+    assert "cannot inflate" not in warnings
+    assert "1 group(s) have copies in different given splits" in warnings
+    assert "0 carry different labels" not in warnings
+    assert [s.label for s in at.slider] == ["Validation fraction"]
+    texts = " ".join(e.value for k in ("info", "caption", "warning") for e in at.get(k))
+    assert "data.val_fraction" not in texts
+    assert "gives no validation split" in texts

@@ -79,7 +79,7 @@ def test_table_overlay_and_detail(
     assert download.proto.label == "Download config.json"
     assert at.code[0].value == f"cnnlab train {colours_dir} --config config.json"
 
-    button(at, "Make it the active run").click().run()
+    button(at, "Show it on Evaluate and Predict").click().run()
     assert at.session_state["active_run_id"] == second["run_id"]
 
 
