@@ -85,8 +85,10 @@ def main() -> None:
         st.error("This demo's model is not available right now.", icon=":material/error:")
         return
     show_card(card)
-    k = st.number_input("Top-k", 1, min(10, len(predictor.classes)), min(3, len(predictor.classes)),
-                        key="demo_k")  # fmt: skip
+    n_classes = len(predictor.classes)
+    k = st.columns([1, 4])[0].number_input(
+        "Top-k", 1, min(10, n_classes), min(3, n_classes), key="demo_k"
+    )
     sources = predict_view.inputs("demo")
     if not sources:
         st.info("Drop images above, or take a photo, to see what the model says.",
