@@ -165,6 +165,15 @@ def test_installed_app_serves_from_another_folder_with_its_config(
                 urllib.request.urlopen(feed, timeout=30)
             assert missing.value.code == 404
             assert json.load(missing.value) == {"error": "no job 'no-such-job' in this server"}
+            # and the predict API (pages/predict_api.py from the wheel)
+            predict = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/cnnlab/predict?run_id=nope",
+                data=b"\x89PNG", headers={"Content-Type": "image/png"}, method="POST",
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as no_run:
+                urllib.request.urlopen(predict, timeout=30)
+            assert no_run.value.code == 404
+            assert json.load(no_run.value) == {"error": "no run 'nope' on this server"}
             js = f"http://127.0.0.1:{port}/api/cnnlab/plotly-{plotly.__version__}.min.js"
             with urllib.request.urlopen(js, timeout=30) as reply:
                 assert reply.read(4096).lstrip().startswith(b"/**")  # plotly.js's licence header
