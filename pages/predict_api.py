@@ -94,6 +94,10 @@ async def _images(request: Request, body: bytes) -> tuple[list[tuple[str, bytes]
         try:
             form = await parser.parse()
         except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                raise predict_api.ApiError(
+                    413, f"more than {predict_api.MAX_FILES} images in one request; send fewer"
+                ) from None
             raise predict_api.ApiError(400, f"bad multipart body: {exc.message}") from None
         images, fields = [], {}
         try:

@@ -134,6 +134,9 @@ def test_bad_requests_get_one_line_4xx(served: str, trained, digit_files: list[P
     garbled = requests.post(api, data=b"--x\r\nnot really multipart",
                             headers={"Content-Type": "multipart/form-data"}, timeout=60)  # fmt: skip
     assert_clean_error(garbled, 400, home)
+    many = [("images", (f"{i}.png", good, "image/png")) for i in range(40)]
+    too_many = requests.post(api, files=many, timeout=60)
+    assert "more than 32 images" in assert_clean_error(too_many, 413, home)
     assert healthy(int(served.rsplit(":", 1)[1]))
 
 
