@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,48 @@ def test_deep_links_land_on_the_demo(demo_page, demo_url: str, trained) -> None:
         _idle(page)
         for lab_heading in ("Data", "Train", "Runs"):
             assert page.get_by_role("heading", name=lab_heading, exact=True).count() == 0
+
+
+def _take_photo(page) -> None:
+    """Click Take Photo once the camera's video plays (earlier, the snapshot would be empty)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2)"
+    )
+    page.get_by_role("button", name="Take Photo").click()
+
+
+def test_camera_snapshots_are_predicted(demo_url: str, trained, chromium: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Chromium's fake camera (a test pattern) stands in for a webcam; 127.0.0.1 counts as secure
+    fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS + fake, headless=True
+        )
+        context = b.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
+        context.set_default_timeout(120_000)
+        page = context.new_page()
+        page.goto(demo_url)
+        page.get_by_role("heading", name=trained[0]["run_id"]).first.wait_for()
+        _idle(page)
+        page.get_by_text("Use the camera", exact=True).click()
+        _idle(page)
+        _take_photo(page)
+        page.get_by_role("heading", name=re.compile(r"^camera photo: ")).first.wait_for()
+        _idle(page)
+        assert page.get_by_test_id("stImage").filter(has_text="Grad-CAM for").count() == 1
+        # keep predicting: the photo on screen is kept as the first snapshot, then each new one is
+        # predicted and the camera is live again at once
+        page.get_by_text("Keep predicting", exact=True).click()
+        page.get_by_role("heading", name=re.compile(r"^snapshot 1: ")).first.wait_for()
+        _idle(page)
+        for n in (2, 3):
+            _take_photo(page)
+            page.get_by_role("heading", name=re.compile(rf"^snapshot {n}: ")).first.wait_for()
+            _idle(page)
+        headings = page.get_by_role("heading", name=re.compile(r"^snapshot \d: ")).all_inner_texts()
+        assert [h.split(":")[0] for h in headings] == ["snapshot 3", "snapshot 2", "snapshot 1"]
+        page.screenshot(path=str(SCREENSHOTS / "serve-camera.png"), full_page=True)
+        context.close()
+        b.close()
