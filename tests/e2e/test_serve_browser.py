@@ -25,12 +25,18 @@ def demo_url(trained, chromium: Path):
         yield url
 
 
+# Chromium's fake camera (a test pattern) stands in for a webcam; 127.0.0.1 counts as secure
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
 @pytest.fixture(scope="module")
 def demo_browser(chromium: Path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+        b = p.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS + FAKE_CAMERA, headless=True
+        )
         yield b
         b.close()
 
@@ -106,18 +112,13 @@ def _take_photo(page) -> None:
     page.get_by_role("button", name="Take Photo").click()
 
 
-def test_camera_snapshots_are_predicted(demo_url: str, trained, chromium: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    # Chromium's fake camera (a test pattern) stands in for a webcam; 127.0.0.1 counts as secure
-    fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS + fake, headless=True
-        )
-        context = b.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"])
-        context.set_default_timeout(120_000)
-        page = context.new_page()
+def test_camera_snapshots_are_predicted(demo_browser, demo_url: str, trained) -> None:
+    context = demo_browser.new_context(
+        viewport={"width": 1280, "height": 900}, permissions=["camera"]
+    )
+    context.set_default_timeout(120_000)
+    page = context.new_page()
+    try:
         page.goto(demo_url)
         page.get_by_role("heading", name=trained[0]["run_id"]).first.wait_for()
         _idle(page)
@@ -139,5 +140,5 @@ def test_camera_snapshots_are_predicted(demo_url: str, trained, chromium: Path) 
         headings = page.get_by_role("heading", name=re.compile(r"^snapshot \d: ")).all_inner_texts()
         assert [h.split(":")[0] for h in headings] == ["snapshot 3", "snapshot 2", "snapshot 1"]
         page.screenshot(path=str(SCREENSHOTS / "serve-camera.png"), full_page=True)
+    finally:
         context.close()
-        b.close()
