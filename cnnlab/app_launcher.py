@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,14 +35,17 @@ def dashboard_dir() -> Path:
     )
 
 
-def streamlit_command(app_dir: Path, port: int, address: str) -> list[str]:
-    """The `python -m streamlit run` command line serving app_dir's server.py (and so app.py)."""
+def streamlit_command(
+    app_dir: Path, port: int, address: str, script: str = "server.py"
+) -> list[str]:
+    """The `python -m streamlit run` command line serving app_dir's server.py (and so app.py), or
+    another server script of the dashboard (demo_server.py: `cnnlab serve`)."""
     return [
         sys.executable,
         "-m",
         "streamlit",
         "run",
-        str(app_dir / "server.py"),
+        str(app_dir / script),
         "--server.port",
         str(port),
         "--server.address",
@@ -49,14 +53,21 @@ def streamlit_command(app_dir: Path, port: int, address: str) -> list[str]:
     ]
 
 
-def serve(port: int, address: str) -> int:
-    """Serve the dashboard until Streamlit exits; returns its exit status.
+def serve_command(run_id: str, port: int = 8502, address: str = "127.0.0.1") -> str:
+    """The `cnnlab serve` line that shares a run as a demo (what the Runs page shows)."""
+    extra = f" --address {shlex.quote(address)}" if address != "127.0.0.1" else ""
+    return f"cnnlab serve {shlex.quote(run_id)} --port {port}{extra}"
+
+
+def serve(port: int, address: str, script: str = "server.py") -> int:
+    """Serve the dashboard (or `script`, e.g. demo_server.py) until Streamlit exits; returns its
+    exit status.
 
     On POSIX the process becomes Streamlit (exec), so SIGTERM/SIGINT/SIGKILL sent to `cnnlab app`
     reach the server itself and nothing is left behind. Elsewhere Streamlit runs as a child that
     receives the signals this process gets.
     """
-    cmd = streamlit_command(dashboard_dir(), port, address)
+    cmd = streamlit_command(dashboard_dir(), port, address, script)
     log.debug("starting %s", " ".join(cmd))
     sys.stdout.flush()  # exec discards Python's buffers
     sys.stderr.flush()

@@ -45,6 +45,19 @@ def app_env(environ) -> dict[str, str]:
     return env
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from . import app_launcher, predict_api, runs
+
+    run = runs.load_run(args.run)
+    runs.checkpoint_path(run)  # a run that never saved a model has nothing to show
+    os.environ.update(app_env(os.environ))
+    os.environ[predict_api.SERVE_ENV] = str(run.run_dir)  # the demo and its API see this run only
+    host = "localhost" if args.address == "127.0.0.1" else args.address
+    print(f"cnnlab demo of run {run.run_id}: http://{host}:{args.port}", flush=True)
+    print(f"predict API: POST http://{host}:{args.port}/api/cnnlab/predict", flush=True)
+    return app_launcher.serve(args.port, args.address, script="demo_server.py")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -376,8 +389,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from . import export
+    from . import export, model_card
 
+    if args.format == "card":
+        readme = model_card.write_card(args.run, args.out)
+        if args.json:
+            console.print_json({"format": "card", "readme": str(readme), "files": [str(readme)]})
+        else:
+            print(readme)
+        return 0
     result = export.export_run(args.run, args.format, args.out)
     if args.json:
         console.print_json(result.to_dict())
@@ -551,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_app)
 
+    p = sub.add_parser(
+        "serve", help="share one run as a predict-only demo (camera, Grad-CAM, HTTP predict API)"
+    )
+    p.add_argument("run", help="run id or run folder")
+    p.add_argument("--port", type=int, default=8502)
+    p.add_argument("--address", default="127.0.0.1", help="interface to bind (see docs/serving.md)")
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("demo", help="write built-in demo data as an image folder")
     p.add_argument("which", choices=["digits", "photos"])
     p.add_argument("out_dir")
@@ -606,9 +634,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--csv", metavar="FILE", help="write one CSV row per image")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("export", help="export a run to ONNX or torch.export (.pt2), verified")
+    p = sub.add_parser(
+        "export", help="export a run to ONNX or torch.export (.pt2), verified; or its model card"
+    )
     p.add_argument("run", help="run id or run folder")
-    p.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    p.add_argument(
+        "--format",
+        choices=["onnx", "pt2", "card"],
+        required=True,
+        help="card: README.md (Hugging Face model card) beside the exported files",
+    )
     p.add_argument("--out", help="output folder (default: RUN_DIR/exports)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_export)

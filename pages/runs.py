@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import evaluate, jobs, plots, run_table, runs, train, workspace
+from cnnlab import app_launcher, evaluate, jobs, plots, run_table, runs, train, workspace
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import format_seconds
@@ -151,11 +151,27 @@ def _actions(run_id: str, status: str, cfg: RunConfig | None) -> None:
                 _follow_on_train_page(live.job_id, run_id, cfg)
         elif status == "running":
             st.caption("Running in another process (e.g. the CLI): its curves grow on refresh.")
+        if runs.load_run(run_id).best_path.is_file():
+            with st.popover("Share as a demo", icon=":material/share:"):
+                _share(run_id)
         if status in train.RESUMABLE:
             if not runs.load_run(run_id).last_path.is_file():
                 st.caption("It never finished an epoch (no last.pt): nothing to resume from.")
             elif st.button("Resume training", icon=":material/resume:", key="runs_resume"):
                 _resume(run_id, cfg)
+
+
+def _share(run_id: str) -> None:
+    """The command that serves this run alone as a demo (model card, camera, predict API)."""
+    st.markdown(
+        "Serve this run alone, without the rest of the lab: visitors see its model card and can "
+        "drop or photograph images; programs can call its predict API."
+    )
+    st.code(app_launcher.serve_command(run_id), language="bash")
+    st.caption(
+        "Run it on this machine; open http://localhost:8502. Add `--address 0.0.0.0` to let "
+        "others on the network in (docs/serving.md)."
+    )
 
 
 def _diagnosis_text(diagnosis: evaluate.Diagnosis) -> None:

@@ -134,3 +134,27 @@ def serve_dashboard(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def serve_run(home: Path, run_id: str, logs: Path) -> Iterator[str]:
+    """`cnnlab serve RUN_ID` (the predict-only demo and its API) on a free port over workspace
+    `home`; yields its URL. Its output goes to a log under `logs`."""
+    port = free_port()
+    env = {**os.environ, "CNNLAB_HOME": str(home)}
+    env.pop("CNNLAB_DATA_ROOTS", None)
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"cnnlab-serve-{port}.log"
+    cmd = [sys.executable, "-m", "cnnlab", "serve", run_id, "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(proc, port, log)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -86,6 +86,8 @@ def test_train_config_file_and_flag_override(digits_dir, workspace, tmp_path):
         (["train", "{digits}", "--lr", "99"], "train.lr must be between"),
         (["train", "{digits}", "--model", "vgg99"], "registered models"),
         (["inspect", "{onefolder}"], "needs at least 2"),
+        (["serve", "no-such-run"], "no run 'no-such-run'"),
+        (["export", "no-such-run", "--format", "card"], "no run 'no-such-run'"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, needle, digits_dir, workspace, tmp_path):

@@ -81,14 +81,16 @@ def test_wheel_carries_the_dashboard_unchanged(wheel: Path) -> None:
     pages = PAGE_RE.findall((ROOT / "app.py").read_text())
     assert len(pages) >= 9, pages
     expected = ["server.py", "app.py", ".streamlit/config.toml", "pages/ui.py", "pages/live.py",
-                "pages/live_chart.js", *[p for p, _ in pages]]  # fmt: skip
+                "pages/live_chart.js", "pages/predict_api.py", "pages/predict_view.py",
+                "demo_server.py", "demo_app/app.py", *[p for p, _ in pages]]  # fmt: skip
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         for rel in expected:
             member = f"cnnlab/dashboard/{rel}"
             assert member in names, sorted(n for n in names if "dashboard" in n)
             assert zf.read(member) == (ROOT / rel).read_bytes(), f"{member} differs from {rel}"
-        assert not [n for n in names if n.startswith(("tests/", "pages/", "app.py", "server.py"))]
+        assert not [n for n in names if n.startswith(("tests/", "pages/", "app.py", "server.py",
+                                                      "demo_app/", "demo_server.py"))]  # fmt: skip
     # pyproject lists the packages by name: a new sub-package must be added there too
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "cnnlab").rglob("*.py")}
     assert sources - names == set(), "add these to [tool.setuptools] packages in pyproject.toml"
@@ -163,6 +165,15 @@ def test_installed_app_serves_from_another_folder_with_its_config(
                 urllib.request.urlopen(feed, timeout=30)
             assert missing.value.code == 404
             assert json.load(missing.value) == {"error": "no job 'no-such-job' in this server"}
+            # and the predict API (pages/predict_api.py from the wheel)
+            predict = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/cnnlab/predict?run_id=nope",
+                data=b"\x89PNG", headers={"Content-Type": "image/png"}, method="POST",
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as no_run:
+                urllib.request.urlopen(predict, timeout=30)
+            assert no_run.value.code == 404
+            assert json.load(no_run.value) == {"error": "no run 'nope' on this server"}
             js = f"http://127.0.0.1:{port}/api/cnnlab/plotly-{plotly.__version__}.min.js"
             with urllib.request.urlopen(js, timeout=30) as reply:
                 assert reply.read(4096).lstrip().startswith(b"/**")  # plotly.js's licence header

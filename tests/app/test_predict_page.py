@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -44,9 +47,46 @@ def test_upload_good_and_corrupt_images(page: AppTest, trained, digits_dir: Path
     assert captions[0] == "model input" and captions[1].startswith("Grad-CAM for ")
 
 
-def test_top_k_and_camera_toggle(page: AppTest) -> None:
+def _jpeg(digits_dir: Path, digit: str) -> bytes:
+    """A real digit as the JPEG a camera snapshot is."""
+    buf = io.BytesIO()
+    Image.open(sorted((digits_dir / digit).iterdir())[0]).convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_camera_photo_is_predicted_with_grad_cam(page: AppTest, predictor, digits_dir) -> None:
     at = page
-    at.number_input(key="pr_k").set_value(5).run()
+    at.number_input(key="pr_k").set_value(4).run()
     at.toggle(key="pr_cam").set_value(True).run()
-    assert not at.exception
-    assert at.session_state["pr_k"] == 5
+    assert not at.exception and at.session_state["pr_k"] == 4
+    photo = _jpeg(digits_dir, "7")
+    at.camera_input(key="pr_shot_0").set_value(("photo.jpg", photo, "image/jpeg")).run()
+    assert not at.exception and not at.error
+    top = predictor.top_k(predictor.probabilities(predictor.load(photo)[None]), 4)[0]
+    assert at.subheader[0].value == f"camera photo: {top[0][0]} ({top[0][1]:.1%})"
+    chart = at.get("plotly_chart")[0].proto.spec
+    assert len(json.loads(chart)["data"][0]["y"]) == 4  # the top-4 bars
+    captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
+    assert captions[0] == "model input" and captions[1].startswith("Grad-CAM for ")
+
+
+def test_keep_predicting_reopens_the_camera_for_each_snapshot(
+    page: AppTest, predictor, digits_dir
+) -> None:
+    at = page
+    at.toggle(key="pr_cam").set_value(True).run()
+    at.toggle(key="pr_keep").set_value(True).run()
+    for n, digit in enumerate(("1", "4", "9")):
+        shot = at.camera_input(key=f"pr_shot_{n}")
+        shot.set_value((f"{n}.jpg", _jpeg(digits_dir, digit), "image/jpeg")).run()
+        assert not at.exception
+        # the snapshot was taken in: the camera is a fresh widget, live for the next one
+        assert [c.key for c in at.camera_input] == [f"pr_shot_{n + 1}"]
+        assert at.camera_input[0].value is None
+    # every snapshot predicted, newest first
+    names = [h.value.split(":")[0] for h in at.subheader]
+    assert names == ["snapshot 3", "snapshot 2", "snapshot 1"]
+    top = predictor.top_k(predictor.probabilities(predictor.load(_jpeg(digits_dir, "9"))[None]))
+    assert at.subheader[0].value.endswith(f"{top[0][0][0]} ({top[0][0][1]:.1%})")
+    at.toggle(key="pr_keep").set_value(False).run()  # back to one photo at a time
+    assert not at.subheader and "take a photo" in at.info[0].value

@@ -77,7 +77,11 @@ def test_table_overlay_and_detail(
     assert any(m.value.startswith("**") for m in at.markdown if "→" in m.value)
     download = at.get("download_button")[0]
     assert download.proto.label == "Download config.json"
-    assert at.code[0].value == f"cnnlab train {colours_dir} --config config.json"
+    codes = [c.value for c in at.code]
+    assert codes == [
+        f"cnnlab serve {second['run_id']} --port 8502",  # "Share as a demo"
+        f"cnnlab train {colours_dir} --config config.json",
+    ]
 
     button(at, "Show it on Evaluate and Predict").click().run()
     assert at.session_state["active_run_id"] == second["run_id"]
