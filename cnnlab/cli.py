@@ -16,9 +16,6 @@ from . import __version__, console
 from .errors import CnnlabError
 
 EXIT_USER_ERROR = 2
-QUICK_IMAGE_SIZE = 16  # check-labels / learning-curve defaults without --config: K small models
-QUICK_EPOCHS = 5  # (5 folds on the 1,797 demo digits: seconds per fold on 2 cores)
-QUICK_CHANNELS, QUICK_HEAD = (16, 32), 64  # the quick custom CNN (a bigger one found fewer errors)
 
 
 # ---------------------------------------------------------------- app / demo / inspect
@@ -222,24 +219,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_folds(args: argparse.Namespace, config, printer) -> int:
     """`train --folds K`: cross-validate over train+val, then (unless --no-final) the final run."""
-    from . import kfold, runs, train
+    from . import kfold
 
     if args.nproc_per_node:
         raise CnnlabError("--folds trains its fold models in this process: drop --nproc-per-node")
-    cv = kfold.cross_validate(config, args.folds, scope="trainval", stage="cross-validation",
-                              callbacks=[printer]).summary()  # fmt: skip
-    if not args.json:
-        console.print_cross_validation(cv)
-    if args.no_final:
-        if args.json:
-            console.print_json({"cross_validation": cv})
-        return 0
-    summary = train.fit(config, callbacks=[printer])
-    if summary.get("run_id"):
-        summary = runs.update_summary(runs.load_run(summary["run_id"]), cross_validation=cv)
+    summary = kfold.train_with_folds(config, args.folds, final=not args.no_final,
+                                     callbacks=[printer])  # fmt: skip
     if args.json:
         console.print_json(summary)
-    else:
+        return 0
+    console.print_cross_validation(summary["cross_validation"])
+    if not args.no_final:
         console.print_summary(summary)
     return 0
 
@@ -247,12 +237,17 @@ def _train_folds(args: argparse.Namespace, config, printer) -> int:
 def _quick_config(args: argparse.Namespace):
     """A run's config from the train flags; without --config, small quick-model defaults
     (16 px, 5 epochs, a two-block CNN) where a flag is not given: K models must train in about a minute."""
+    from . import kfold
+
     if not args.config:
-        args.image_size = args.image_size or QUICK_IMAGE_SIZE
-        args.epochs = args.epochs or QUICK_EPOCHS
+        args.image_size = args.image_size or kfold.QUICK_IMAGE_SIZE
+        args.epochs = args.epochs or kfold.QUICK_EPOCHS
     config = _config_from_args(args)
     if not args.config and config.model.name == "custom":
-        config.model.channels, config.model.head_units = list(QUICK_CHANNELS), QUICK_HEAD
+        config.model.channels, config.model.head_units = (
+            list(kfold.QUICK_CHANNELS),
+            kfold.QUICK_HEAD,
+        )
     return config.validate()
 
 
