@@ -314,8 +314,12 @@ def train_with_folds(
             for cb in callbacks:
                 cb(event)
 
-    cv = cross_validate(config, k, scope="trainval", stage="cross-validation",
-                        callbacks=[quiet], stop_event=stop_event).summary()  # fmt: skip
+    try:
+        cv = cross_validate(config, k, scope="trainval", stage="cross-validation",
+                            callbacks=[quiet], stop_event=stop_event).summary()  # fmt: skip
+    except StopRequested:  # as fit() stopped before its run exists: the finished folds are kept
+        log.info("stopped during cross-validation; no run was created")
+        return {"status": "stopped", "run_id": None, "epochs_run": 0, "stopped_early": False}
     if not final:
         return {"cross_validation": cv}
     summary = train.fit(config, callbacks=callbacks, stop_event=stop_event)
