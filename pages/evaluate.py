@@ -43,7 +43,9 @@ def _gallery(result: evaluate.EvalResult, indices: list[int], caption) -> None:
     st.image(images, caption=[caption(i) for i in indices], width=96)
 
 
-def _fix_grid(result: evaluate.EvalResult, indices: list[int], caption, data_path: str) -> None:
+def _fix_grid(
+    result: evaluate.EvalResult, indices: list[int], caption, data_path: str, where: str
+) -> None:
     """The images with a caption and one-click fixes (relabel as predicted, exclude)."""
     if not indices:
         st.caption("No images.")
@@ -55,7 +57,7 @@ def _fix_grid(result: evaluate.EvalResult, indices: list[int], caption, data_pat
             predicted = result.classes[int(result.y_pred[i])]
             if predicted != result.classes[int(result.y_true[i])]:
                 rel = result.paths[i].replace("\\", "/")
-                labels.fix_buttons(data_path, rel, predicted, key=f"ev_fix_{n}_{rel}")
+                labels.fix_buttons(data_path, rel, predicted, key=f"ev_fix_{where}_{rel}")
 
 
 ui.use_app_navigation()
@@ -122,7 +124,7 @@ with tabs[0]:
         if cell[0] == cell[1]:
             _gallery(result, idx, caption)
         else:  # mistakes: one click relabels as predicted or leaves the image out
-            _fix_grid(result, idx, caption, config.data.path)
+            _fix_grid(result, idx, caption, config.data.path, "cell")
 
 with tabs[1]:
     wrong = [w for w in result.worst(len(result.paths)) if w["true"] != w["predicted"]][:GALLERY]
@@ -141,7 +143,8 @@ with tabs[1]:
         }
         _fix_grid(result, list(by_index), lambda i: (
             f"{by_index[i]['true']} → {by_index[i]['predicted']} {by_index[i]['confidence']:.0%}"
-            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"), config.data.path)  # fmt: skip
+            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"), config.data.path,
+                  "worst")  # fmt: skip
         st.caption("A fix applies from the next scan and run; this evaluation keeps the labels "
                    "the run trained with.")  # fmt: skip
 

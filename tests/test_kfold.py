@@ -84,3 +84,19 @@ def test_cli_train_folds_reports_cross_validation_then_final_run(
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "completed" and summary["cross_validation"]["folds"] == 3
+
+
+def test_train_with_folds_stopped_creates_no_run(colour_classes: Path, workspace, tiny_config):
+    from cnnlab import runs
+
+    stop = threading.Event()
+    stop.set()
+    out = kfold.train_with_folds(tiny_config(colour_classes, batch_size=8), 3, stop_event=stop)
+    assert out["status"] == "stopped" and out["run_id"] is None
+    assert runs.list_runs() == []
+
+
+def test_small_data() -> None:
+    assert kfold.small_data({"a": 30, "b": 40, "c": 400})
+    assert not kfold.small_data({"a": 60, "b": 70})
+    assert not kfold.small_data({})

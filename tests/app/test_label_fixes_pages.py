@@ -44,6 +44,8 @@ def test_evaluate_fix_buttons_and_learning_curve(
     summary = train.fit(tiny_config(root, epochs=2, batch_size=8))
     at = fresh_app("pages/evaluate.py", active_run_id=summary["run_id"])
     assert not at.exception and not at.error
+    at.selectbox(key="ev_cell").select_index(0).run()  # mistakes first: a grid with fix buttons
+    assert not at.exception  # the same image in the cell and in the worst list: distinct keys
     fixes = [b for b in at.button if b.key and b.key.startswith("ev_fix_") and b.key.endswith("_x")]
     if fixes:  # the tiny model made mistakes: excluding one is an override, the file stays
         fixes[0].click().run()
