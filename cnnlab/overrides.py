@@ -220,15 +220,22 @@ def apply(result: ScanResult, ov: Overrides) -> ScanResult:
         warnings.append(f"{len(stale)} label override(s) name files no longer in the data set")
     keep = [i for i, rel in enumerate(rels) if rel not in excluded]
     keep.sort(key=lambda i: (labels[i], i))  # files stay grouped by class
-    if len({labels[i] for i in keep}) < 2:
+    used_classes = sorted({labels[i] for i in keep})
+    if len(used_classes) < 2:
         raise DataError("the label overrides leave fewer than 2 classes; undo some of them")
+    classes = [result.classes[c] for c in used_classes]
+    if len(classes) < len(result.classes):  # a class every image left: out, like an empty folder
+        gone = sorted(set(result.classes) - set(classes))
+        warnings.append(f"the label overrides leave no images in class(es) {', '.join(gone)}")
+        remap = {c: j for j, c in enumerate(used_classes)}
+        labels = [remap.get(c, -1) for c in labels]
 
     def pick(values: list) -> list:
         return [values[i] for i in keep] if values else []
 
     used = Overrides(applied, sorted(excluded))
     return dataclasses.replace(
-        result, files=pick(result.files), labels=[labels[i] for i in keep],
+        result, classes=classes, files=pick(result.files), labels=[labels[i] for i in keep],
         given=pick(result.given), exact=pick(result.exact), near=pick(result.near),
         warnings=warnings, overrides=used,
     )  # fmt: skip

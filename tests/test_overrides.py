@@ -116,3 +116,12 @@ def test_a_run_records_and_keeps_its_overrides(colours: Path, tiny_config) -> No
     overrides.relabel(colours, "red/03.png", "green")
     result = evaluate.evaluate_run(run, "test")
     assert result.n == summary["n_test"]
+
+
+def test_a_class_left_empty_by_the_overrides_is_dropped(colours: Path) -> None:
+    for i in range(30):
+        overrides.exclude(colours, f"green/{i:02d}.png")
+    scan = data.scan(colours)
+    assert scan.classes == ["blue", "red"] and scan.counts == {"blue": 30, "red": 30}
+    assert set(scan.labels) == {0, 1}
+    assert any("no images in class(es) green" in w for w in scan.warnings)
