@@ -83,15 +83,23 @@ def file_for(path: str | Path) -> Path:
 
 
 def load(path: str | Path) -> Overrides:
-    """The data set's overrides (empty when it has none)."""
-    return read_file(file_for(path))
+    """The data set's overrides (empty when it has none, or when the workspace cannot be read:
+    warned once, like the caches, so a locked-down workspace never blocks reading the data)."""
+    file = file_for(path)
+    try:
+        return read_file(file)
+    except DataError as exc:
+        if not isinstance(exc.__cause__, PermissionError):
+            raise
+        workspace.warn_once(f"overrides-{file.parent}", f"{exc}; scanning without label fixes")
+        return Overrides()
 
 
 def read_file(file: Path) -> Overrides:
     """Overrides stored in file (a workspace file or a run's copy); empty when missing."""
     try:
         raw = json.loads(file.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no file (or no workspace): no overrides
         return Overrides()
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read the label overrides {file} ({exc}); fix or delete it "
