@@ -81,7 +81,7 @@ def inspect_report(
     drop_conflicts: bool = False,
 ) -> dict:
     """What `cnnlab inspect --json` prints: classes, counts, problems, split, duplicates."""
-    from . import data, duplicates, splits
+    from . import data, duplicates, overrides, splits
 
     full = data.scan(path, path_column=path_column, label_column=label_column, images=images)
     scan = data.filter_scan(full, exclude_classes or [], drop_duplicates, drop_conflicts)
@@ -104,6 +104,7 @@ def inspect_report(
         "n_dropped": full.n_images - scan.n_images,
         "min_per_class": splits.images_needed(scan, val_fraction, test_fraction),
         "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
+        "overrides": {**full.overrides.report(), "file": str(overrides.file_for(path))},
     }
 
 
@@ -237,6 +238,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for warning in preflight.run_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
+    if args.folds:
+        printer.epochs = config.train.epochs
+        return _train_folds(args, config, printer)
     summary = train.fit(config, callbacks=[printer])
     if not distributed.is_main_process():
         return 0  # rank 0 prints the one summary
@@ -244,6 +248,118 @@ def _cmd_train(args: argparse.Namespace) -> int:
         console.print_json(summary)
     else:
         console.print_summary(summary)
+    return 0
+
+
+def _train_folds(args: argparse.Namespace, config, printer) -> int:
+    """`train --folds K`: cross-validate over train+val, then (unless --no-final) the final run."""
+    from . import kfold
+
+    if args.nproc_per_node:
+        raise CnnlabError("--folds trains its fold models in this process: drop --nproc-per-node")
+    summary = kfold.train_with_folds(config, args.folds, final=not args.no_final,
+                                     callbacks=[printer])  # fmt: skip
+    if args.json:
+        console.print_json(summary)
+        return 0
+    console.print_cross_validation(summary["cross_validation"])
+    if not args.no_final:
+        console.print_summary(summary)
+    return 0
+
+
+def _quick_config(args: argparse.Namespace):
+    """A run's config from the train flags; without --config, small quick-model defaults
+    (16 px, 5 epochs, a two-block CNN) where a flag is not given: K models must train in about a minute."""
+    from . import kfold
+
+    if not args.config:
+        args.image_size = args.image_size or kfold.QUICK_IMAGE_SIZE
+        args.epochs = args.epochs or kfold.QUICK_EPOCHS
+    config = _config_from_args(args)
+    if not args.config and config.model.name == "custom":
+        config.model.channels, config.model.head_units = (
+            list(kfold.QUICK_CHANNELS),
+            kfold.QUICK_HEAD,
+        )
+    return config.validate()
+
+
+def _cmd_check_labels(args: argparse.Namespace) -> int:
+    from . import label_check, preflight
+
+    config = _quick_config(args)
+    preflight.ensure(config)
+    printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
+    printer.epochs = config.train.epochs
+    report = label_check.check_labels(config, args.folds, callbacks=[printer],
+                                      resume=not args.fresh)  # fmt: skip
+    if args.json:
+        console.print_json(report)
+        return 0
+    print(f"{len(report['suspects'])} suspected label error(s) in {report['n_images']} images "
+          f"(out-of-fold accuracy {report['oof_accuracy']:.4f}, {report['folds']} folds, "
+          f"{report['seconds']:.0f}s); most likely first:")  # fmt: skip
+    for s in report["suspects"][: args.top]:
+        print(f"  {s['path']}: labelled {s['given']}, looks like {s['suggested']} "
+              f"({s['confidence']:.0%}) - {s['reason']}")  # fmt: skip
+    if len(report["suspects"]) > args.top:
+        print(f"  ... {len(report['suspects']) - args.top} more (--top N, or --json)")
+    print("fix one: cnnlab overrides DATA --relabel PATH CLASS (or --exclude PATH); files stay as "
+          "they are")  # fmt: skip
+    return 0
+
+
+def _cmd_learning_curve(args: argparse.Namespace) -> int:
+    from . import learning_curve, preflight
+
+    fractions = learning_curve.parse_fractions(args.fractions)
+    config = _quick_config(args)
+    preflight.ensure(config)
+    printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
+    printer.epochs = config.train.epochs
+    report = learning_curve.learning_curve(config, fractions, callbacks=[printer])
+    if args.json:
+        console.print_json(report)
+        return 0
+    print(f"{'fraction':>8} {'per class':>9} {'train_acc':>9} {'val_acc':>8}")
+    for p in report["points"]:
+        print(f"{p['fraction']:>8.2f} {p['images_per_class']:>9} {p['train_accuracy']:>9.4f} "
+              f"{p['val_accuracy']:>8.4f}")  # fmt: skip
+    print(report["reading"])
+    return 0
+
+
+def _cmd_overrides(args: argparse.Namespace) -> int:
+    from . import data, overrides
+
+    opts = _data_options(args)
+    if args.relabel:
+        overrides.relabel(args.data, args.relabel[0], args.relabel[1])
+    for rel in args.exclude or []:
+        overrides.exclude(args.data, rel)
+    if args.undo:
+        overrides.undo(args.data)
+    if args.clear:
+        overrides.clear(args.data)
+    scan = None
+    if args.export_csv:
+        scan = data.scan(args.data, path_column=opts["path_column"],
+                         label_column=opts["label_column"], images=opts["images"])  # fmt: skip
+        Path(args.export_csv).write_text(overrides.corrected_csv(scan))
+        print(f"corrected CSV written to {args.export_csv} (paths relative to {scan.root}: read "
+              f"it with --images {scan.root})", file=sys.stderr)  # fmt: skip
+    ov = overrides.load(args.data)
+    report = {**ov.report(), "file": str(overrides.file_for(args.data)),
+              "can_undo": bool(ov.history)}  # fmt: skip
+    if args.json:
+        console.print_json(report)
+        return 0
+    print(f"{report['relabelled']} relabelled, {report['excluded']} excluded ({report['file']})")
+    for rel, cls in report["relabel"].items():
+        print(f"  relabel {rel} -> {cls}")
+    for rel in report["exclude"]:
+        print(f"  exclude {rel}")
     return 0
 
 
@@ -597,7 +713,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on an image folder or zip")
     _add_train_args(p)
+    p.add_argument("--folds", type=int, help="first cross-validate with K folds over train+val: "
+                   "mean +- sd val accuracy and the spread per class")  # fmt: skip
+    p.add_argument(
+        "--no-final",
+        action="store_true",
+        help="with --folds: report the cross-validation only, train no final model",
+    )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("check-labels", help="find likely label errors with K-fold quick models "
+                       "(confident learning) and copies with conflicting labels")  # fmt: skip
+    _add_train_args(p)
+    p.add_argument("--folds", type=int, default=5, help="quick models, one per fold (default 5)")
+    p.add_argument("--fresh", action="store_true", help="retrain every fold (default: folds a "
+                   "stopped check finished are reused)")  # fmt: skip
+    p.add_argument("--top", type=int, default=40, help="suspects printed (--json lists all)")
+    p.set_defaults(func=_cmd_check_labels)
+
+    p = sub.add_parser("learning-curve", help="train on growing fractions of the training split: "
+                       "would more data help?")  # fmt: skip
+    _add_train_args(p)
+    p.add_argument("--fractions", default="0.1,0.25,0.5,1", help="comma-separated, in (0, 1]")
+    p.set_defaults(func=_cmd_learning_curve)
+
+    p = sub.add_parser("overrides", help="relabel / exclude images without touching the files; "
+                       "undo; export a corrected CSV")  # fmt: skip
+    p.add_argument("data", help="the data set (folder, .zip or .csv)")
+    p.add_argument("--relabel", nargs=2, metavar=("PATH", "CLASS"), help="PATH relative to the "
+                   "data set's root")  # fmt: skip
+    p.add_argument("--exclude", action="append", metavar="PATH", help="leave an image out "
+                   "(repeatable)")  # fmt: skip
+    p.add_argument("--undo", action="store_true", help="undo the last change")
+    p.add_argument("--clear", action="store_true", help="forget every override")
+    p.add_argument("--export-csv", metavar="FILE", help="write the corrected labels as a CSV")
+    p.add_argument("--json", action="store_true")
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_overrides)
 
     p = sub.add_parser("resume", help="continue an interrupted or stopped run from its last epoch")
     p.add_argument("run", help="run id or run folder")

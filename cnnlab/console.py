@@ -61,6 +61,12 @@ class ProgressPrinter:
                 file=sys.stderr,
                 flush=True,
             )
+        elif isinstance(event, events.FoldEnd):
+            how = "saved earlier" if event.resumed else f"{event.seconds:.1f}s"
+            what = "step" if event.stage == "learning-curve" else "fold"
+            print(f"\r{event.stage} {what} {event.fold}/{event.folds}: held-out accuracy "
+                  f"{event.accuracy:.4f} ({how})" + " " * 30, file=sys.stderr, flush=True)  # fmt: skip
+            self.t0 = time.perf_counter()  # the next model's ETA starts now
         elif isinstance(event, events.EpochEnd):
             mark = " *" if event.is_best else ""
             print(
@@ -107,6 +113,17 @@ def print_summary(summary: dict) -> None:
         "run_dir",
     ):
         print(f"{key:>20}: {fmt(summary.get(key))}")
+
+
+def print_cross_validation(cv: dict) -> None:
+    """`train --folds`: mean +- sd val accuracy over the folds and the spread per class."""
+    print(f"{cv['folds']}-fold cross-validation on {cv['n_images']} images: val accuracy "
+          f"{cv['val_accuracy_mean']:.4f} +- {cv['val_accuracy_sd']:.4f} (folds: "
+          f"{', '.join(f'{a:.3f}' for a in cv['fold_accuracies'])})")  # fmt: skip
+    width = max(len(c) for c in cv["per_class"])
+    for cls, m in cv["per_class"].items():
+        print(f"  {cls:<{width}}  recall {m['mean']:.3f} +- {m['sd']:.3f}  "
+              f"(min {m['min']:.3f}, max {m['max']:.3f})")  # fmt: skip
 
 
 def fmt_param(value: Any) -> str:

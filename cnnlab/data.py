@@ -24,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import duplicates, workspace
+from . import overrides as overrides_mod
 from .archive import safe_extract_zip, save_uploaded_files, save_uploaded_zip
 from .config import DataConfig
 from .errors import DataError, UnsafeArchiveError
@@ -61,6 +62,8 @@ class ScanResult:
     exact: list[str] = field(default_factory=list)  # per file: hash of its decoded pixels
     near: list[str] = field(default_factory=list)  # per file: small perceptual hash
     warnings: list[str] = field(default_factory=list)  # usable, but worth knowing
+    # the label overrides applied (relabelled / excluded images); see cnnlab.overrides
+    overrides: overrides_mod.Overrides = field(default_factory=overrides_mod.Overrides)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -148,11 +151,13 @@ def scan(
     path_column: str = "",
     label_column: str = "",
     images: str = "",
+    overrides: overrides_mod.Overrides | None = None,
 ) -> ScanResult:
     """List classes and usable images of a class-folder / split-folder data set, zip or labels CSV.
 
     Every file is verified (decoded); bad ones become Problems. Given splits (train/ val/ test/
-    folders, a CSV split column) are kept per file in `given`.
+    folders, a CSV split column) are kept per file in `given`. The data set's label overrides
+    (the workspace's file, or `overrides` when given, e.g. a run's) are applied last.
     """
     layout = read_layout(
         path, progress, path_column=path_column, label_column=label_column, images=images
@@ -199,6 +204,10 @@ def scan(
                 missing = [c for i, c in enumerate(classes) if i not in present]
                 result.warnings.append(f"the given {name} split has no images of class(es) "
                                        f"{', '.join(missing)}")  # fmt: skip
+    # the one hook where label fixes enter: every scan, inspect, train and evaluation sees them
+    result = overrides_mod.apply(
+        result, overrides_mod.load(path) if overrides is None else overrides
+    )
     log.info("scanned %s: %d classes, %d images, %d problems", root, len(classes),
              result.n_images, len(problems))  # fmt: skip
     return result
@@ -415,11 +424,18 @@ class PreparedData:
         return self.images[idx], self.labels[idx]
 
 
-def prepare(cfg: DataConfig, progress: Progress | None = None) -> PreparedData:
-    """Scan, filter (excluded classes, dropped copies), split and decode the data set named by cfg."""
+def prepare(
+    cfg: DataConfig,
+    progress: Progress | None = None,
+    overrides: overrides_mod.Overrides | None = None,
+) -> PreparedData:
+    """Scan, filter (excluded classes, dropped copies), split and decode the data set named by cfg.
+
+    `overrides`: the label overrides to apply (default: the data set's current ones).
+    """
     cfg.validate()
-    result = scan(cfg.path, progress, path_column=cfg.path_column,
-                  label_column=cfg.label_column, images=cfg.images)  # fmt: skip
+    result = scan(cfg.path, progress, path_column=cfg.path_column, label_column=cfg.label_column,
+                  images=cfg.images, overrides=overrides)  # fmt: skip
     result = filter_scan(result, cfg.exclude_classes, cfg.drop_duplicates, cfg.drop_conflicts)
     parts = split(result, cfg.val_fraction, cfg.test_fraction, cfg.seed)
     for warning in result.warnings + split_warnings(cfg.val_fraction, cfg.test_fraction, result):

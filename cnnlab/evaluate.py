@@ -106,7 +106,7 @@ def load_for_eval(run: str | Path | runs.Run, device: str | None = None) -> Load
 
 def prepare_run_data(loaded: LoadedRun) -> data_mod.PreparedData:
     """Rebuild the run's data set and check it still splits into the files recorded in split.json."""
-    prepared = data_mod.prepare(loaded.config.data)
+    prepared = data_mod.prepare(loaded.config.data, overrides=runs.read_overrides(loaded.run))
     recorded = runs.read_split(loaded.run)
     if prepared.classes != loaded.classes:
         raise DataError(

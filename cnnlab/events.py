@@ -61,6 +61,18 @@ class EpochEnd(Event):
 
 
 @dataclass
+class FoldEnd(Event):
+    """One quick model of a K-fold check / cross-validation / learning curve is done."""
+
+    stage: str  # "check-labels", "cross-validation" or "learning-curve"
+    fold: int  # 1-based
+    folds: int
+    accuracy: float  # on the images it held out
+    seconds: float
+    resumed: bool = False  # read back from an earlier, interrupted check
+
+
+@dataclass
 class Finished(Event):
     summary: dict[str, Any]
 

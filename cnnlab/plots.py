@@ -115,6 +115,21 @@ def accuracy_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def learning_curve_figure(report: dict[str, Any]) -> go.Figure:
+    """`learning-curve`'s train and val accuracy vs images per class, its reading as subtitle."""
+    x = [p["images_per_class"] for p in report["points"]]
+    fig = go.Figure()
+    for key, name, colour in (("train_accuracy", "train", TRAIN_COLOUR),
+                              ("val_accuracy", "validation", VAL_COLOUR)):  # fmt: skip
+        fig.add_trace(go.Scatter(x=x, y=[p[key] for p in report["points"]], mode="lines+markers",
+                                 name=name, line={"color": colour}))  # fmt: skip
+    fig.update_layout(title=f"Learning curve: {report['reading']}",
+                      xaxis_title="training images per class", yaxis_title="accuracy",
+                      **_LAYOUT)  # fmt: skip
+    fig.update_yaxes(range=[0, 1.02])
+    return fig
+
+
 _METRIC_TITLES = {
     "val_loss": "Validation loss",
     "train_loss": "Training loss",

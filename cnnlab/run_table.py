@@ -97,9 +97,27 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "test acc %": _pct(accuracy(s, "test_accuracy")),
                 "duration s": duration(s),
                 "created": datetime.fromtimestamp(created) if isinstance(created, float) else None,
+                "label fixes": fixes_text(s),
+                "cv acc %": cv_text(s),
             }
         )
     return rows
+
+
+def fixes_text(summary: dict[str, Any]) -> str:
+    """The label overrides a run trained with: '3 relabelled, 1 excluded', or '' for none."""
+    used = summary.get("overrides") or {}
+    parts = [f"{used[k]} {k}" for k in ("relabelled", "excluded") if used.get(k)]
+    return ", ".join(parts)
+
+
+def cv_text(summary: dict[str, Any]) -> str:
+    """`train --folds`' cross-validated val accuracy: '96.1 ± 1.2 (5 folds)', or ''."""
+    cv = summary.get("cross_validation") or {}
+    mean, sd = cv.get("val_accuracy_mean"), cv.get("val_accuracy_sd")
+    if not isinstance(mean, (int, float)) or not isinstance(sd, (int, float)):
+        return ""
+    return f"{100 * mean:.1f} ± {100 * sd:.1f} ({cv.get('folds')} folds)"
 
 
 def compare_default(summaries: list[dict[str, Any]]) -> list[str]:

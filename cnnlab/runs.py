@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
-from . import workspace
+from . import overrides, workspace
 from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
+from .overrides import Overrides
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,16 @@ def read_summary(run: Run) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return summary if isinstance(summary, dict) else {}
+
+
+def write_overrides(run: Run, used: Overrides) -> None:
+    """Keep the label overrides a run trained with (overrides.json in its folder)."""
+    write_json_atomic(run.run_dir / overrides.FILE_NAME, used.to_dict())
+
+
+def read_overrides(run: Run) -> Overrides:
+    """The label overrides a run trained with (empty for a run that used none)."""
+    return overrides.read_file(run.run_dir / overrides.FILE_NAME)
 
 
 def read_config(run: Run) -> RunConfig:

@@ -184,7 +184,12 @@ def fit(
             n_test=n_test,
             world_size=world.world_size,
         )
+        used = data.scan.overrides
+        if used:  # the label fixes this run trained with: evaluate/resume re-apply these
+            summary["overrides"] = {"relabelled": len(used.relabel), "excluded": len(used.exclude)}
         if main:
+            if used:
+                runs.write_overrides(run, used)
             runs.write_summary(run, summary)
         emit(
             RunStarted(
@@ -672,7 +677,7 @@ def resume(
     world, _ = distributed.init(resolve_device(config.train.device))
     if data is None:
         with distributed.main_first(world):
-            data = prepare(config.data)
+            data = prepare(config.data, overrides=runs.read_overrides(r))
     saved = runs.read_split(r).get("files") or {}
     if saved and saved != _split_files(data):
         raise TrainingError(

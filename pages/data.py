@@ -11,7 +11,7 @@ import streamlit as st
 from cnnlab import archive, data, demo, duplicates, plots, splits, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
-from pages import ui
+from pages import labels, ui
 
 SOURCES = (
     "Demo digits", "Upload a zip", "Upload a folder", "Path on this server", "CSV of labels",
@@ -261,6 +261,7 @@ def _show_dataset(path: str) -> None:
         st.success("Every file is a usable image.")
 
     drop_dups, drop_conflicts = _show_duplicates(result)
+    labels.fixes_bar(path, result)  # relabelled / excluded images: count, undo, corrected CSV
 
     st.subheader("Split")
     # Start from the config other pages (Home demo, Augment, Model) may have set: widget state is
@@ -330,6 +331,8 @@ def _show_dataset(path: str) -> None:
     rows.append({"class": "all", **parts.sizes(), "total": kept.n_images})
     st.dataframe(rows, hide_index=True, width="stretch")
     st.session_state[ui.DATA_CONFIG] = cfg
+
+    labels.check_panel(path, result)
 
     if st.button(f"Decode and cache at {size} px", icon=":material/memory:"):
         bar, progress = ui.progress_bar("Decoding")

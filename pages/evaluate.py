@@ -10,7 +10,7 @@ import streamlit as st
 from cnnlab import evaluate, explain, export, plots, runs
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import Predictor
-from pages import ui
+from pages import labels, ui
 
 GALLERY = 24  # images shown per confusion cell
 NAME_CHARS = 16  # file names in captions are shortened in the middle to this many characters
@@ -43,6 +43,23 @@ def _gallery(result: evaluate.EvalResult, indices: list[int], caption) -> None:
     st.image(images, caption=[caption(i) for i in indices], width=96)
 
 
+def _fix_grid(
+    result: evaluate.EvalResult, indices: list[int], caption, data_path: str, where: str
+) -> None:
+    """The images with a caption and one-click fixes (relabel as predicted, exclude)."""
+    if not indices:
+        st.caption("No images.")
+        return
+    cols = st.columns(6)
+    for n, i in enumerate(indices):
+        with cols[n % 6]:
+            st.image(explain.display_image(result.images[i]), caption=caption(i), width=96)
+            predicted = result.classes[int(result.y_pred[i])]
+            if predicted != result.classes[int(result.y_true[i])]:
+                rel = result.paths[i].replace("\\", "/")
+                labels.fix_buttons(data_path, rel, predicted, key=f"ev_fix_{where}_{rel}")
+
+
 ui.use_app_navigation()
 st.title("Evaluate")
 left, right = st.columns([3, 1])
@@ -62,8 +79,11 @@ c1.metric("Accuracy", f"{result.accuracy:.2%}")
 c2.metric("Loss", f"{result.loss:.4f}")
 c3.metric("Images", f"{result.n:,}")
 tabs = st.tabs(
-    ["Confusion", "Worst predictions", "Per class", "Diagnosis", "Look inside", "Export"]
-)
+    ["Confusion", "Worst predictions", "Per class", "Diagnosis", "Look inside", "Export",
+     "More data?"]
+)  # fmt: skip
+config = runs.read_config(run)
+labels.fixes_bar(config.data.path)
 
 with tabs[0]:
     normalized = st.toggle("Row-normalised", key="ev_norm")
@@ -100,7 +120,11 @@ with tabs[0]:
     if choice is not None:
         cell = by_label[choice]
         idx = result.cell_indices(result.classes[cell[0]], result.classes[cell[1]])[:GALLERY]
-        _gallery(result, idx, lambda i: f"{result.probs[i].max():.0%} · {_short(result.paths[i])}")
+        caption = lambda i: f"{result.probs[i].max():.0%} · {_short(result.paths[i])}"  # noqa: E731
+        if cell[0] == cell[1]:
+            _gallery(result, idx, caption)
+        else:  # mistakes: one click relabels as predicted or leaves the image out
+            _fix_grid(result, idx, caption, config.data.path, "cell")
 
 with tabs[1]:
     wrong = [w for w in result.worst(len(result.paths)) if w["true"] != w["predicted"]][:GALLERY]
@@ -117,9 +141,12 @@ with tabs[1]:
             w["index"]: float(result.probs[w["index"], result.classes.index(w["true"])])
             for w in wrong
         }
-        _gallery(result, list(by_index), lambda i: (
+        _fix_grid(result, list(by_index), lambda i: (
             f"{by_index[i]['true']} → {by_index[i]['predicted']} {by_index[i]['confidence']:.0%}"
-            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"))  # fmt: skip
+            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"), config.data.path,
+                  "worst")  # fmt: skip
+        st.caption("A fix applies from the next scan and run; this evaluation keeps the labels "
+                   "the run trained with.")  # fmt: skip
 
 with tabs[2]:
     st.plotly_chart(plots.per_class_figure(result.per_class))
@@ -165,3 +192,6 @@ with tabs[5]:
         if saved and saved[0] == run_id:
             st.download_button(f"Download {label} (.zip)", saved[1], f"{run_id}-{fmt}.zip",
                                mime="application/zip", key=f"ev_dl_{fmt}")  # fmt: skip
+
+with tabs[6]:
+    labels.curve_panel(run_id, config)

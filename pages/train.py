@@ -17,7 +17,7 @@ import time
 import streamlit as st
 import torch
 
-from cnnlab import evaluate, jobs, live_feed, lr_finder, plots, preflight, progress
+from cnnlab import evaluate, jobs, kfold, live_feed, lr_finder, plots, preflight, progress
 from cnnlab.archive import dataset_name
 from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
 from cnnlab.errors import CnnlabError
@@ -149,11 +149,38 @@ def _lr_tools(cfg: RunConfig) -> None:
             st.plotly_chart(plots.lr_finder_figure(result))
 
 
-def _start(cfg: RunConfig, gpus: int = 1) -> None:
+def _folds_offer(cfg: RunConfig | None) -> int:
+    """On a small data set, offer K-fold cross-validation before the run; the K chosen, or 0."""
+    if cfg is None:
+        return 0
+    try:
+        counts = ui.scan_dataset(cfg.data.path).counts
+    except CnnlabError:
+        return 0
+    if not kfold.small_data(counts):
+        return 0
+    c1, c2 = st.columns([3, 1])
+    on = c1.checkbox(
+        "Cross-validate first (small data set: one split's accuracy is noise)", key="t_cv",
+        help="K quick-to-read models, each validated on another fold of train+val: mean ± sd of "
+        "the val accuracy and the spread per class, then the run itself",
+    )  # fmt: skip
+    k = int(c2.number_input("Folds", 2, 10, 5, key="t_cv_folds", disabled=not on))
+    return k if on else 0
+
+
+def _start(cfg: RunConfig, gpus: int = 1, folds: int = 0) -> None:
     try:
         # Several GPUs: a child `cnnlab train --nproc-per-node N` (torch.distributed) instead.
         manager = ui.job_manager()
-        job = manager.start_distributed(cfg, gpus) if gpus > 1 else manager.start(cfg)
+        if folds:
+
+            def with_folds(stop_event, emit):
+                return kfold.train_with_folds(cfg, folds, callbacks=(emit,), stop_event=stop_event)
+
+            job = manager.start_callable(with_folds, kind="train", name=cfg.name)
+        else:
+            job = manager.start_distributed(cfg, gpus) if gpus > 1 else manager.start(cfg)
     except CnnlabError as exc:
         ui.show_error(exc)
         return
@@ -280,6 +307,15 @@ def _result(snap: jobs.JobSnapshot) -> None:
         col.metric(label, f"{s[key]:.1%}" if isinstance(s.get(key), float) else "–")
     seconds = s.get("seconds") or snap.run_seconds  # a resumed run's total, earlier parts too
     c4.metric("Time", progress.format_seconds(seconds))
+    cv = s.get("cross_validation")
+    if cv:
+        st.markdown(
+            f"**{cv['folds']}-fold cross-validation:** val accuracy "
+            f"{cv['val_accuracy_mean']:.1%} ± {cv['val_accuracy_sd']:.1%} over {cv['n_images']} "
+            "train + val images; per class (recall over the folds):"
+        )
+        st.dataframe([{"class": c, **{k: round(v, 3) for k, v in m.items()}}
+                      for c, m in cv["per_class"].items()], hide_index=True)  # fmt: skip
     st.caption(f"Run `{snap.run_id}` · {s.get('device', '')}")
     with st.container(horizontal=True):
         st.page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
@@ -368,6 +404,7 @@ def main() -> None:
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     all_gpus = n_gpus > 1 and st.checkbox(f"Use all {n_gpus} GPUs", key="t_all_gpus")
     blockers = _blockers(cfg, running)
+    folds = 0 if blockers or all_gpus else _folds_offer(cfg)
     c1, c2 = st.columns(2)
     start = c1.button(
         "Start",
@@ -377,7 +414,7 @@ def main() -> None:
         help=blockers[0] if blockers else "Train with these settings in the background",
     )
     if start and cfg is not None:
-        _start(cfg, n_gpus if all_gpus else 1)
+        _start(cfg, n_gpus if all_gpus else 1, folds)
     stop = c2.button(
         "Stop",
         icon=":material/stop:",

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cnnlab import data, evaluate, jobs, session
+from cnnlab import data, evaluate, jobs, overrides, session
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.progress import queued_line
@@ -185,7 +185,7 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
             f"{path} is not a folder (any more): choose the data set again on the Data page."
         )
     store = _scan_store()
-    key = _scan_key(path)
+    key = (_scan_key(path), _overrides_stamp(path))  # a label fix re-scans (cheap: cached)
     with store.lock:
         if key in store.items:
             store.items.move_to_end(key)
@@ -196,6 +196,14 @@ def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanR
         while len(store.items) > _SCAN_CACHE_SIZE:
             store.items.popitem(last=False)
     return result
+
+
+def _overrides_stamp(path: str) -> int:
+    """The label overrides file's mtime (0 without one): part of the scan cache's key."""
+    try:
+        return overrides.file_for(path).stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def progress_bar(label: str):
