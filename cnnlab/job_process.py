@@ -199,9 +199,9 @@ def follow(
         row = job_queue.get(job_id)
         if row["state"] not in job_queue.ACTIVE_STATES:
             break
-        if proc is None and row["state"] == "running" and not job_queue.is_locked(job_id):
-            if time.time() - (row["updated_at"] or 0) > job_queue.RECENT_S:
-                job_queue.recover()
+        stale = time.time() - (row["updated_at"] or 0) > job_queue.RECENT_S
+        if proc is None and row["state"] == "running" and stale:
+            job_queue.recover()  # its process may be gone (a worker killed): say interrupted
         time.sleep(POLL_S)
     for event in reader.read():
         emit(event)

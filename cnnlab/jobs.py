@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import child_run, job_process, job_queue, runs, train
+from . import job_process, job_queue, runs, train
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
