@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
@@ -49,11 +50,20 @@ def client(address: str | None = None):
         return _clients[address]
 
 
+def close() -> None:
+    """Close this process's clients (tests, a server shutting down)."""
+    with _lock:
+        for c in _clients.values():
+            c.close()
+        _clients.clear()
+
+
 def run_job(job_id: str, home: str) -> int:
     """On a Dask worker: run the job's process against the shared workspace; its exit code."""
     from . import job_process, job_queue
 
     os.environ.setdefault("CNNLAB_HOME", home)
+    job_queue.update(job_id, worker=f"dask:{socket.gethostname()}:{os.getpid()}")
     proc = job_process.spawn(job_id)
     code = proc.wait()
     job_process.kill_group(proc.pid)
