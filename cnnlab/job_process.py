@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often a follower reads the events file and the row
 STOP_POLL_S = 0.5  # how often a job process checks the queue's stop flag
+EXIT_GRACE_S = 60.0  # a job process that ended its row has this long to exit (e.g. flush logs)
 JOB_NICE = 10  # niceness added to job processes: the server's pages come first
 MEMORY_RESERVE = 512 * 2**20  # left to the server and the system when the limit is automatic
 _PR_SET_PDEATHSIG = 1
@@ -203,6 +204,12 @@ def follow(
         if proc is None and row["state"] == "running" and stale:
             job_queue.recover()  # its process may be gone (a worker killed): say interrupted
         time.sleep(POLL_S)
+    if proc is not None:  # the row ended first: let the process exit, and reap it
+        try:
+            proc.wait(timeout=EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.wait()
     for event in reader.read():
         emit(event)
     row = job_queue.get(job_id)
