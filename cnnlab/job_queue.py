@@ -145,7 +145,7 @@ def get(job_id: str) -> dict[str, Any]:
 
 def find(job_or_run_id: str) -> dict[str, Any] | None:
     """The row with this job id, else the newest with this run id, else None."""
-    if not db_path().is_file():
+    if not (workspace.home_path() / DB_NAME).is_file():
         return None
     with connect() as conn:
         row = conn.execute(
@@ -275,7 +275,7 @@ def is_locked(job_id: str) -> bool:
 
 def recover() -> list[str]:
     """Mark running jobs whose processes are gone as interrupted; returns their ids."""
-    if not db_path().is_file():
+    if not (workspace.home_path() / DB_NAME).is_file():
         return []
     now, lost = time.time(), []
     for row in list_jobs(states=("running",), limit=10_000):

@@ -479,12 +479,13 @@ class JobManager:
             self._release_finished()
 
     # ------------------------------------------------------------------ reading
-    def get(self, job_or_run_id: str) -> Job | None:
-        """The job with this job id or run id, or None when unknown (or already released)."""
+    def get(self, job_or_run_id: str, stored: bool = True) -> Job | None:
+        """The job with this job id or run id, else (stored) the queue's job read back, else
+        None."""
         with self._lock:
             job_id = self._by_run.get(job_or_run_id, job_or_run_id)
             job = self._jobs.get(job_id)
-        if job is not None or not job_or_run_id:
+        if job is not None or not job_or_run_id or not stored:
             return job
         try:  # not in memory: a job of the queue (another process's, or before a restart)
             row = job_queue.find(job_or_run_id)
