@@ -115,6 +115,7 @@ def child_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if environ is None else environ)
     threads = str(job_threads())
     env.update(
+        CNNLAB_HOME=str(job_queue.home()),
         CNNLAB_JOB_PARENT=str(os.getpid()),
         CNNLAB_THREADS=threads,
         OMP_NUM_THREADS=threads,

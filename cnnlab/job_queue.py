@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,14 +69,34 @@ class JobNotFound(CnnlabError):
     """No job with that id in the workspace's queue."""
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def using(home: Path | None) -> Iterator[None]:
+    """Within the block, this thread's queue is the one in `home` (a job keeps the workspace it
+    was queued in, whatever CNNLAB_HOME says later); None: the current workspace."""
+    old = getattr(_local, "home", None)
+    _local.home = home
+    try:
+        yield
+    finally:
+        _local.home = old
+
+
+def home() -> Path:
+    """The workspace whose queue this thread uses."""
+    return getattr(_local, "home", None) or workspace.home()
+
+
 def db_path() -> Path:
     """The queue's SQLite file in the current workspace."""
-    return workspace.home() / DB_NAME
+    return home() / DB_NAME
 
 
 def job_dir(job_id: str) -> Path:
     """The job's own folder (events.jsonl, its process's log, its lock), created on demand."""
-    path = workspace.home() / "jobs" / job_id
+    path = home() / "jobs" / job_id
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -145,7 +166,7 @@ def get(job_id: str) -> dict[str, Any]:
 
 def find(job_or_run_id: str) -> dict[str, Any] | None:
     """The row with this job id, else the newest with this run id, else None."""
-    if not (workspace.home_path() / DB_NAME).is_file():
+    if not ((getattr(_local, "home", None) or workspace.home_path()) / DB_NAME).is_file():
         return None
     with connect() as conn:
         row = conn.execute(
@@ -260,7 +281,7 @@ def hold_lock(job_id: str) -> int:
 
 def is_locked(job_id: str) -> bool:
     """True while some process of the job runs (it holds the lock)."""
-    path = workspace.home() / "jobs" / job_id / "lock"
+    path = home() / "jobs" / job_id / "lock"
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDWR)
@@ -275,7 +296,7 @@ def is_locked(job_id: str) -> bool:
 
 def recover() -> list[str]:
     """Mark running jobs whose processes are gone as interrupted; returns their ids."""
-    if not (workspace.home_path() / DB_NAME).is_file():
+    if not ((getattr(_local, "home", None) or workspace.home_path()) / DB_NAME).is_file():
         return []
     now, lost = time.time(), []
     for row in list_jobs(states=("running",), limit=10_000):

@@ -160,6 +160,7 @@ class Job:
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     durable: bool = False  # a queue row run in its own process (training), not a thread's fn
+    home: Path | None = None  # a durable job's workspace (its queue), fixed when it was queued
     owner: str = job_queue.DEFAULT_OWNER
 
     @property
@@ -333,7 +334,8 @@ class JobManager:
     def _enqueue_row(self, row: dict[str, Any]) -> Job:
         """A queued row as a Job waiting for this manager's slots."""
         job = Job(job_id=row["id"], kind=row["kind"], name=row["name"], slots=row["nproc"],
-                  durable=True, owner=row["owner"], created_at=row["created_at"])  # fmt: skip
+                  durable=True, owner=row["owner"], created_at=row["created_at"],
+                  home=job_queue.home())  # fmt: skip
         return self._enqueue(job, None)
 
     def start_callable(self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1) -> Job:
@@ -344,8 +346,9 @@ class JobManager:
 
     def _enqueue(self, job: Job, fn: JobFn | None) -> Job:
         thread = threading.Thread(
-            target=self._work, args=(job, fn), name=f"cnnlab-{job.kind}-{job.job_id}", daemon=True
-        )
+            target=self._in_home, args=(job, self._work, job, fn),
+            name=f"cnnlab-{job.kind}-{job.job_id}", daemon=True,
+        )  # fmt: skip
         job.thread = thread
         with self._lock:
             self._jobs[job.job_id] = job
@@ -385,6 +388,12 @@ class JobManager:
             self._busy -= job.slots
             self._slots.notify_all()
 
+    @staticmethod
+    def _in_home(job: Job, target: Callable[..., None], *args: Any) -> None:
+        """Run target in the job's workspace (a durable job's queue stays where it was)."""
+        with job_queue.using(job.home):
+            target(*args)
+
     def _work(self, job: Job, fn: JobFn | None) -> None:
         if not self._acquire(job):
             if job.durable:
@@ -402,6 +411,8 @@ class JobManager:
                 self._release(job)
             return
         # a durable job: this manager runs it only if it wins the row, else it follows it
+        with job.lock:  # it has its slot: running from now (the process takes a moment)
+            job.status, job.started_at, job.queue_position = "running", time.time(), None
         claimed = job_queue.claim(job.job_id, job_process.worker_name())
         if not claimed:
             self._release(job)
@@ -447,7 +458,7 @@ class JobManager:
     def _run(self, job: Job, fn: JobFn) -> None:
         with job.lock:
             job.status = "running"
-            job.started_at = time.time()
+            job.started_at = job.started_at or time.time()
             job.queue_position = None
 
         def emit(event: Any) -> None:
@@ -522,7 +533,8 @@ class JobManager:
             return False
         job.stop_event.set()
         if job.durable and job.status == "queued":
-            job_queue.request_stop(job.job_id)  # the row too, before another scheduler takes it
+            with job_queue.using(job.home):  # the row too, before another scheduler takes it
+                job_queue.request_stop(job.job_id)
         with self._slots:
             self._slots.notify_all()  # a queued job leaves the queue at once
         return True
@@ -545,15 +557,17 @@ class JobManager:
         if known is not None:
             return known
         job = Job(job_id=row["id"], kind=row["kind"], name=row["name"], slots=row["nproc"],
-                  durable=True, owner=row["owner"], created_at=row["created_at"])  # fmt: skip
+                  durable=True, owner=row["owner"], created_at=row["created_at"],
+                  home=job_queue.home())  # fmt: skip
         if row["state"] == "queued" and self._serving is not None:
             return self._enqueue(job, None)
         if row["state"] in job_queue.ACTIVE_STATES:
             with job.lock:
                 job.status, job.started_at = row["state"], row["started_at"]
+            follow = lambda stop, emit: job_process.follow(job.job_id, stop, emit)  # noqa: E731
             job.thread = threading.Thread(
-                target=self._run,
-                args=(job, lambda stop, emit: job_process.follow(job.job_id, stop, emit)),
+                target=self._in_home,
+                args=(job, self._run, job, follow),
                 name=f"cnnlab-follow-{job.job_id}",
                 daemon=True,
             )
