@@ -202,6 +202,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return launched
     config = _config_from_args(args)
     preflight.ensure(config, force=args.force)  # every known problem, before a run folder exists
+    for note in preflight.warnings(config):
+        print(f"cnnlab train: warning: {note}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     summary = train.fit(config, callbacks=[printer])
     if not distributed.is_main_process():
@@ -241,6 +243,8 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             raise CnnlabError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
         config = _config_from_args(args)
         preflight.ensure(config, force=args.force)
+        for note in preflight.warnings(config):
+            print(f"cnnlab jobs submit: warning: {note}", file=sys.stderr)
         row = job_queue.submit(config, nproc=args.nproc_per_node or 1, force=args.force)
         if args.json:
             console.print_json(row)
