@@ -165,7 +165,7 @@ def main() -> None:
     ready = [r["page_ready_s"] for r in results["pages"] if r["page_ready_s"]]
     if ready:
         print(f"median page ready with a job training: {statistics.median(ready):.2f} s "
-              f"({args.sessions} sessions taking turns)")  # fmt: skip
+              f"({args.sessions} sessions loading at once)")  # fmt: skip
     first = [r["first_point_s"] for m in modes for r in results[m] if r["first_point_s"]]
     print(f"median submit-to-first-point: {statistics.median(first):.2f} s")
 
