@@ -234,7 +234,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if launched is not None:
         return _print_failed_run(args, launched, os.environ.get("CNNLAB_RUN_ID"))
     config = _config_from_args(args)
-    preflight.ensure(config)  # every known problem at once, before a run folder exists
+    preflight.ensure(config, force=args.force)  # every known problem, before a run folder exists
     for warning in preflight.run_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
@@ -378,6 +378,71 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     else:
         console.print_summary(summary)
     return 0
+
+
+# ---------------------------------------------------------------- jobs / worker
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from . import job_process, job_queue, preflight
+
+    if args.jobs_command == "run":  # the job process itself (started by a scheduler)
+        return job_process.run(args.job)
+    if args.jobs_command == "submit":
+        if getattr(args, "nproc_per_node", None) is not None and args.nproc_per_node < 1:
+            raise CnnlabError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+        config = _config_from_args(args)
+        preflight.ensure(config, force=args.force)
+        for note in preflight.run_warnings(config):
+            print(f"warning: {note}", file=sys.stderr)
+        row = job_queue.submit(config, nproc=args.nproc_per_node or 1, force=args.force)
+        if args.json:
+            console.print_json(row)
+        else:
+            print(f"job {row['id']} queued (`cnnlab jobs list` shows it)")
+        return 0
+    if args.jobs_command == "cancel":
+        job_queue.get(args.job)  # JobNotFound names the queue
+        if not job_queue.request_stop(args.job):
+            raise CnnlabError(
+                f"job {args.job} has already ended: {job_queue.get(args.job)['state']}"
+            )
+        print(f"job {args.job}: {job_queue.get(args.job)['state']} (a running job stops after "
+              "its current batch)")  # fmt: skip
+        return 0
+    job_queue.recover()
+    rows = job_queue.list_jobs(owner=args.owner)
+    if args.json:
+        console.print_json(rows)
+        return 0
+    if not rows:
+        print("no jobs in the queue")
+    for r in rows:
+        print(f"{r['id']}  {r['state']:<11}  {r['owner']:<8}  {r['run_id'] or '-':<22}  "
+              f"{r['name'] or r['config']['data']['path']}")  # fmt: skip
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from . import jobs
+
+    manager = jobs.JobManager(max_running=args.max_jobs)
+    manager.serve()
+    print(f"cnnlab worker: running queued jobs of {manager_home()} ({manager.max_running} at "
+          "a time); Ctrl-C to stop", file=sys.stderr, flush=True)  # fmt: skip
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    return 0  # atexit ends the jobs' processes and marks them interrupted
+
+
+def manager_home() -> str:
+    """The workspace the queue lives in (for messages)."""
+    from . import workspace
+
+    return str(workspace.home())
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -644,6 +709,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--json", action="store_true", help="print only the summary as JSON")
+    p.add_argument(
+        "--force", action="store_true", help="start even when the memory estimate is over the limit"
+    )
     _add_data_args(p)
     _add_launch_arg(p)
 
@@ -750,6 +818,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_data_args(p)
     p.set_defaults(func=_cmd_overrides)
+    p = sub.add_parser("jobs", help="the workspace's job queue: list, submit, cancel")
+    jobs_sub = p.add_subparsers(dest="jobs_command")
+    p.add_argument("--json", action="store_true", help="jobs as JSON (oldest first)")
+    p.add_argument("--owner", help="only this owner's jobs")
+    p.set_defaults(func=_cmd_jobs, jobs_command="list")
+    q = jobs_sub.add_parser("list", help="the jobs, oldest first")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--owner", help="only this owner's jobs")
+    q = jobs_sub.add_parser("submit", help="queue a training job (same flags as train)")
+    _add_train_args(q)
+    q = jobs_sub.add_parser("cancel", help="cancel a queued job, or stop a running one")
+    q.add_argument("job", help="job id")
+    q = jobs_sub.add_parser("run", help="run one queued job here (what a scheduler starts)")
+    q.add_argument("job", help="job id")
+
+    p = sub.add_parser("worker", help="run the queue's jobs on this machine (no dashboard)")
+    p.add_argument("--max-jobs", type=int, help="jobs at once (default: CNNLAB_MAX_JOBS)")
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("resume", help="continue an interrupted or stopped run from its last epoch")
     p.add_argument("run", help="run id or run folder")
@@ -859,6 +945,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     quiet = int(os.environ.get("RANK", "0")) > 0  # torchrun ranks > 0: rank 0 says it once
+    if "LOCAL_RANK" in os.environ and os.environ.get("CNNLAB_LAUNCHER_PID"):
+        from . import job_process  # a rank of distributed.launch: no orphan if it is killed
+
+        job_process.guard_from_env("CNNLAB_LAUNCHER_PID")
     try:
         return int(args.func(args) or 0)
     except CnnlabError as exc:

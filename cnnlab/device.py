@@ -53,6 +53,10 @@ def configure_cpu_threads() -> None:
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
+    # a job process of the queue gets its share from its scheduler (cnnlab.job_process)
+    env = os.environ.get("CNNLAB_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        cores = min(cores, int(env))
     if torch.get_num_threads() != cores:
         torch.set_num_threads(cores)
     _tune_allocator()

@@ -280,6 +280,8 @@ def launch(nproc_per_node: int, cnnlab_args: Sequence[str]) -> int:
         *cnnlab_args,
     ]
     args = get_args_parser().parse_args(argv)
+    # the workers die with this launcher, even when it is SIGKILLed (cli.main guards them)
+    os.environ["CNNLAB_LAUNCHER_PID"] = str(os.getpid())
     try:
         run(args)
     except ChildFailedError as exc:

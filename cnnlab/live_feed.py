@@ -177,7 +177,7 @@ class LiveFeed:
 
     def _forget_released(self) -> None:
         """Drop the figures of jobs the manager no longer keeps (called under the lock)."""
-        for job_id in [j for j in self._drawn if self._manager.get(j) is None]:
+        for job_id in [j for j in self._drawn if self._manager.get(j, stored=False) is None]:
             del self._drawn[job_id]
 
 

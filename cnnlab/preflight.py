@@ -4,6 +4,11 @@
 model that does not fit the image size, a weights file or run that is not there...), so the
 CLI refuses with the whole list before it makes a run folder and the Train and Tune pages disable
 Start and show the list. `ensure(config)` raises them as one PreflightError.
+
+The memory guard rail is one of them: `estimate_memory` sums what training holds at its peak
+(parameters, gradients and optimizer state, activations at the batch and input size, the decoded
+image cache) and a config over what the machine can give a job (cnnlab.job_process.
+available_memory) is refused with the numbers and what to change, unless forced.
 """
 
 from __future__ import annotations
@@ -12,9 +17,15 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import data, models, splits, weights
+import torch
+
+from . import data, job_process, models, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
+
+RUNTIME_BYTES = 400 * 2**20  # what a job process holds before any tensor: torch, Python, buffers
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1}  # tensors kept per parameter
+BIG_INPUT = 512  # px: a custom CNN past this is rarely worth its memory and time
 
 
 class PreflightError(CnnlabError):
@@ -95,16 +106,20 @@ def _data_problems(
     return problems, scan
 
 
+def _meta_model(config: RunConfig, n_classes: int) -> torch.nn.Module:
+    """The config's model on the meta device: shapes and parameter counts, no memory."""
+    with torch.device("meta"):
+        return models.create_model(
+            dataclasses.replace(config.model, weights="random"), n_classes, config.data.image_size
+        )
+
+
 def _model_problems(config: RunConfig, n_classes: int) -> list[Problem]:
-    """Build a custom CNN once (cheap) to catch one too deep for the image size."""
+    """Build a custom CNN once (on the meta device: free) to catch one too deep for the size."""
     try:
         if models.is_transfer(config.model.name) or n_classes < 2:
             return []
-        models.create_model(
-            dataclasses.replace(config.model, weights="random"),
-            n_classes,
-            config.data.image_size,
-        )
+        _meta_model(config, n_classes)
     except CnnlabError as exc:
         return [Problem("model", str(exc))]
     except RuntimeError as exc:  # torch's shape errors: a model too deep for small images
@@ -113,9 +128,128 @@ def _model_problems(config: RunConfig, n_classes: int) -> list[Problem]:
     return []
 
 
-def check(config: RunConfig, scan: data.ScanResult | None = None) -> list[Problem]:
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a training job holds at its peak, in bytes, and what it may have."""
+
+    parameters: int  # parameter count
+    model: int  # weights, gradients and optimizer state
+    activations: int  # a training batch's activations and their gradients
+    cache: int  # the decoded image cache (uint8)
+    runtime: int  # the process before any tensor
+    available: int  # what the machine can give a job now (or CNNLAB_JOB_MEMORY)
+    device: str  # "cpu" or "cuda": where model and activations live
+
+    @property
+    def total(self) -> int:
+        """The estimated peak of the job process."""
+        return self.model + self.activations + self.cache + self.runtime
+
+    @property
+    def fits(self) -> bool:
+        """True when the estimate is within what is available."""
+        return self.total <= self.available
+
+
+def gb(n: float) -> str:
+    """Bytes as '1.2 GB'."""
+    return f"{n / 2**30:.1f} GB"
+
+
+def _activation_elements(model: torch.nn.Module, batch: int, size: int) -> int:
+    """Elements of every leaf module's output for one training batch (a meta forward pass)."""
+    total = 0
+
+    def hook(_module, _inputs, output) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        model.train()
+        model(torch.empty(batch, 3, size, size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _job_device(config: RunConfig) -> str:
+    want = config.train.device
+    return "cuda" if want in ("cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def estimate_memory(config: RunConfig, n_classes: int, n_images: int) -> MemoryEstimate | None:
+    """Training's peak memory for this config on n_images of n_classes; None when the model
+    cannot be built on the meta device (then only the job's hard limit guards)."""
+    try:
+        model = _meta_model(config, max(n_classes, 2))
+        size, batch = config.data.image_size, config.train.batch_size
+        n_params = sum(p.numel() for p in model.parameters())
+        acts = _activation_elements(model, min(batch, max(n_images, 1)), size)
+    except (CnnlabError, RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
+    states = OPTIMIZER_STATES.get(config.train.optimizer, 2)
+    device = _job_device(config)
+    available = job_process.available_memory()
+    if device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+        available = free
+    return MemoryEstimate(
+        parameters=n_params,
+        model=4 * n_params * (2 + states),
+        activations=4 * acts * 2,  # kept for backward, plus their gradients at the peak
+        cache=0 if device == "cuda" else n_images * 3 * size * size,
+        runtime=0 if device == "cuda" else RUNTIME_BYTES,
+        available=available,
+        device=device,
+    )
+
+
+def _memory_problems(config: RunConfig, scan: data.ScanResult) -> list[Problem]:
+    est = estimate_memory(config, len(scan.classes), scan.n_images)
+    if est is None or est.fits:
+        return []
+    where = "GPU memory free" if est.device == "cuda" else "memory available to a job"
+    spec = models.get_spec(config.model.name)
+    smaller = max(spec.min_size, config.data.image_size // 2)
+    return [
+        Problem(
+            "memory",
+            f"this run would need about {gb(est.total)} ({est.parameters / 1e6:,.0f} M "
+            f"parameters: {gb(est.model)} with gradients and optimizer state; activations "
+            f"{gb(est.activations)} at batch {config.train.batch_size} and "
+            f"{config.data.image_size} px; image cache {gb(est.cache)}) but {gb(est.available)} "
+            f"is {where}: lower the image size (e.g. {smaller} px) or the batch size (e.g. "
+            f"{max(1, config.train.batch_size // 4)}); the CLI's --force starts it anyway",
+        )
+    ]
+
+
+def _size_warnings(config: RunConfig) -> list[str]:
+    """An input larger than the model needs."""
+    try:
+        spec = models.get_spec(config.model.name)
+    except CnnlabError:
+        return []
+    size = config.data.image_size
+    if spec.input_size and size > spec.input_size:
+        return [f"{config.model.name} was trained on {spec.input_size} px images: {size} px costs "
+                f"{(size / spec.input_size) ** 2:.1f}x the memory and time for little gain"]  # fmt: skip
+    if not spec.input_size and size > BIG_INPUT:
+        return [f"{size} px images make every step slow and memory-hungry; most data sets train "
+                f"as well at 64-{BIG_INPUT // 2} px"]  # fmt: skip
+    return []
+
+
+def check(
+    config: RunConfig, scan: data.ScanResult | None = None, force: bool = False
+) -> list[Problem]:
     """Every blocking problem of this config (empty when a run can start). `scan` (the config's
-    data set, already scanned, not yet filtered) saves scanning it again."""
+    data set, already scanned, not yet filtered) saves scanning it again; `force` leaves out the
+    memory check."""
     try:
         config.validate()
     except CnnlabError as exc:
@@ -124,13 +258,16 @@ def check(config: RunConfig, scan: data.ScanResult | None = None) -> list[Proble
     data_problems, scan = _data_problems(config, scan)
     problems += data_problems
     if scan is not None and not data_problems:
-        problems += _model_problems(config, len(scan.classes))
+        model_problems = _model_problems(config, len(scan.classes))
+        problems += model_problems
+        if not model_problems and not force:
+            problems += _memory_problems(config, scan)
     return problems
 
 
-def ensure(config: RunConfig, scan: data.ScanResult | None = None) -> None:
+def ensure(config: RunConfig, scan: data.ScanResult | None = None, force: bool = False) -> None:
     """Raise PreflightError listing every problem check() finds; return quietly otherwise."""
-    problems = check(config, scan)
+    problems = check(config, scan, force)
     if problems:
         raise PreflightError(
             f"cannot start the run ({len(problems)} problem(s)): "
@@ -151,8 +288,9 @@ def batch_warning(batch_size: int, n_train: int) -> str | None:
 
 def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
     """What does not block a run but changes what it does: a batch larger than the training
-    split, a frozen random backbone. `scan` as for check()."""
-    out = []
+    split, a frozen random backbone, an input larger than the model needs. `scan` as for
+    check()."""
+    out = _size_warnings(config)
     try:
         note = models.random_backbone_warning(config.model)
     except CnnlabError:  # an unknown model: check() says so

@@ -96,12 +96,12 @@ def _follow_on_train_page(job_id: str, run_id: str, cfg: RunConfig | None) -> No
 
 
 def _resume(run_id: str, cfg: RunConfig | None) -> None:
-    """Start train.resume for run_id as a background job and follow it on the Train page."""
-
-    def work(stop_event, emit):
-        return train.resume(run_id, callbacks=(emit,), stop_event=stop_event)
-
-    job = ui.job_manager().start_callable(work, kind="train", name=f"resume {run_id}")
+    """Queue a job that resumes run_id (in its own process) and follow it on the Train page."""
+    try:
+        job = ui.job_manager().resume(run_id)
+    except CnnlabError as exc:
+        ui.show_error(exc)
+        return
     _follow_on_train_page(job.job_id, run_id, cfg)
 
 

@@ -1,6 +1,6 @@
 """Train page: hyperparameters, Start/Stop, live loss and accuracy curves of a background job.
 
-Training runs in a cnnlab.jobs thread; this page only reads job snapshots. While the job runs, the
+Training runs in its own process (a cnnlab.jobs durable job); this page only reads job snapshots. While the job runs, the
 live view (pages/live.py) polls the job's feed from the browser and redraws the progress line and
 curves in place (the running training loss within the epoch, validation at epoch ends) without
 re-running this script; without the feed (`streamlit run app.py`, AppTest) a fragment re-runs every
@@ -281,6 +281,9 @@ def _result(snap: jobs.JobSnapshot) -> None:
     if snap.status == "failed":
         st.error(f"Training failed: {snap.error}", icon=":material/error:")
         return
+    if snap.status == "interrupted":
+        _interrupted(snap)
+        return
     if snap.started_at is None:
         st.warning("Cancelled while queued: it never started.")
         return
@@ -320,6 +323,26 @@ def _result(snap: jobs.JobSnapshot) -> None:
     with st.container(horizontal=True):
         st.page_link("pages/evaluate.py", label="Evaluate this run", icon=":material/analytics:")
         st.page_link("pages/predict.py", label="Predict with it", icon=":material/image_search:")
+
+
+def _interrupted(snap: jobs.JobSnapshot) -> None:
+    """A job whose process died (the server restarted): say so, offer to resume its run."""
+    done = len(snap.epochs)
+    st.warning(
+        f"Interrupted after {progress.plural(done, 'epoch')}: {snap.error}",
+        icon=":material/warning:",
+    )
+    if snap.epochs:
+        _curves(snap, live=False)
+    if snap.resumable and st.button("Resume", icon=":material/resume:", key="t_resume"):
+        try:
+            job = ui.job_manager().resume(snap.run_id)
+        except CnnlabError as exc:
+            ui.show_error(exc)
+            return
+        st.session_state[JOB_ID] = job.job_id
+        st.query_params[QUERY_JOB] = job.job_id
+        st.rerun()
 
 
 def _current_job() -> str | None:
@@ -431,14 +454,15 @@ def main() -> None:
         if after is not None and after.active:
             st.toast("Stopping after the current batch…")
         st.rerun()
+    if cfg is not None and not running:
+        scan = None if blockers else ui.scan_dataset(cfg.data.path)
+        for note in preflight.run_warnings(cfg, scan):
+            st.warning(note, icon=":material/warning:")
     if blockers and not running:
         st.warning(
             "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),
             icon=":material/block:",
         )
-    elif cfg is not None and not running:
-        for note in preflight.run_warnings(cfg, ui.scan_dataset(cfg.data.path)):
-            st.warning(note, icon=":material/warning:")
 
     if running and live.served():
         _live_view(job_id)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from cnnlab import cli, preflight, runs
+from cnnlab import cli, data, preflight, runs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
@@ -183,3 +184,45 @@ def test_a_batch_larger_than_the_training_split_is_said(
     )
     err = capsys.readouterr().err
     assert code == 0 and "warning: batch size 64 is larger" in err
+
+
+def test_a_run_over_the_memory_limit_is_refused_with_numbers(digits_dir: Path) -> None:
+    """The issue's 1024 px custom CNN (268 M parameters) never starts; 16 px does; force skips."""
+
+    scan = data.scan(str(digits_dir))
+    big = RunConfig(data=DataConfig(path=str(digits_dir), image_size=1024),
+                    train=TrainConfig(device="cpu"))  # fmt: skip
+    est = preflight.estimate_memory(big, len(scan.classes), scan.n_images)
+    assert est is not None and est.parameters > 200e6 and not est.fits
+    assert est.cache == scan.n_images * 3 * 1024 * 1024
+    problems = preflight.check(big, scan)
+    assert [p.where for p in problems] == ["memory"]
+    assert "1024 px" in problems[0].message and "lower the image size" in problems[0].message
+    with pytest.raises(preflight.PreflightError, match="memory"):
+        preflight.ensure(big, scan)
+    assert preflight.check(big, scan, force=True) == []
+    small = RunConfig(data=DataConfig(path=str(digits_dir), image_size=16),
+                      train=TrainConfig(device="cpu"))  # fmt: skip
+    assert preflight.estimate_memory(small, 10, scan.n_images).fits
+    assert preflight.check(small, scan) == []
+
+
+def test_the_memory_limit_comes_from_the_setting(
+    digits_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    scan = data.scan(str(digits_dir))
+    cfg = RunConfig(data=DataConfig(path=str(digits_dir), image_size=64),
+                    train=TrainConfig(device="cpu"))  # fmt: skip
+    assert preflight.check(cfg, scan) == []
+    monkeypatch.setenv("CNNLAB_JOB_MEMORY", "100M")
+    (problem,) = preflight.check(cfg, scan)
+    assert "0.1 GB is memory available to a job" in problem.message
+
+
+def test_an_input_larger_than_the_model_needs_warns() -> None:
+
+    cfg = RunConfig(data=DataConfig(path="x", image_size=448), model=ModelConfig(name="resnet18"))
+    (note,) = preflight.run_warnings(cfg)
+    assert "224 px" in note and "4.0x" in note
+    assert preflight.run_warnings(RunConfig(data=DataConfig(path="x", image_size=64))) == []

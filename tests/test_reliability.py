@@ -264,7 +264,9 @@ def test_out_of_memory_job_is_failed_and_the_dashboard_keeps_serving(
     from streamlit.testing.v1 import AppTest
 
     manager = jobs.get_manager()  # the registry the dashboard pages use
-    job = manager.start(_config(small_data, oom_model))
+    # data given: trained in a thread here, where the test's model is registered (a queued job's
+    # process would not know it; tests/test_job_queue.py runs a real memory-limited job process)
+    job = manager.start(_config(small_data, oom_model), data=small_data)
     snap = manager.wait(job.job_id, timeout=60)
     assert snap.status == "failed" and re.search(OOM_ADVICE, snap.error)
     ok = manager.wait(manager.start(_config(small_data)).job_id, timeout=60)
