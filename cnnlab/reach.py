@@ -92,6 +92,14 @@ def redact_url(url: str) -> str:
     return urlunparse(parsed._replace(netloc=netloc, query=query, fragment=fragment))
 
 
+def redact_config(config: dict) -> dict:
+    """A RunConfig dict with its weights URL redacted, for config.json, checkpoints, sessions."""
+    model = config.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str):
+        config = {**config, "model": {**model, "weights": redact_url(model["weights"])}}
+    return config
+
+
 def redact_text(text: str, url: str) -> str:
     """text with every occurrence of url replaced by its redacted form (errors echo URLs)."""
     return text.replace(url, redact_url(url)) if url else text
