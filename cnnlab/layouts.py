@@ -122,6 +122,17 @@ def _outside_problem(rel: str, target: Path) -> Problem:
     )
 
 
+def _outside_row(ref: str, n: int) -> Problem:
+    """One text for every CSV row whose file lies outside the data folders, whether it exists,
+    is a link or not: which server files exist must not show."""
+    return Problem(
+        ref,
+        f"row {n}: outside the allowed data folders (the CSV's folder, its images folder and "
+        "CNNLAB_DATA_ROOTS); copy the image into the data set or add its folder to "
+        "CNNLAB_DATA_ROOTS",
+    )
+
+
 def walk_images(folder: Path, root: Path, roots: list[Path], problems: list[Problem]) -> list[Path]:
     """Image files anywhere under folder; other files, and links leading outside roots, are problems.
 
@@ -346,6 +357,9 @@ def read_csv(
                 )
                 continue
         path = base / ref.replace("\\", "/")
+        if not _inside(path.resolve(), roots):  # before any existence check: no probing
+            layout.problems.append(_outside_row(ref, n))
+            continue
         if not path.is_file():  # an id without extension, or a path under a wrapper folder
             if index is None:
                 index = _image_index(base, roots)
@@ -362,7 +376,7 @@ def read_csv(
             continue
         real = path.resolve()
         if not _inside(real, roots):
-            layout.problems.append(Problem(ref, f"row {n}: " + _outside_problem(ref, real).reason))
+            layout.problems.append(_outside_row(ref, n))
             continue
         if real in seen:
             layout.problems.append(Problem(ref, f"row {n}: the same file as row {seen[real]}"))
