@@ -7,11 +7,12 @@ and the session-state keys they share.
 
 import streamlit as st
 
-from cnnlab import workspace
+from cnnlab import reach, workspace
 from cnnlab.device import describe_device
 from pages import ui
 
 st.set_page_config(page_title="cnnlab", page_icon=":material/neurology:", layout="wide")
+reach.enable_visitor_rules()  # this process and its jobs act on visitors' say: limit what they reach
 
 
 @st.cache_resource(show_spinner=False)
