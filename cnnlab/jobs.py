@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import child_run, runs, train
+from . import child_run, runs, train, users
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -79,6 +79,8 @@ class JobSnapshot:
     prior_epochs: int = 0  # epochs the run had finished before this job (a resumed run)
     prior_seconds: float = 0.0  # training seconds the run had spent before this job
     queue_position: int | None = None  # 1 = next to start, while queued; None otherwise
+    owner: str = ""  # who started it (cnnlab.users)
+    stopped_by: str | None = None  # who asked it to stop
 
     @property
     def active(self) -> bool:
@@ -141,6 +143,8 @@ class Job:
     thread: threading.Thread | None = None
     slots: int = 1  # how many of the manager's slots it holds while running (GPUs for DDP)
     queue_position: int | None = None
+    owner: str = ""  # who started it (cnnlab.users): only they (and admins) see and stop it
+    stopped_by: str | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -228,6 +232,8 @@ class Job:
                 prior_epochs=self.prior_epochs,
                 prior_seconds=self.prior_seconds,
                 queue_position=self.queue_position if self.status == "queued" else None,
+                owner=self.owner,
+                stopped_by=self.stopped_by,
             )
 
     def _eta(self) -> float | None:
@@ -270,18 +276,23 @@ class JobManager:
         self._slots = threading.Condition()  # guards _queue and _busy
         self._queue: list[Job] = []  # queued jobs, first in first out
         self._busy = 0  # slots held by running jobs
+        self._running_by: dict[str, int] = {}  # owner -> running jobs (per-user quota)
 
     # ------------------------------------------------------------------ starting
-    def start(self, config: RunConfig, data: PreparedData | None = None, name: str = "") -> Job:
+    def start(
+        self, config: RunConfig, data: PreparedData | None = None, name: str = "", owner: str = ""
+    ) -> Job:
         """Validate config and run train.fit on it in a background thread; returns the Job."""
         config.validate()  # fail in the caller's thread on a bad form, before any thread starts
 
         def run_fit(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
             return train.fit(config, data=data, callbacks=(emit,), stop_event=stop_event)
 
-        return self.start_callable(run_fit, kind="train", name=name or config.name)
+        return self.start_callable(run_fit, kind="train", name=name or config.name, owner=owner)
 
-    def start_distributed(self, config: RunConfig, nproc: int, name: str = "") -> Job:
+    def start_distributed(
+        self, config: RunConfig, nproc: int, name: str = "", owner: str = ""
+    ) -> Job:
         """Train on nproc GPUs (or CPU processes) in a child `cnnlab train --nproc-per-node`;
         the job follows its run folder, and stop() sends the child SIGTERM. Takes nproc slots."""
         config.validate()
@@ -289,12 +300,22 @@ class JobManager:
         def run_child(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
             return child_run.follow(config, nproc, stop_event, emit)
 
-        return self.start_callable(run_child, kind="train", name=name or config.name, slots=nproc)
+        return self.start_callable(
+            run_child, kind="train", name=name or config.name, slots=nproc, owner=owner
+        )
 
-    def start_callable(self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1) -> Job:
+    def start_callable(
+        self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1, owner: str = ""
+    ) -> Job:
         """Run fn(stop_event, emit) in a daemon thread once a slot is free (queued until then);
-        emit takes train events or plain dicts."""
-        job = Job(job_id=uuid.uuid4().hex[:12], kind=kind, name=name, slots=max(1, slots))
+        emit takes train events or plain dicts. The runs it makes belong to owner."""
+        job = Job(
+            job_id=uuid.uuid4().hex[:12],
+            kind=kind,
+            name=name,
+            slots=max(1, slots),
+            owner=owner or users.SINGLE_USER,
+        )
         thread = threading.Thread(
             target=self._work, args=(job, fn), name=f"cnnlab-{kind}-{job.job_id}", daemon=True
         )
@@ -318,7 +339,7 @@ class JobManager:
         """Wait for the job's turn and slots; False when it was cancelled while queued."""
         with self._slots:
             while not job.stop_event.is_set():
-                head = self._queue[0] is job
+                head = self._next() is job
                 # A job wider than the whole machine still runs, alone.
                 fits = self._busy + job.slots <= self.max_running or self._busy == 0
                 if head and fits:
@@ -330,11 +351,22 @@ class JobManager:
             if job.stop_event.is_set():
                 return False
             self._busy += job.slots
+            self._running_by[job.owner] = self._running_by.get(job.owner, 0) + 1
             return True
+
+    def _next(self) -> Job | None:
+        """The first queued job whose owner may run one more (self._slots held by the caller):
+        a user at their running quota (users.running_limit) waits without holding others up."""
+        for queued in self._queue:
+            limit = users.running_limit(queued.owner)
+            if not limit or self._running_by.get(queued.owner, 0) < limit:
+                return queued
+        return None
 
     def _release(self, job: Job) -> None:
         with self._slots:
             self._busy -= job.slots
+            self._running_by[job.owner] -= 1
             self._slots.notify_all()
 
     def _work(self, job: Job, fn: JobFn) -> None:
@@ -364,7 +396,8 @@ class JobManager:
 
         status, result, error = "completed", None, None
         try:
-            result = fn(job.stop_event, emit)
+            with users.acting_as(job.owner):  # the runs it makes are the job owner's
+                result = fn(job.stop_event, emit)
         except CnnlabError as exc:
             status, error = "failed", str(exc)
             log.warning("job %s (%s) failed: %s", job.job_id, job.kind, exc)
@@ -394,20 +427,29 @@ class JobManager:
         job = self.get(job_or_run_id)
         return job.snapshot() if job else None
 
-    def list(self, kind: str | None = None, active_only: bool = False) -> list[JobSnapshot]:
-        """Snapshots of the kept jobs, newest first (optionally one kind / running ones only)."""
+    def list(
+        self, kind: str | None = None, active_only: bool = False, owner: str | None = None
+    ) -> list[JobSnapshot]:
+        """Snapshots of the kept jobs, newest first (optionally one kind / running ones only /
+        one owner's)."""
         with self._lock:
             jobs = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
-        snaps = [j.snapshot() for j in jobs if kind is None or j.kind == kind]
+        snaps = [
+            j.snapshot()
+            for j in jobs
+            if (kind is None or j.kind == kind) and (owner is None or j.owner == owner)
+        ]
         return [s for s in snaps if s.active] if active_only else snaps
 
     # ------------------------------------------------------------------ control
-    def stop(self, job_or_run_id: str) -> bool:
-        """Ask the job to stop (fit checks before every batch) or cancel it while it is queued;
-        False when unknown or finished."""
+    def stop(self, job_or_run_id: str, by: str = "") -> bool:
+        """Ask the job to stop (fit checks before every batch) or cancel it while it is queued,
+        noting who asked (`by`); False when unknown or finished."""
         job = self.get(job_or_run_id)
         if job is None or not job.active:
             return False
+        with job.lock:
+            job.stopped_by = by or job.owner
         job.stop_event.set()
         with self._slots:
             self._slots.notify_all()  # a queued job leaves the queue at once

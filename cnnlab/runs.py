@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import reach, workspace
+from . import reach, users, workspace
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
 
@@ -154,6 +154,7 @@ def create_run(
                 "created": time.time(),
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "owner": users.current_owner(),
             },
         )
         # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
