@@ -7,7 +7,7 @@ and the session-state keys they share.
 
 import streamlit as st
 
-from cnnlab import reach, workspace
+from cnnlab import reach, users, workspace
 from cnnlab.device import describe_device
 from pages import ui
 
@@ -41,6 +41,8 @@ st.html(
 ui.restore_session()  # a reload gets the session's choices back (the id is in the URL)
 
 with st.sidebar:
+    if users.mode(ui._oidc_configured()) != "single":
+        st.caption(f"**Signed in as:** {ui.literal(ui.user().name)}")
     st.caption(f"**Device:** {_device_label()}")
     st.caption(f"**Workspace:** `{workspace.home()}`")
     dataset = st.session_state.get(ui.DATASET_PATH)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import reach, runs, workspace
+from . import reach, runs, users, workspace
 from .config import DataConfig, RunConfig
 from .errors import CnnlabError
 
@@ -75,11 +75,14 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save(session_id: str, state: dict[str, Any]) -> None:
-    """Write the session's record (atomically); ignores an invalid id."""
+OWNER_KEY = "_owner"
+
+
+def save(session_id: str, state: dict[str, Any], owner: str = users.SINGLE_USER) -> None:
+    """Write the session's record (atomically) under its owner's name; ignores an invalid id."""
     if not valid_id(session_id):
         return
-    runs.write_json_atomic(_dir() / f"{session_id}.json", to_record(state))
+    runs.write_json_atomic(_dir() / f"{session_id}.json", {**to_record(state), OWNER_KEY: owner})
     _prune(_dir())
 
 
@@ -97,8 +100,8 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def load(session_id: str) -> dict[str, Any]:
-    """The saved choices of this session id ({} when none or unreadable)."""
+def load(session_id: str, owner: str = users.SINGLE_USER) -> dict[str, Any]:
+    """The saved choices of this session id ({} when none, unreadable or someone else's)."""
     if not valid_id(session_id):
         return {}
     path = _dir() / f"{session_id}.json"
@@ -106,4 +109,6 @@ def load(session_id: str) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return from_record(record) if isinstance(record, dict) else {}
+    if not isinstance(record, dict) or record.pop(OWNER_KEY, users.SINGLE_USER) != owner:
+        return {}  # another user's link (a shared URL) gives nothing of theirs
+    return from_record(record)

@@ -190,22 +190,19 @@ def _dataset_key(path: str | Path) -> str | None:
 
 
 def check_dataset(user: User, path: str | Path) -> None:
-    """NotYoursError when path lies in another user's data set in the workspace (data outside
-    the workspace's datasets folder is the operator's to share through CNNLAB_DATA_ROOTS); the
-    workspace's other folders (runs, sessions) are no data set at all."""
+    """NotYoursError when a non-admin names another user's data set in the workspace, or any
+    other workspace folder (runs, sessions); data outside the workspace is the operator's to
+    share through CNNLAB_DATA_ROOTS."""
+    if user.admin:
+        return
     resolved = Path(path).expanduser().resolve()
     home = workspace.home_path()
-    if home == resolved or home in resolved.parents:
-        key = _dataset_key(resolved)
-        if key is None:
-            raise NotYoursError(
-                f"{resolved} is not a data set (the workspace's own files cannot be read as one)"
-            )
-        if user.admin:
-            return
-        owners = set(_read_owners().get(key, []))
-        if user.name not in owners and PUBLIC not in owners:
-            raise NotYoursError(f"{resolved} is not one of your data sets; upload it yourself")
+    if home != resolved and home not in resolved.parents:
+        return
+    key = _dataset_key(resolved)
+    owners = set(_read_owners().get(key, [])) if key else set()
+    if user.name not in owners and PUBLIC not in owners:
+        raise NotYoursError(f"{resolved} is not one of your data sets; upload it yourself")
 
 
 # ------------------------------------------------------------------ quotas

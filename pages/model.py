@@ -149,7 +149,9 @@ def _weights_source(cfg: ModelConfig) -> str:
             return "random"
         return url
     if kind == "run":
-        choices = [r["run_id"] for r in runs.list_runs() if r.get("status") == "completed"]
+        choices = [
+            r["run_id"] for r in ui.my_runs(runs.list_runs()) if r.get("status") == "completed"
+        ]
         if not choices:
             st.info("No finished runs yet: train one first, or pick another weights source.")
             return "random"
