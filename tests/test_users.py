@@ -163,3 +163,19 @@ def test_a_session_link_gives_nothing_to_another_user(workspace: Path) -> None:
     session.save(sid, {"active_run_id": "r1"}, owner="alice")
     assert session.load(sid, "alice") == {"active_run_id": "r1"}
     assert session.load(sid, "bob") == {}
+
+
+def test_cnnlab_runs_shows_owners_and_filters_by_user(workspace: Path, capsys) -> None:
+    import json
+
+    from cnnlab import cli
+
+    for who in ("alice", "bob"):
+        with users.acting_as(who):
+            runs.create_run(RunConfig(), ["a", "b"])
+    assert cli.main(["runs", "--user", "alice", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["owner"] for r in listed] == ["alice"]
+    assert cli.main(["runs"]) == 0  # the operator's CLI sees everyone's
+    text = capsys.readouterr().out
+    assert "alice" in text and "bob" in text
