@@ -205,6 +205,14 @@ def check_dataset(user: User, path: str | Path) -> None:
         raise NotYoursError(f"{resolved} is not one of your data sets; upload it yourself")
 
 
+def own_study(user: User, name: str) -> str:
+    """The study name a user's study is stored under: with users, prefixed by their name, so
+    nobody adds trials to (or reads) another's study by typing its name."""
+    if user.name == SINGLE_USER or name.startswith(f"{user.name}/"):
+        return name
+    return f"{user.name}/{name}"
+
+
 # ------------------------------------------------------------------ quotas
 def _limit(env: str) -> float:
     try:
@@ -254,6 +262,14 @@ def check_quota(user: User, running: int, queued: int) -> None:
             f"you have {running} running and {queued} queued jobs; this server queues at most "
             f"{int(max_queued)} per user: wait for one to start or stop one"
         )
+    check_space(user)
+
+
+def check_space(user: User) -> None:
+    """QuotaError when user's runs and data sets fill their share (CNNLAB_QUOTA_GB) of the
+    workspace: before a job starts, before an upload is stored."""
+    if user.admin:
+        return
     max_gb = _limit(QUOTA_GB_ENV)
     if max_gb:
         used = usage_bytes(user.name)

@@ -32,6 +32,7 @@ def _uploaded_once(key: str, make) -> str:
     """Extract an upload once per session (hashing a big upload on every rerun is slow)."""
     memo = st.session_state.setdefault("_data_uploads", {})
     if key not in memo:
+        users.check_space(ui.user())  # a full share takes no more uploads
         with st.status("Unpacking the upload…") as status:
             _, progress = ui.progress_bar("Unpacking")
             try:

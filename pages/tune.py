@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cnnlab import jobs, models, plots, preflight, progress, study_storage, tune
+from cnnlab import jobs, models, plots, preflight, progress, study_storage, tune, users
 from cnnlab.config import OPTIMIZERS, STRATEGIES, ModelConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.search_space import Choices, Range, SearchSpace
@@ -110,7 +110,8 @@ def _controls(dataset: str) -> dict[str, Any] | None:
     return {
         "base": base,
         "space": space,
-        "study_name": name.strip() or tune.default_study_name(base),
+        # with users, stored under the user's name: nobody reaches another's study by its name
+        "study_name": users.own_study(ui.user(), name.strip() or tune.default_study_name(base)),
         "storage": storage,
         "sampler": sampler,
         "pruner": pruner,

@@ -179,3 +179,10 @@ def test_cnnlab_runs_shows_owners_and_filters_by_user(workspace: Path, capsys) -
     assert cli.main(["runs"]) == 0  # the operator's CLI sees everyone's
     text = capsys.readouterr().out
     assert "alice" in text and "bob" in text
+
+
+def test_studies_are_stored_under_their_users_name() -> None:
+    assert users.own_study(User("alice"), "digits") == "alice/digits"
+    assert users.own_study(User("alice"), "alice/digits") == "alice/digits"
+    assert users.own_study(User("bob"), "alice/digits") == "bob/alice/digits"  # never alice's
+    assert users.own_study(User(users.SINGLE_USER, True), "digits") == "digits"  # as before
