@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import workspace
+from . import reach, workspace
 from .archive import extract_zip_cached
 from .errors import DataError
 
@@ -334,6 +334,8 @@ def read_csv(
     if not base.is_dir():
         raise DataError(f"the images folder {base} does not exist; check --images")
     roots = allowed_roots(base, csv_path.parent)
+    if reach.visitor_rules():  # the data roots hold other users' uploads: a visitor's CSV reads
+        roots = [base]  # only its own images folder (or, without one, the CSV's own folder)
     layout = Layout(base, "csv" if i_split is not None else "random")
     index: dict[str, Path | None] | None = None
     seen: dict[Path, int] = {}

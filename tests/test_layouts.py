@@ -154,6 +154,30 @@ def test_csv_rows_outside_the_data_folders_all_read_the_same(tmp_path: Path, wor
     assert "link" not in text and "/etc" not in text and "secret" not in text
 
 
+def test_a_visitors_csv_reads_only_its_own_images_folder(
+    tmp_path: Path, workspace, monkeypatch
+) -> None:
+    """Issue 27: with users, the data roots hold other users' uploads; a dashboard visitor's CSV
+    row must not reach into them (the CLI, the operator, may)."""
+    from cnnlab import reach
+
+    mine = workspace / "datasets" / "mine-0123456789ab"
+    theirs = workspace / "datasets" / "theirs-ba9876543210"
+    for i in range(8):
+        _img(mine / f"img{i}.png", 700 + i)
+    _img(theirs / "private.png", 799)
+    rows = [[f"img{i}.png", ["ant", "bee"][i % 2]] for i in range(8)]
+    labels = _csv(workspace / "datasets" / "labels-0123456789ab.csv", ["path", "label"], rows)
+    rows.append(["../theirs-ba9876543210/private.png", "ant"])
+    labels = _csv(labels, ["path", "label"], rows)
+    report = cli.inspect_report(str(labels), images=str(mine))
+    assert not report["problems"]  # the CLI reads inside the data roots
+    monkeypatch.setenv(reach.DASHBOARD_ENV, "1")
+    report = cli.inspect_report(str(labels), images=str(mine))
+    (problem,) = report["problems"]
+    assert "outside the allowed data folders" in problem["reason"]
+
+
 def test_csv_columns_by_flag_and_images_folder(tmp_path: Path) -> None:
     images = tmp_path / "pics"
     rows = [[f"{c}/{i}.png", c, "x"] for c in ("a", "b") for i in range(5)]
