@@ -92,7 +92,7 @@ def user() -> users.User:
     oidc = _oidc_configured()
     name = None
     if oidc:
-        if not st.user.is_logged_in:
+        if not st.user.get("is_logged_in", False):  # absent before any sign-in
             st.info("Sign in to use this lab.", icon=":material/login:")
             st.button("Sign in", on_click=st.login, type="primary")
             st.stop()
