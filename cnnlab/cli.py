@@ -247,15 +247,15 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `cnnlab train DATA`")
         return 0
     print(
-        f"{'run_id':<24} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} "
-        f"{'test_acc':>8} owner"
+        f"{'run_id':<24} {'status':<12} {'model':<12} {'owner':<12} {'epochs':>6} "
+        f"{'val_acc':>8} {'test_acc':>8}"
     )
     for r in rows:
         print(
             f"{_cell(r.get('run_id')):<24} {_cell(r.get('status')):<12} "
-            f"{_cell(r.get('model')):<12} {_cell(r.get('epochs_run')):>6} "
-            f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8} "
-            f"{_cell(r.get('owner'))}"
+            f"{_cell(r.get('model')):<12} {_cell(r.get('owner')):<12} "
+            f"{_cell(r.get('epochs_run')):>6} "
+            f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8}"
         )
         if r.get("status") == "damaged":
             print(f"  damaged: {r.get('damage')}")
