@@ -7,12 +7,13 @@ and the session-state keys they share.
 
 import streamlit as st
 
-from cnnlab import workspace
+from cnnlab import reach, users, workspace
 from cnnlab.archive import dataset_name
 from cnnlab.device import describe_device
 from pages import ui
 
 st.set_page_config(page_title="cnnlab", page_icon=":material/neurology:", layout="wide")
+reach.enable_visitor_rules()  # this process and its jobs act on visitors' say: limit what they reach
 
 
 @st.cache_resource(show_spinner=False)
@@ -41,6 +42,8 @@ st.html(
 ui.restore_session()  # a reload gets the session's choices back (the id is in the URL)
 
 with st.sidebar:
+    if users.mode(ui.oidc_configured()) != "single":
+        st.caption(f"**Signed in as:** {ui.literal(ui.user().name)}")
     st.caption(f"**Device:** {_device_label()}")
     st.caption(f"**Workspace:** `{workspace.home()}`")
     dataset = st.session_state.get(ui.DATASET_PATH)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import runs, workspace
+from . import runs, users, workspace
 from .config import RunConfig
 from .errors import TrainingError
 from .events import EpochEnd, Finished, RunStarted
@@ -56,7 +56,7 @@ def follow(
         with out_path.open("w") as out, err_path.open("w") as err:
             proc = subprocess.Popen(
                 command(cfg_path, config.data.path, nproc),
-                env={**os.environ, "CNNLAB_RUN_ID": run_id},
+                env={**os.environ, "CNNLAB_RUN_ID": run_id, users.OWNER_ENV: users.current_owner()},
                 stdout=out,
                 stderr=err,
             )

@@ -453,6 +453,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print(f"deleted run {args.run}")
         return 0
     rows = runs.list_runs()
+    if args.user:  # the CLI runs as the operator (an admin): it sees everyone's, or one user's
+        rows = [r for r in rows if r.get("owner") == args.user]
     if args.json:
         console.print_json(rows)
         return 0
@@ -460,12 +462,14 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `cnnlab train DATA`")
         return 0
     print(
-        f"{'run_id':<24} {'status':<12} {'model':<12} {'epochs':>6} {'val_acc':>8} {'test_acc':>8}"
+        f"{'run_id':<24} {'status':<12} {'model':<12} {'owner':<12} {'epochs':>6} "
+        f"{'val_acc':>8} {'test_acc':>8}"
     )
     for r in rows:
         print(
             f"{_cell(r.get('run_id')):<24} {_cell(r.get('status')):<12} "
-            f"{_cell(r.get('model')):<12} {_cell(r.get('epochs_run')):>6} "
+            f"{_cell(r.get('model')):<12} {_cell(r.get('owner')):<12} "
+            f"{_cell(r.get('epochs_run')):>6} "
             f"{_cell(r.get('val_accuracy'), '.4f'):>8} {_cell(r.get('test_accuracy'), '.4f'):>8}"
         )
         if r.get("status") == "damaged":
@@ -845,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list runs in the workspace (CNNLAB_HOME); `runs delete ID`")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--user", default="", help="only this dashboard user's runs")
     p.set_defaults(func=_cmd_runs)
     runs_sub = p.add_subparsers(dest="runs_command")
     d = runs_sub.add_parser("delete", help="delete a run folder (not while it is training)")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import job_process, job_queue, runs, train
+from . import job_process, job_queue, runs, train, users
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -89,6 +89,7 @@ class JobSnapshot:
     prior_seconds: float = 0.0  # training seconds the run had spent before this job
     queue_position: int | None = None  # 1 = next to start, while queued; None otherwise
     owner: str = job_queue.DEFAULT_OWNER
+    stopped_by: str | None = None  # who asked it to stop
 
     @property
     def active(self) -> bool:
@@ -155,11 +156,13 @@ class Job:
     thread: threading.Thread | None = None
     slots: int = 1  # how many of the manager's slots it holds while running (GPUs for DDP)
     queue_position: int | None = None
+    # who started it (cnnlab.users): only they (and admins) see and stop it
+    owner: str = job_queue.DEFAULT_OWNER
+    stopped_by: str | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     durable: bool = False  # a queue row run in its own process (training), not a thread's fn
     home: Path | None = None  # a durable job's workspace (its queue), fixed when it was queued
-    owner: str = job_queue.DEFAULT_OWNER
 
     @property
     def active(self) -> bool:
@@ -243,6 +246,7 @@ class Job:
                 prior_seconds=self.prior_seconds,
                 queue_position=self.queue_position if self.status == "queued" else None,
                 owner=self.owner,
+                stopped_by=self.stopped_by,
             )
 
     def _eta(self) -> float | None:
@@ -287,6 +291,7 @@ class JobManager:
         self._busy = 0  # slots held by running jobs
         self._procs: dict[str, Any] = {}  # job id -> the Popen of a job process this one started
         self._serving: threading.Thread | None = None
+        self._running_by: dict[str, int] = {}  # owner -> running jobs (per-user quota)
         atexit.register(self._kill_children)
 
     # ------------------------------------------------------------------ starting
@@ -306,7 +311,7 @@ class JobManager:
             def run_fit(stop_event: threading.Event, emit: Emit) -> dict[str, Any]:
                 return train.fit(config, data=data, callbacks=(emit,), stop_event=stop_event)
 
-            return self.start_callable(run_fit, kind="train", name=name or config.name)
+            return self.start_callable(run_fit, kind="train", name=name or config.name, owner=owner)
         row = job_queue.submit(config, owner=owner, name=name, force=force)
         return self._enqueue_row(row)
 
@@ -333,10 +338,18 @@ class JobManager:
                   home=job_queue.home())  # fmt: skip
         return self._enqueue(job, None)
 
-    def start_callable(self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1) -> Job:
+    def start_callable(
+        self, fn: JobFn, kind: str = "task", name: str = "", slots: int = 1, owner: str = ""
+    ) -> Job:
         """Run fn(stop_event, emit) in a daemon thread once a slot is free (queued until then);
-        emit takes train events or plain dicts."""
-        job = Job(job_id=uuid.uuid4().hex[:12], kind=kind, name=name, slots=max(1, slots))
+        emit takes train events or plain dicts. The runs it makes belong to owner."""
+        job = Job(
+            job_id=uuid.uuid4().hex[:12],
+            kind=kind,
+            name=name,
+            slots=max(1, slots),
+            owner=owner or users.SINGLE_USER,
+        )
         return self._enqueue(job, fn)
 
     def _enqueue(self, job: Job, fn: JobFn | None) -> Job:
@@ -364,7 +377,7 @@ class JobManager:
         """Wait for the job's turn and slots; False when it was cancelled while queued."""
         with self._slots:
             while not job.stop_event.is_set():
-                head = self._queue[0] is job
+                head = self._next() is job
                 # A job wider than the whole machine still runs, alone.
                 fits = self._busy + job.slots <= self.max_running or self._busy == 0
                 if head and fits:
@@ -376,11 +389,22 @@ class JobManager:
             if job.stop_event.is_set():
                 return False
             self._busy += job.slots
+            self._running_by[job.owner] = self._running_by.get(job.owner, 0) + 1
             return True
+
+    def _next(self) -> Job | None:
+        """The first queued job whose owner may run one more (self._slots held by the caller):
+        a user at their running quota (users.running_limit) waits without holding others up."""
+        for queued in self._queue:
+            limit = users.running_limit(queued.owner)
+            if not limit or self._running_by.get(queued.owner, 0) < limit:
+                return queued
+        return None
 
     def _release(self, job: Job) -> None:
         with self._slots:
             self._busy -= job.slots
+            self._running_by[job.owner] -= 1
             self._slots.notify_all()
 
     @staticmethod
@@ -464,7 +488,8 @@ class JobManager:
 
         status, result, error = "completed", None, None
         try:
-            result = fn(job.stop_event, emit)
+            with users.acting_as(job.owner):  # the runs it makes are the job owner's
+                result = fn(job.stop_event, emit)
         except job_process.JobInterrupted as exc:
             status, error = "interrupted", str(exc)
         except CnnlabError as exc:
@@ -520,12 +545,14 @@ class JobManager:
         return [s for s in snaps if s.active] if active_only else snaps
 
     # ------------------------------------------------------------------ control
-    def stop(self, job_or_run_id: str) -> bool:
-        """Ask the job to stop (fit checks before every batch) or cancel it while it is queued;
-        False when unknown or finished."""
+    def stop(self, job_or_run_id: str, by: str = "") -> bool:
+        """Ask the job to stop (fit checks before every batch) or cancel it while it is queued,
+        noting who asked (`by`); False when unknown or finished."""
         job = self.get(job_or_run_id)
         if job is None or not job.active:
             return False
+        with job.lock:
+            job.stopped_by = by or job.owner
         job.stop_event.set()
         if job.durable and job.status == "queued":
             with job_queue.using(job.home):  # the row too, before another scheduler takes it

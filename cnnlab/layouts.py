@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import workspace
+from . import reach, workspace
 from .archive import extract_zip_cached
 from .errors import DataError
 
@@ -119,6 +119,17 @@ def _outside_problem(rel: str, target: Path) -> Problem:
         rel,
         f"a link leading outside the allowed data folders (to {target}); copy the file into the "
         "data set or add its folder to CNNLAB_DATA_ROOTS",
+    )
+
+
+def _outside_row(ref: str, n: int) -> Problem:
+    """One text for every CSV row whose file lies outside the data folders, whether it exists,
+    is a link or not: which server files exist must not show."""
+    return Problem(
+        ref,
+        f"row {n}: outside the allowed data folders (the CSV's folder, its images folder and "
+        "CNNLAB_DATA_ROOTS); copy the image into the data set or add its folder to "
+        "CNNLAB_DATA_ROOTS",
     )
 
 
@@ -362,6 +373,8 @@ def _read_csv_rows(
     if not base.is_dir():
         raise DataError(f"the images folder {base} does not exist; check --images")
     roots = allowed_roots(base, csv_path.parent)
+    if reach.visitor_rules():  # the data roots hold other users' uploads: a visitor's CSV reads
+        roots = [base]  # only its own images folder (or, without one, the CSV's own folder)
     layout = Layout(base, "csv" if i_split is not None else "random")
     index: dict[str, Path | None] | None = None
     seen: dict[Path, int] = {}
@@ -386,6 +399,9 @@ def _read_csv_rows(
                 )
                 continue
         path = base / ref.replace("\\", "/")
+        if not _inside(path.resolve(), roots):  # before any existence check: no probing
+            layout.problems.append(_outside_row(ref, n))
+            continue
         if not path.is_file():  # an id without extension, or a path under a wrapper folder
             if index is None:
                 index = _image_index(base, roots)
@@ -402,7 +418,7 @@ def _read_csv_rows(
             continue
         real = path.resolve()
         if not _inside(real, roots):
-            layout.problems.append(Problem(ref, f"row {n}: " + _outside_problem(ref, real).reason))
+            layout.problems.append(_outside_row(ref, n))
             continue
         if real in seen:
             layout.problems.append(Problem(ref, f"row {n}: the same file as row {seen[real]}"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from . import runs, workspace
+from . import runs, users, workspace
 from .errors import CnnlabError, DataError
 from .predict import Predictor
 
@@ -61,8 +61,9 @@ def served_run() -> str | None:
     return os.environ.get(SERVE_ENV) or None
 
 
-def find_run(run_id: str | None) -> runs.Run:
-    """The run a request may predict with: the served run, else a run id of the workspace.
+def find_run(run_id: str | None, caller: users.User | None = None) -> runs.Run:
+    """The run a request may predict with: the served run, else a run id of the workspace that
+    `caller` may see (None: no users configured, or the CLI).
 
     The one place that decides which runs a caller reaches (a caller's id is never a path).
     """
@@ -80,7 +81,17 @@ def find_run(run_id: str | None) -> runs.Run:
     folder = (root / run_id).resolve()
     if folder.parent != root or not (folder / "config.json").is_file():
         raise ApiError(404, f"no run {run_id!r} on this server")
-    return runs.Run(folder.name, folder)
+    run = runs.Run(folder.name, folder)
+    if caller is not None and not users.can_see(caller, _owner(run)):
+        raise ApiError(404, f"no run {run_id!r} on this server")  # the same as a missing one
+    return run
+
+
+def _owner(run: runs.Run) -> str | None:
+    try:
+        return runs.read_summary(run).get("owner")
+    except CnnlabError:
+        return None  # a damaged run: admins only
 
 
 _cache: OrderedDict[tuple[str, int], Predictor] = OrderedDict()

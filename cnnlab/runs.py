@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import overrides, workspace
+from . import overrides, reach, users, workspace
 from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
@@ -193,10 +193,11 @@ def create_run(
                 "created": time.time(),
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
+                "owner": users.current_owner(),
             },
         )
         # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
-        write_json_atomic(run.config_path, config.to_dict())
+        write_json_atomic(run.config_path, reach.redact_config(config.to_dict()))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # a full disk leaves no half-made run folder
         raise

@@ -16,14 +16,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import runs, workspace
+from . import reach, runs, users, workspace
 from .config import DataConfig, RunConfig
 from .errors import CnnlabError
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 200  # older session records beyond this are removed
-_ID = re.compile(r"^[0-9a-f]{16}$")
+_ID = re.compile(r"[0-9a-f]{16}")  # fullmatch: "$" would accept a trailing newline
 
 
 def new_id() -> str:
@@ -33,7 +33,7 @@ def new_id() -> str:
 
 def valid_id(session_id: object) -> bool:
     """True for an id new_id() could have made (so it is safe as a file name)."""
-    return isinstance(session_id, str) and bool(_ID.match(session_id))
+    return isinstance(session_id, str) and _ID.fullmatch(session_id) is not None
 
 
 def _dir() -> Path:
@@ -49,7 +49,7 @@ def to_record(state: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if isinstance(value, RunConfig):
-            out[key] = {"RunConfig": value.to_dict()}
+            out[key] = {"RunConfig": reach.redact_config(value.to_dict())}
         elif isinstance(value, DataConfig):
             out[key] = {"DataConfig": asdict(value)}
         elif isinstance(value, (str, int, float, bool)):
@@ -79,18 +79,33 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def save(session_id: str, state: dict[str, Any]) -> None:
-    """Write the session's record (atomically); ignores an invalid id."""
+OWNER_KEY = "_owner"
+
+
+def save(session_id: str, state: dict[str, Any], owner: str = users.SINGLE_USER) -> None:
+    """Write the session's record (atomically) under its owner's name; ignores an invalid id."""
     if not valid_id(session_id):
         return
-    runs.write_json_atomic(_dir() / f"{session_id}.json", to_record(state))
-    records = sorted(_dir().glob("*.json"), key=lambda p: p.stat().st_mtime)
-    for old in records[:-MAX_RECORDS]:
+    runs.write_json_atomic(_dir() / f"{session_id}.json", {**to_record(state), OWNER_KEY: owner})
+    _prune(_dir())
+
+
+def _prune(folder: Path) -> None:
+    """Remove the oldest records beyond MAX_RECORDS; other sessions prune (and save) at the same
+    time, so a record may vanish between listing and stat: it is simply gone already."""
+    stamped = []
+    for path in folder.glob("*.json"):
+        try:
+            stamped.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    stamped.sort()
+    for _, old in stamped[:-MAX_RECORDS]:
         old.unlink(missing_ok=True)
 
 
-def load(session_id: str) -> dict[str, Any]:
-    """The saved choices of this session id ({} when none or unreadable)."""
+def load(session_id: str, owner: str = users.SINGLE_USER) -> dict[str, Any]:
+    """The saved choices of this session id ({} when none, unreadable or someone else's)."""
     if not valid_id(session_id):
         return {}
     path = _dir() / f"{session_id}.json"
@@ -98,4 +113,6 @@ def load(session_id: str) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return from_record(record) if isinstance(record, dict) else {}
+    if not isinstance(record, dict) or record.pop(OWNER_KEY, users.SINGLE_USER) != owner:
+        return {}  # another user's link (a shared URL) gives nothing of theirs
+    return from_record(record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import random
 import time
 import warnings
@@ -38,6 +39,25 @@ DRIVERS = {  # SQLAlchemy dialect -> what to install when its driver is missing
     "mysql": "pip install mysqlclient (or use mysql+pymysql:// with pip install pymysql)",
     "mysql+pymysql": "pip install pymysql",
 }
+
+
+STORAGES_ENV = "CNNLAB_STORAGES"  # storage URLs the operator offers dashboard visitors (spaces)
+
+
+def configured_storages() -> list[str]:
+    """The storage URLs the operator configured for the dashboard (CNNLAB_STORAGES)."""
+    return os.environ.get(STORAGES_ENV, "").split()
+
+
+def visitor_storage(choice: str | None) -> str | None:
+    """A storage a dashboard visitor may use: None (the workspace's SQLite file) or one of the
+    configured URLs; a typed path or URL is refused before anything is opened or created."""
+    if choice is None or choice in configured_storages():
+        return choice
+    raise ConfigError(
+        f"study storage {safe_url(choice)} is not one this server offers; pick the workspace's "
+        f"SQLite file or a storage the operator listed in {STORAGES_ENV}"
+    )
 
 
 def safe_url(url: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import augment, distributed, models, preflight, runs
+from . import augment, distributed, models, preflight, reach, runs, weights
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -360,7 +360,7 @@ def setup(
             log.warning("%s", note)
     scheduler = build_scheduler(optimizer, tc, len(train_rows) // bs)
     ckpt_meta = {
-        "config": config.to_dict(),
+        "config": reach.redact_config(config.to_dict()),
         "classes": list(data.classes),
         "image_size": config.data.image_size,
         "mean": list(mean),
@@ -672,6 +672,8 @@ def resume(
             f"with `cnnlab train DATA --config {r.config_path}`"
         )
     config = runs.read_config(r)
+    if weights.is_url(config.model.weights):  # stored redacted; last.pt holds every weight anyway
+        config.model.weights = "random"
     state = runs.read_checkpoint(r.last_path)
     # Under torchrun every rank reads the run folder (one machine, or a shared file system).
     world, _ = distributed.init(resolve_device(config.train.device))

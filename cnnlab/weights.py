@@ -1,49 +1,61 @@
 """Pretrained weights: ImageNet (downloaded once into the torch hub cache), an http(s) URL, a local
 file, or one of the user's runs.
 
-Downloads go through torch's own `torch.hub.download_url_to_file` into `torch.hub.get_dir()/
-checkpoints` (so `TORCH_HOME` is honoured and torchvision finds the same files), hash-checked when
-the file name carries torch hub's `-<sha256 prefix>`; each file is fetched to a temporary name,
-checked to be a weights-only state dict, then renamed: the cache never holds a partial or tampered
-file. `CNNLAB_WEIGHTS_MIRROR=<base URL>` replaces the public host for ImageNet files. Offline, the
-download fails within the socket timeout with one line saying where to copy the file by hand.
-Every file is read with torch.load(weights_only=True): weights are data, never code.
+Downloads land in `torch.hub.get_dir()/checkpoints` (so `TORCH_HOME` is honoured and torchvision
+finds the same files): a model zoo file under its own name (its torch hub `-<sha256 prefix>` is
+checked), any other URL under `by-url/<hash of the URL>/` so two URLs with one file name never share
+a file. Each file streams into a locked temporary (a lock per target file, not per process), capped
+at CNNLAB_WEIGHTS_MAX_MB, within CNNLAB_WEIGHTS_TIMEOUT per stall and CNNLAB_WEIGHTS_DEADLINE
+overall, is checked to be a weights-only state dict, then renamed: the cache never holds a partial
+or tampered file, and a failure, Ctrl-C or SIGTERM removes the temporary. Only http(s) redirects are
+followed; under the dashboard's visitor rules (cnnlab.reach) only to allowed hosts, and a failure
+reads the same whatever its cause. `CNNLAB_WEIGHTS_MIRROR=<base URL>` replaces the public host for
+ImageNet files. Every file is read with torch.load(weights_only=True): weights are data, never code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import http.client
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torch.hub
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
 from torch import nn
 
-from . import runs
+from . import reach, runs
 from .errors import WeightsError
-from .registry import ModelSpec
+from .registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"  # base URL of a mirror holding torchvision's file names
 TIMEOUT_ENV = "CNNLAB_WEIGHTS_TIMEOUT"  # seconds a connect or a read may stall (default 20)
+DEADLINE_ENV = "CNNLAB_WEIGHTS_DEADLINE"  # seconds a whole download may take (default 3600)
+MAX_MB_ENV = "CNNLAB_WEIGHTS_MAX_MB"  # the largest file accepted, in MB (default 4096)
 DEFAULT_TIMEOUT_S = 20.0
-STALE_S = 3600.0  # a download temporary untouched this long was left by a killed process
+DEFAULT_DEADLINE_S = 3600.0
+DEFAULT_MAX_MB = 4096.0  # the zoo's largest file is a few hundred MB
+CHUNK = 1 << 20
+MAX_REDIRECTS = 5
 PROGRESS_EVERY_S = 0.2  # at most this often a progress callback is called while downloading
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# One download at a time in this process: two jobs asking for the same file wait for one copy, and
-# the temporary swaps below (torch.hub's progress class, the socket timeout) are not re-entrant.
-_LOCK = threading.Lock()
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total or 0, what) as data.Progress
 
@@ -77,12 +89,14 @@ def _check_url(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise WeightsError(
-            f"weights URL {url!r} is not http(s); give an http:// or https:// URL, a local "
-            ".pth/.pt file, 'imagenet', 'random' or run:<run_id>"
+            f"weights URL {reach.redact_url(url)!r} is not http(s); give an http:// or https:// "
+            "URL, a local .pth/.pt file, 'imagenet', 'random' or run:<run_id>"
         )
     name = _file_name(url)
-    if not name:
-        raise WeightsError(f"weights URL {url} names no file (it must end in e.g. model.pth)")
+    if not name or name.startswith("."):
+        raise WeightsError(
+            f"weights URL {reach.redact_url(url)} names no file (it must end in e.g. model.pth)"
+        )
     return name
 
 
@@ -102,9 +116,23 @@ def remote_url(source: str, spec: ModelSpec) -> str | None:
     return None
 
 
+def _zoo_urls() -> set[str]:
+    """The registry's ImageNet URLs (public and mirrored): files known by name and hash."""
+    out = set()
+    for spec in MODELS.values():
+        if spec.weights is not None:
+            out.add(spec.weights.url)
+            out.add(imagenet_url(spec) or "")
+    return out
+
+
 def cached_path(url: str) -> Path:
-    """Where the file of `url` is (or will be) in the cache."""
-    return cache_dir() / _check_url(url)
+    """Where the file of `url` is (or will be) in the cache: a zoo file under its name, any other
+    URL in a folder named by the URL's hash (two URLs never share a file)."""
+    name = _check_url(url)
+    if url in _zoo_urls():
+        return cache_dir() / name
+    return cache_dir() / "by-url" / hashlib.sha256(url.encode()).hexdigest()[:24] / name
 
 
 # url -> why its last download failed in this process (the Model page's "Download the weights
@@ -127,82 +155,192 @@ def needs_download(source: str, spec: ModelSpec) -> bool:
 
 
 def fetch(url: str, progress: Progress | None = None) -> Path:
-    """The cached file of `url`, downloading it first when missing (hash-checked, atomic)."""
-    name = _check_url(url)
-    target = cache_dir() / name
+    """The cached file of `url`, downloading it first when missing (capped, checked, atomic)."""
+    _check_url(url)
+    reach.check_weights_url(url)
+    target = cached_path(url)
     if target.is_file():
         return target
-    with _LOCK:
-        if target.is_file():  # another thread fetched it while we waited
-            return target
-        try:
-            _download(url, target, progress)
-        except WeightsError as exc:
-            _FAILED[url] = str(exc)
-            raise
-        _FAILED.pop(url, None)
-    return target
-
-
-def _download(url: str, target: Path, progress: Progress | None) -> None:
-    name = target.name
-    expected = hash_prefix(name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        locks = cache_dir() / ".locks"
+        locks.mkdir(exist_ok=True)
     except OSError as exc:
         raise WeightsError(
             f"cannot create the weights cache {target.parent}: {exc.strerror or exc}; set "
             "TORCH_HOME to a writable folder"
         ) from exc
+    key = hashlib.sha256(str(target).encode()).hexdigest()[:24]
+    # one download per target file across threads and processes; other files go on meanwhile
+    lock = FileLock(str(locks / f"{key}.lock"), timeout=_seconds(DEADLINE_ENV, DEFAULT_DEADLINE_S))
+    try:
+        with lock:
+            if target.is_file():  # another thread or process fetched it while we waited
+                return target
+            try:
+                _download(url, target, progress)
+            except WeightsError as exc:
+                _FAILED[url] = str(exc)
+                raise
+            _FAILED.pop(url, None)
+    except LockTimeout as exc:
+        raise WeightsError(
+            f"another download of {target.name} did not finish in time; try again later"
+        ) from exc
+    return target
+
+
+def _seconds(env: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(env) or default)
+    except ValueError:
+        log.warning("%s=%r is not a number: using %s", env, os.environ.get(env), default)
+        return default
+    return value if value > 0 else default
+
+
+class _Refused(OSError):
+    """A download stopped on purpose (redirect, size cap, deadline): the reason is the text."""
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows http(s) redirects only; under the visitor rules only to allowed hosts."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def __init__(self, visitor: bool) -> None:
+        self.visitor = visitor
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
+        scheme = urlparse(newurl).scheme
+        if scheme not in ("http", "https"):
+            fp.close()
+            raise _Refused(f"a redirect to {scheme}: refused (only http and https are followed)")
+        if self.visitor and not reach.host_allowed(newurl):
+            fp.close()
+            raise _Refused("a redirect to a host that is not on the weights hosts list")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """In the main thread, SIGTERM raises SystemExit for the block, so cleanups run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _download(url: str, target: Path, progress: Progress | None) -> None:
+    name = target.name
+    shown = reach.redact_url(url)
+    expected = hash_prefix(name)
     _remove_stale(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=target.parent)
-    os.close(fd)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # tells _remove_stale in other processes it is in use
     tmp = Path(tmp_name)
-    timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
-    log.info("downloading %s from %s into %s", name, url, target.parent)
+    log.info("downloading %s from %s into %s", name, shown, target.parent)
     t0 = time.perf_counter()
-    old_timeout, old_tqdm = socket.getdefaulttimeout(), getattr(torch.hub, "tqdm", None)
     try:
-        # download_url_to_file opens the URL without a timeout argument, so the socket default is
-        # the only way to bound a stalled connection; restored right after (we hold _LOCK).
-        socket.setdefaulttimeout(timeout)
-        if progress is not None and old_tqdm is not None:
-            torch.hub.tqdm = _reporter(progress, f"downloading {name}")  # type: ignore[attr-defined]
-        torch.hub.download_url_to_file(url, str(tmp), expected, progress=progress is not None)
-        _read_state(tmp, "downloaded weights", shown=f"{name} from {url}")
+        with _terminate_as_exit(), os.fdopen(fd, "wb", closefd=False) as out:
+            digest = _stream(url, out, progress, f"downloading {name}")
+        if expected and not digest.startswith(expected):
+            raise WeightsError(
+                f"{name} downloaded from {shown} does not match its sha256 prefix {expected}: "
+                f"refused, nothing kept in {target.parent}; the server's copy is damaged or "
+                "tampered with"
+            )
+        _read_state(tmp, "downloaded weights", shown=f"{name} from {shown}")
         os.replace(tmp, target)
-    except RuntimeError as exc:
-        if "invalid hash value" not in str(exc):
-            raise
-        raise WeightsError(
-            f"{name} downloaded from {url} does not match its sha256 prefix {expected}: refused, "
-            f"nothing kept in {target.parent}; the server's copy is damaged or tampered with"
-        ) from exc
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        raise WeightsError(_offline_message(url, target, exc, time.perf_counter() - t0)) from exc
+        raise WeightsError(_failure_message(url, target, exc, time.perf_counter() - t0)) from None
     finally:
-        socket.setdefaulttimeout(old_timeout)
-        if old_tqdm is not None:
-            torch.hub.tqdm = old_tqdm  # type: ignore[attr-defined]
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # gone already when it was renamed into place
+        os.close(fd)
     log.info("saved %s (%.1f MB)", target, target.stat().st_size / 1e6)
 
 
+def _stream(url: str, out, progress: Progress | None, what: str) -> str:
+    """Copy url's body into out within the size cap, stall timeout and deadline; its sha256."""
+    stall = _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    deadline_s = _seconds(DEADLINE_ENV, DEFAULT_DEADLINE_S)
+    cap = int(_seconds(MAX_MB_ENV, DEFAULT_MAX_MB) * 1e6)
+    opener = urllib.request.build_opener(_Redirects(reach.visitor_rules()))
+    request = urllib.request.Request(url, headers={"User-Agent": "cnnlab"})
+    end = time.monotonic() + deadline_s
+    digest = hashlib.sha256()
+    with opener.open(request, timeout=stall) as response:
+        total = int(response.headers.get("Content-Length") or 0)
+        if total > cap:
+            raise _Refused(f"the file is {total / 1e6:.0f} MB, over the {cap / 1e6:.0f} MB cap")
+        done, last = 0, 0.0
+        if progress is not None:
+            progress(0, total, what)
+        while True:
+            if time.monotonic() > end:
+                raise _Refused(f"not finished within the {deadline_s:.0f} s deadline")
+            chunk = response.read1(CHUNK)  # returns after one read: the deadline is checked often
+            if not chunk:
+                break
+            done += len(chunk)
+            if done > cap:
+                raise _Refused(f"the file grew over the {cap / 1e6:.0f} MB cap")
+            digest.update(chunk)
+            out.write(chunk)
+            now = time.monotonic()
+            if progress is not None and now - last >= PROGRESS_EVERY_S:
+                last = now
+                progress(done, total, what)
+        if total and done < total:
+            raise _Refused(f"the connection closed after {done:,} of {total:,} bytes")
+        out.flush()
+        if progress is not None:
+            progress(done, total or done, what)
+    return digest.hexdigest()
+
+
 def _remove_stale(target: Path) -> None:
-    """Delete temporaries of `target` that a killed process left (untouched for STALE_S): a live
-    download in another process keeps writing to its own, so it is never old."""
-    now = time.time()
+    """Delete temporaries of `target` that no live download holds (a killed process's): a live
+    download in any process keeps its temporary flock'ed."""
     for tmp in target.parent.glob(f".{target.name}.*.download*"):
         try:
-            if now - tmp.stat().st_mtime > STALE_S:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted download", tmp)
-        except OSError:  # gone already (another process cleaned it) or not ours to delete
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:  # gone already (another process cleaned it)
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            tmp.unlink()
+            log.info("removed %s, left by an interrupted download", tmp)
+        except OSError:  # a live download holds it, or it vanished meanwhile
+            pass
+        finally:
+            os.close(fd)
 
 
-def _offline_message(url: str, target: Path, exc: BaseException, seconds: float) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
+def _failure_message(url: str, target: Path, exc: BaseException, seconds: float) -> str:
+    shown = reach.redact_url(url)
+    if reach.visitor_rules() and not isinstance(exc, _Refused):
+        # one text for refused, unreachable, missing, timed out: no probing of ports or paths
+        log.info("download of %s failed: %s", shown, reach.redact_text(str(exc), url))
+        return (
+            f"cannot download {target.name} from {shown}: the host did not serve the file; check "
+            "the URL, or upload the .pth file, or use weights 'random'"
+        )
+    if isinstance(exc, _Refused):
+        why = str(exc)
+    elif isinstance(exc, urllib.error.HTTPError):
         why = f"HTTP {exc.code} {exc.reason}"
     elif isinstance(exc, urllib.error.URLError):
         why = f"no connection: {exc.reason}"
@@ -210,36 +348,13 @@ def _offline_message(url: str, target: Path, exc: BaseException, seconds: float)
         why = f"timed out after {seconds:.0f} s"
     else:
         why = f"{type(exc).__name__}: {exc}"
+    why = reach.redact_text(why, url)
     return (
-        f"cannot download {target.name} from {url} ({why}); on a machine with internet download "
+        f"cannot download {target.name} from {shown} ({why}); on a machine with internet download "
         f"that URL and copy the file into {target.parent}/ (or set {MIRROR_ENV} to a mirror "
         "holding it), or use weights 'random' (\"Random (train from scratch)\" on the Model page) "
         "or a local .pth file"
     )
-
-
-def _reporter(progress: Progress, what: str) -> type:
-    """A stand-in for tqdm that torch.hub.download_url_to_file drives: calls `progress` instead."""
-
-    class Reporter:
-        def __init__(self, total: int | None = None, disable: bool = False, **_kw: object):
-            self.total, self.done, self.last = int(total or 0), 0, 0.0
-            progress(0, self.total, what)
-
-        def __enter__(self) -> Reporter:
-            return self
-
-        def __exit__(self, *_exc: object) -> None:
-            progress(self.done, self.total or self.done, what)
-
-        def update(self, n: int) -> None:
-            self.done += n
-            now = time.monotonic()
-            if now - self.last >= PROGRESS_EVERY_S:
-                self.last = now
-                progress(self.done, self.total, what)
-
-    return Reporter
 
 
 # ------------------------------------------------------------------ reading and loading

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from cnnlab import archive, data, demo, duplicates, plots, splits, workspace
+from cnnlab import archive, data, demo, duplicates, plots, splits, users, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
 from pages import labels, ui
@@ -32,10 +32,12 @@ def _uploaded_once(key: str, make) -> str:
     """Extract an upload once per session (hashing a big upload on every rerun is slow)."""
     memo = st.session_state.setdefault("_data_uploads", {})
     if key not in memo:
+        users.check_space(ui.user())  # a full share takes no more uploads
         with st.status("Unpacking the upload…") as status:
             _, progress = ui.progress_bar("Unpacking")
             try:
                 memo[key] = str(make(progress))
+                users.record_dataset(memo[key], ui.user().name)  # others cannot pick it
             except CnnlabError:
                 status.update(label="The upload could not be unpacked", state="error")
                 raise
@@ -57,7 +59,9 @@ def _choose_source() -> str | None:
     if source == "Demo digits":
         st.caption("scikit-learn's 1,797 handwritten digits, 10 classes, written as PNGs.")
         if st.button("Use the demo digits", icon=":material/bolt:"):
-            return str(demo.ensure_demo_digits())
+            digits = demo.ensure_demo_digits()
+            users.record_dataset(digits, users.PUBLIC)  # the same for everyone
+            return str(digits)
     elif source == "Upload a zip":
         up = st.file_uploader("A .zip with one folder per class", type=["zip"])
         if up is not None:
@@ -96,8 +100,11 @@ def _choose_source() -> str | None:
         )
         if (clicked or st.session_state.pop("_data_path_entered", False)) and raw.strip():
             checked = workspace.check_inside_roots(raw.strip())
+            users.check_dataset(ui.user(), checked)
             with st.status("Reading…"):
-                return str(data.resolve_dataset(checked))  # a server-side .zip is extracted
+                folder = data.resolve_dataset(checked)  # a server-side .zip is extracted
+            users.record_dataset(folder, ui.user().name)
+            return str(folder)
     return None
 
 
@@ -145,6 +152,9 @@ def _choose_csv() -> str | None:
             return None
         checked = workspace.check_inside_roots(raw)
         images = str(workspace.check_inside_roots(images_raw)) if images_raw else ""
+        for path in (checked, images):
+            if path:
+                users.check_dataset(ui.user(), path)
         st.session_state[ui.DATA_CSV] = {**options, "images": images}
         return str(checked)
     return None

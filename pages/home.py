@@ -69,7 +69,9 @@ def _steps(run_list: list[dict[str, Any]]) -> None:
     first step not done, so the ticks and the hint never disagree."""
     dataset = st.session_state.get(ui.DATASET_PATH)
     cfg = st.session_state.get(ui.RUN_CONFIG)
-    usable = {r["run_id"]: r for r in evaluate.usable_runs()}  # runs with a best checkpoint
+    usable = {
+        r["run_id"]: r for r in ui.my_runs(evaluate.usable_runs())
+    }  # runs with a best checkpoint
     active = st.session_state.get(ui.ACTIVE_RUN_ID)
     active = active if active in usable else None
     stopped = sum(r.get("status") in ("stopped", "interrupted") for r in usable.values())
@@ -136,7 +138,7 @@ def main() -> None:
         "Every run is saved with its config, so the command line can repeat it exactly."
     )
     st.caption(f"Device in use: **{_device_label()}**")
-    run_list = runs.list_runs()
+    run_list = ui.my_runs(runs.list_runs())
 
     with st.container(border=True):
         c1, c2 = st.columns([2, 1], vertical_alignment="center")

@@ -10,7 +10,10 @@ route does not exist (`served()` is False) and the Train page keeps its fragment
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 from pathlib import Path
 
 import plotly
@@ -20,13 +23,17 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from cnnlab import jobs, live_feed
+from cnnlab import jobs, live_feed, users
 
 INTERVAL_MS = 1000  # how often a watching page polls
 API = "api/cnnlab"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FALLBACK = "_live_fallback"  # session key: the route was unreachable, use the fragment instead
 _served = False
+# The page hands the browser a feed URL signed for one job, after checking the visitor may see
+# it; the route answers only signed URLs (any sign-in mode) and, with a trusted user header,
+# only that user's (or an admin's) jobs. A restart makes new keys: pages re-run and re-sign.
+_KEY = secrets.token_bytes(32)
 
 HTML = """
 <div class="cnnlab-live">
@@ -71,8 +78,28 @@ def _base() -> str:
     return f"/{base}/" if base else "/"
 
 
+def token(job_id: str) -> str:
+    """The signature a feed URL for job_id carries (valid for this server process)."""
+    return hmac.new(_KEY, job_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _allowed(request: Request, job_id: str) -> bool:
+    """The URL is signed for this job, and a trusted user header (if any) names its owner or an
+    admin."""
+    if not hmac.compare_digest(request.query_params.get("t", ""), token(job_id)):
+        return False
+    if users.mode() != "header":
+        return True
+    snap = jobs.get_manager().snapshot(job_id)
+    peer = request.client.host if request.client else None
+    who = users.identify(request.headers, peer, st.get_option("server.address"))
+    return who is not None and snap is not None and users.can_see(who, snap.owner)
+
+
 def _feed(request: Request) -> Response:
     job_id = request.path_params["job_id"]
+    if not _allowed(request, job_id):  # the same answer as an unknown job: nothing to probe
+        return JSONResponse({"error": f"no job {job_id!r} in this server"}, status_code=404)
     try:  # the figure revisions the page holds, e.g. ?loss=3&acc=1; figures=0: none this time
         have = {n: int(request.query_params.get(n, 0)) for n in live_feed.FIGURES}
         figures = bool(int(request.query_params.get("figures", 1)))
@@ -120,7 +147,7 @@ def view(job_id: str, phase: str) -> None:
         data={
             "job": job_id,
             "phase": phase,
-            "url": f"{base}{API}/jobs/{job_id}/live",
+            "url": f"{base}{API}/jobs/{job_id}/live?t={token(job_id)}",
             "plotly_url": f"{base}{API}/plotly-{plotly.__version__}.min.js",
             "interval_ms": INTERVAL_MS,
             "redraw_ms": int(live_feed.REDRAW_S * 1000),

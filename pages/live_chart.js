@@ -99,7 +99,7 @@ function startPoller(root, data, setTriggerValue) {
       try {
         const query = new URLSearchParams(state.revs);
         if (performance.now() < state.drawAfter) query.set("figures", "0");
-        const response = await fetch(`${data.url}?${query}`, { cache: "no-store" });
+        const response = await fetch(`${data.url}${data.url.includes("?") ? "&" : "?"}${query}`, { cache: "no-store" });
         if (response.status === 404) {
           setTriggerValue("phase", "gone"); // the job was released: the page says what is left
           return;

@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import archive, config, models, registry, runs, weights, workspace
+from cnnlab import archive, config, models, reach, registry, runs, weights, workspace
 from cnnlab.config import ModelConfig, RunConfig
 from cnnlab.errors import CnnlabError, WeightsError
 from pages import ui
@@ -139,9 +139,19 @@ def _weights_source(cfg: ModelConfig) -> str:
     if kind == "url":
         ui.seed_widget("m_weights_url", current if weights.is_url(current) else "")
         url = st.text_input("Weights URL (http:// or https://)", key="m_weights_url").strip()
-        return url or "random"
+        if not url:
+            return "random"
+        try:
+            weights.remote_url(url, models.get_spec("custom"))  # http(s) with a file name
+            reach.check_weights_url(url)  # a host the operator allows
+        except CnnlabError as exc:
+            st.error(str(exc))
+            return "random"
+        return url
     if kind == "run":
-        choices = [r["run_id"] for r in runs.list_runs() if r.get("status") == "completed"]
+        choices = [
+            r["run_id"] for r in ui.my_runs(runs.list_runs()) if r.get("status") == "completed"
+        ]
         if not choices:
             st.info("No finished runs yet: train one first, or pick another weights source.")
             return "random"

@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnlab import predict_api
+from cnnlab import predict_api, users
 from cnnlab.errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,27 @@ async def _images(request: Request, body: bytes) -> tuple[list[tuple[str, bytes]
     )
 
 
+def _caller(request: Request) -> users.User | None:
+    """Whose runs this request may use: None (any) on a demo server or a single-user lab; the
+    trusted header's user behind a proxy; OIDC sign-ins have no API access (no cookie here)."""
+    if predict_api.served_run():
+        return None  # `cnnlab serve`: one run, shared on purpose
+    from pages import ui  # the OIDC setting lives with the pages
+
+    if ui.oidc_configured():
+        raise predict_api.ApiError(
+            401, "this lab signs users in with OIDC, which the API cannot check: share the run "
+            "with `cnnlab serve RUN` instead"
+        )  # fmt: skip
+    if users.mode() != "header":
+        return None
+    peer = request.client.host if request.client else None
+    who = users.identify(request.headers, peer, st.get_option("server.address"))
+    if who is None:
+        raise predict_api.ApiError(401, "sign in first: call the API through the lab's proxy")
+    return who
+
+
 async def _predict(request: Request) -> Response:
     try:
         async with _in_flight:
@@ -125,7 +146,7 @@ async def _predict(request: Request) -> Response:
             images, fields = await _images(request, body)
             run_id = request.query_params.get("run_id") or fields.get("run_id")
             k = predict_api.parse_top_k(request.query_params.get("top_k") or fields.get("top_k"))
-            run = predict_api.find_run(run_id)
+            run = predict_api.find_run(run_id, _caller(request))
 
             def work() -> dict:
                 return predict_api.predict_images(predict_api.predictor_for(run), images, k)
@@ -146,7 +167,7 @@ async def _predict(request: Request) -> Response:
 
 def _describe(request: Request) -> Response:
     try:
-        run = predict_api.find_run(request.query_params.get("run_id"))
+        run = predict_api.find_run(request.query_params.get("run_id"), _caller(request))
         return JSONResponse(predict_api.describe(run), headers=NO_STORE)
     except predict_api.ApiError as exc:
         return _error(exc.status, str(exc))

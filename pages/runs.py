@@ -253,7 +253,7 @@ def main() -> None:
     """Render the page."""
     ui.use_app_navigation()
     st.title("Runs")
-    summaries = runs.list_runs()
+    summaries = ui.my_runs(runs.list_runs())
     deleted_last = not summaries and st.session_state.pop(DELETED, None)
     if deleted_last:
         st.success(f"Deleted run `{deleted_last}`.", icon=":material/delete:")

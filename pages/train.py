@@ -292,7 +292,9 @@ def _result(snap: jobs.JobSnapshot) -> None:
         st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
     epochs_run = s.get("epochs_run") or 0
     if snap.status == "stopped":
-        st.warning(f"Stopped by you after {progress.plural(epochs_run, 'epoch')}.")
+        who = snap.stopped_by
+        by = "you" if who in (None, ui.user().name) else who
+        st.warning(f"Stopped by {by} after {progress.plural(epochs_run, 'epoch')}.")
     elif s.get("stopped_early"):
         waited = epochs_run - (s.get("best_epoch") or 0)
         st.info(

@@ -15,10 +15,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from cnnlab import jobs, models, plots, preflight, progress, tune
+from cnnlab import jobs, models, plots, preflight, progress, study_storage, tune, users
 from cnnlab.config import OPTIMIZERS, STRATEGIES, DataConfig, ModelConfig, TrainConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.search_space import Choices, Range, SearchSpace
+from cnnlab.study_storage import STORAGES_ENV, safe_url
 from pages import ui
 
 JOB_ID = "tune_job_id"  # session key: the tuning job this session shows
@@ -106,17 +107,20 @@ def _controls(dataset: str) -> dict[str, Any] | None:
         return None
     c1, c2 = st.columns(2)
     name = c1.text_input("Study name", value=tune.default_study_name(base), key="tn_study")
-    storage = c2.text_input(
-        "Storage URL",
-        placeholder="SQLite file in the workspace",
-        type="password",  # a PostgreSQL/MySQL URL may hold a password: never show it
-        help="e.g. postgresql://user:password@host/db to share a study between machines",
+    # never a typed path or URL: the server would open (and create) whatever a visitor names
+    storage = c2.selectbox(
+        "Storage",
+        [None, *study_storage.configured_storages()],
+        format_func=lambda u: "SQLite file in the workspace" if u is None else safe_url(u),
+        key="tn_storage",
+        help=f"Shared storages (e.g. PostgreSQL) are offered by the operator ({STORAGES_ENV})",
     )
     return {
         "base": base,
         "space": space,
-        "study_name": name.strip() or tune.default_study_name(base),
-        "storage": storage.strip() or None,
+        # with users, stored under the user's name: nobody reaches another's study by its name
+        "study_name": users.own_study(ui.user(), name.strip() or tune.default_study_name(base)),
+        "storage": storage,
         "sampler": sampler,
         "pruner": pruner,
         "n_trials": int(trials),
@@ -125,6 +129,8 @@ def _controls(dataset: str) -> dict[str, Any] | None:
 
 
 def _start(args: dict[str, Any]) -> None:
+    study_storage.visitor_storage(args["storage"])  # the one rule, checked again at the door
+
     def run(stop_event: threading.Event, emit: jobs.Emit) -> dict[str, Any]:
         study = tune.tune(**args, stop_event=stop_event, on_trial=emit)
         return tune.tune_summary(study)
@@ -253,7 +259,10 @@ def main() -> None:
     if c1.button(
         "Start", type="primary", icon=":material/play_arrow:", disabled=not idle, help=why
     ):
-        _start(args)
+        try:
+            _start(args)
+        except CnnlabError as exc:
+            ui.show_error(exc)
     stop_help = "Stop after the running trial's current batch" if running else "No study runs"
     if c2.button("Stop", icon=":material/stop:", disabled=not running, help=stop_help):
         ui.job_manager().stop(job_id)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cnnlab import data, evaluate, jobs, overrides, session
+from cnnlab import data, evaluate, jobs, overrides, session, users
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.progress import queued_line
@@ -70,9 +70,55 @@ def use_app_navigation() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def job_manager() -> jobs.JobManager:
-    """The process-wide job manager: every page reaches running jobs through this one call."""
+def _manager() -> jobs.JobManager:
     return jobs.get_manager()
+
+
+def job_manager() -> users.UserJobs:
+    """The process-wide job manager as this visitor sees it (their own jobs; admins: all):
+    every page reaches jobs through this one call."""
+    return users.UserJobs(_manager(), user())
+
+
+def oidc_configured() -> bool:
+    """True when secrets.toml has an [auth] section: Streamlit's OIDC login is set up."""
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:  # no secrets.toml at all (StreamlitSecretNotFoundError)
+        return False
+
+
+def user() -> users.User:
+    """Who this visitor is (cnnlab.users); without a sign-in the configured mode needs, the page
+    says so and stops."""
+    oidc = oidc_configured()
+    name = None
+    if oidc:
+        if not st.user.get("is_logged_in", False):  # absent before any sign-in
+            st.info("Sign in to use this lab.", icon=":material/login:")
+            st.button("Sign in", on_click=st.login, type="primary")
+            st.stop()
+        name = st.user.get("email") or st.user.get("sub")
+    who = users.identify(
+        dict(st.context.headers or {}),
+        st.context.ip_address,
+        st.get_option("server.address"),
+        oidc_name=str(name) if name else None,
+        oidc=oidc,
+    )
+    if who is None:
+        st.error(
+            "This server knows its users from the sign-in in front of it, and this request "
+            "carries none: open the lab through its sign-in address.",
+            icon=":material/lock:",
+        )
+        st.stop()
+    return who
+
+
+def my_runs(summaries: list[dict]) -> list[dict]:
+    """The run summaries this visitor may see (their own; admins: all)."""
+    return users.visible(user(), summaries)
 
 
 def restore_session() -> None:
@@ -83,7 +129,7 @@ def restore_session() -> None:
         url_id = st.query_params.get(QUERY_SESSION)
         sid = url_id if session.valid_id(url_id) else session.new_id()
         st.session_state[_SESSION_ID] = sid
-        for key, value in session.load(sid).items():
+        for key, value in session.load(sid, user().name).items():
             if key in SESSION_KEYS and key not in st.session_state:
                 st.session_state[key] = value
         st.session_state[_SESSION_SAVED] = session.to_record(_session_values())
@@ -100,7 +146,7 @@ def save_session() -> None:
     sid = st.session_state.get(_SESSION_ID)
     record = session.to_record(_session_values())
     if sid and record != st.session_state.get(_SESSION_SAVED):
-        session.save(sid, _session_values())
+        session.save(sid, _session_values(), user().name)
         st.session_state[_SESSION_SAVED] = record
 
 
@@ -243,7 +289,7 @@ TRAIN_PAGE = "pages/train.py"
 
 def choose_trained_run(container, key: str) -> str:
     """A run picker over the runs with a best checkpoint; without any, say so, link Train, stop."""
-    summaries = evaluate.usable_runs()
+    summaries = my_runs(evaluate.usable_runs())
     if not summaries:
         st.info("No trained run yet: train a model first.", icon=":material/info:")
         st.page_link(TRAIN_PAGE, label="Go to the Train page", icon=":material/model_training:")

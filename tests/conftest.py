@@ -14,6 +14,15 @@ if TYPE_CHECKING:
     from cnnlab.config import RunConfig
 
 
+@pytest.fixture(autouse=True)
+def _no_visitor_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as the CLI (no visitor rules); an AppTest's app.py turns them on for
+    itself, and they are switched off again after the test."""
+    from cnnlab import reach
+
+    monkeypatch.delenv(reach.DASHBOARD_ENV, raising=False)
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh CNNLAB_HOME under tmp_path, so no test touches ~/.cnnlab."""

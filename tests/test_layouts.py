@@ -130,6 +130,54 @@ def test_csv_with_ids_without_extension_and_a_split_column(tmp_path: Path) -> No
     assert reasons["img002"].startswith("row 28: unknown split 'holdout'")
 
 
+def test_csv_rows_outside_the_data_folders_all_read_the_same(tmp_path: Path, workspace) -> None:
+    """Issue 27: an existing server file and a missing one answer alike (nothing to probe)."""
+    folder = tmp_path / "csvset"
+    rows = [[f"img{i}.png", ["ant", "bee"][i % 2]] for i in range(8)]
+    for i in range(8):
+        _img(folder / f"img{i}.png", 900 + i)
+    elsewhere = _img(tmp_path / "elsewhere" / "secret.png", 999)
+    (folder / "linked.png").symlink_to(elsewhere)
+    probes = [
+        "../../../../../../etc/passwd",  # exists
+        "../../../../../../etc/no-such-file-here",  # does not
+        str(elsewhere),  # an absolute path to an existing image
+        "linked.png",  # a link inside the folder leading out
+    ]
+    labels = _csv(folder / "labels.csv", ["path", "label"], rows + [[p, "ant"] for p in probes])
+    report = cli.inspect_report(str(labels))
+    reasons = {p["path"]: p["reason"] for p in report["problems"]}
+    texts = {reasons[p].split(": ", 1)[1] for p in probes}
+    assert len(texts) == 1, texts
+    (text,) = texts
+    assert "outside the allowed data folders" in text
+    assert "link" not in text and "/etc" not in text and "secret" not in text
+
+
+def test_a_visitors_csv_reads_only_its_own_images_folder(
+    tmp_path: Path, workspace, monkeypatch
+) -> None:
+    """Issue 27: with users, the data roots hold other users' uploads; a dashboard visitor's CSV
+    row must not reach into them (the CLI, the operator, may)."""
+    from cnnlab import reach
+
+    mine = workspace / "datasets" / "mine-0123456789ab"
+    theirs = workspace / "datasets" / "theirs-ba9876543210"
+    for i in range(8):
+        _img(mine / f"img{i}.png", 700 + i)
+    _img(theirs / "private.png", 799)
+    rows = [[f"img{i}.png", ["ant", "bee"][i % 2]] for i in range(8)]
+    labels = _csv(workspace / "datasets" / "labels-0123456789ab.csv", ["path", "label"], rows)
+    rows.append(["../theirs-ba9876543210/private.png", "ant"])
+    labels = _csv(labels, ["path", "label"], rows)
+    report = cli.inspect_report(str(labels), images=str(mine))
+    assert not report["problems"]  # the CLI reads inside the data roots
+    monkeypatch.setenv(reach.DASHBOARD_ENV, "1")
+    report = cli.inspect_report(str(labels), images=str(mine))
+    (problem,) = report["problems"]
+    assert "outside the allowed data folders" in problem["reason"]
+
+
 def test_csv_columns_by_flag_and_images_folder(tmp_path: Path) -> None:
     images = tmp_path / "pics"
     rows = [[f"{c}/{i}.png", c, "x"] for c in ("a", "b") for i in range(5)]

@@ -57,3 +57,15 @@ def test_checkpoint_write_is_atomic_and_weights_only(workspace, tmp_path):
     runs.save_checkpoint_atomic(path, {"model_state": {"w": torch.ones(2)}, "epoch": 3})
     assert torch.load(path, weights_only=True)["epoch"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp files left behind
+
+
+def test_a_weights_url_is_stored_without_its_secrets(workspace):
+    cfg = _config()
+    cfg.model.weights = "https://bob:pw123@h.example/w.pth?X-Amz-Signature=abc123&X-Amz-Date=1"
+    run = runs.create_run(cfg, ["a", "b"])
+    text = run.config_path.read_text()
+    assert "pw123" not in text and "abc123" not in text
+    assert runs.read_config(run).model.weights == (
+        "https://bob:***@h.example/w.pth?X-Amz-Signature=***&X-Amz-Date=***"
+    )
+    assert cfg.model.weights.endswith("abc123&X-Amz-Date=1")  # the caller's config is unchanged

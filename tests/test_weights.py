@@ -51,12 +51,33 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
-        self.mode = "ok"  # ok | truncate (close halfway) | stall (send half, then wait 30 s)
+        self.redirects: dict[str, str] = {}  # path -> Location of a 302
+        self.slow: set[str] = set()  # paths whose body trickles out (a byte every 0.1 s)
+        self.sent = 0  # bytes of streamed bodies sent so far
+        # ok | truncate (close halfway) | stall (send half, then wait 30 s)
+        # | zeros (zeros without Content-Length, for ever)
+        self.mode = "ok"
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 outer.requests.append(self.path)
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.end_headers()
+                    return
+                if outer.mode == "zeros":
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        for _ in range(10_000):
+                            self.wfile.write(bytes(64 * 1024))
+                            outer.sent += 64 * 1024
+                    except OSError:  # the client hung up: what the test wants
+                        pass
+                    self.close_connection = True
+                    return
                 body = outer.files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -64,6 +85,15 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if self.path in outer.slow:
+                    try:
+                        for i in range(len(body)):
+                            self.wfile.write(body[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:
+                        pass
+                    return
                 if outer.mode == "ok":
                     self.wfile.write(body)
                     return
@@ -126,7 +156,11 @@ def _closed_port() -> int:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """Files left in the cache (relative paths), the per-file lock folder aside."""
+    if not folder.exists():
+        return []
+    files = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file()]
+    return sorted(str(p) for p in files if p.parts[0] != ".locks")
 
 
 def test_url_downloads_once_then_the_cache_needs_no_server(server: Server, hub: Path) -> None:
@@ -141,7 +175,9 @@ def test_url_downloads_once_then_the_cache_needs_no_server(server: Server, hub: 
     target = Tiny(5)
     weights.load_weights(target, url, spec, ("fc.",), lambda d, t, w: seen.append((d, t, w)))
     assert torch.equal(target.conv.weight, source.conv.weight)
-    assert _leftovers(hub) == [name]  # the file and nothing else (no .partial, no temp)
+    # the file and nothing else (no .partial, no temp), in the folder of its URL
+    assert _leftovers(hub) == [str(weights.cached_path(url).relative_to(hub))]
+    assert weights.cached_path(url).parent.parent.name == "by-url"
     assert seen[-1] == (len(payload), len(payload), f"downloading {name}")
     assert len(server.requests) == 1
 
@@ -259,7 +295,7 @@ def test_stalled_download_times_out(server: Server, hub: Path, monkeypatch) -> N
     with pytest.raises(WeightsError, match="timed out"):
         weights.fetch(f"{server.base}/slow.pth")
     assert _leftovers(hub) == []
-    assert socket.getdefaulttimeout() is None  # the process-wide default was restored
+    assert socket.getdefaulttimeout() is None  # no process-wide timeout was set
 
 
 def test_http_error_names_the_status(server: Server, hub: Path) -> None:
@@ -288,19 +324,198 @@ def test_a_dead_proxy_is_an_offline_error(hub: Path, monkeypatch) -> None:
 
 
 def test_temporaries_of_a_killed_download_are_cleaned(server: Server, hub: Path) -> None:
+    import fcntl
     import os
 
     payload = _state_bytes(Tiny(10).state_dict())
     name = _hub_name("tiny", payload)
     server.files[f"/{name}"] = payload
     hub.mkdir(parents=True)
-    old = hub / f".{name}.abc123.download.0f0f.partial"  # what a kill -9 mid-download leaves
-    fresh = hub / f".{name}.def456.download"  # another process downloading right now
+    url = f"{server.base}/{name}"
+    folder = weights.cached_path(url).parent
+    folder.mkdir(parents=True)
+    old = folder / f".{name}.abc123.download.0f0f.partial"  # what a kill -9 mid-download leaves
+    live = folder / f".{name}.def456.download"  # another process downloading right now
     old.write_bytes(b"half")
-    fresh.write_bytes(b"")
-    os.utime(old, (time.time() - 2 * weights.STALE_S,) * 2)
-    weights.fetch(f"{server.base}/{name}")
-    assert _leftovers(hub) == sorted([name, fresh.name])
+    live.write_bytes(b"")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a live download holds its temporary
+    try:
+        weights.fetch(url)
+    finally:
+        os.close(fd)
+    rel = folder.relative_to(hub)
+    assert _leftovers(hub) == sorted([str(rel / name), str(rel / live.name)])
+
+
+# ------------------------------------------------------------------ issue 27: safe downloads
+
+
+def _fresh_state() -> tuple[Tiny, bytes]:
+    model = Tiny(10)
+    return model, _state_bytes(model.state_dict())
+
+
+def test_two_urls_with_one_file_name_never_share_a_cached_file(hub: Path) -> None:
+    a, b = Server(), Server()
+    try:
+        model_a, bytes_a = _fresh_state()
+        model_b, bytes_b = _fresh_state()
+        a.files["/model.pth"], b.files["/model.pth"] = bytes_a, bytes_b
+        spec = ModelSpec("t", lambda c, n, s: Tiny(n), head="fc")
+        first, second = Tiny(5), Tiny(5)
+        weights.load_weights(first, f"{a.base}/model.pth", spec, ("fc.",))
+        weights.load_weights(second, f"{b.base}/model.pth", spec, ("fc.",))
+        assert b.requests == ["/model.pth"]  # b was asked, not answered from a's file
+        assert torch.equal(second.conv.weight, model_b.conv.weight)
+        assert not torch.equal(second.conv.weight, model_a.conv.weight)
+        assert weights.cached_path(f"{a.base}/model.pth") != weights.cached_path(
+            f"{b.base}/model.pth"
+        )
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_body_without_length_stops_at_the_size_cap(server: Server, hub: Path, monkeypatch):
+    monkeypatch.setenv(weights.MAX_MB_ENV, "1")
+    server.mode = "zeros"
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError, match="over the 1 MB cap"):
+        weights.fetch(f"{server.base}/big.pth")
+    assert time.monotonic() - t0 < 10
+    assert _leftovers(hub) == []  # the partial file went with the failure
+    assert server.sent < 50 * 1024 * 1024  # the server was cut off, not drained
+
+
+def test_a_trickle_cannot_outlast_the_deadline(server: Server, hub: Path, monkeypatch) -> None:
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "5")  # every byte comes well within the stall timeout
+    monkeypatch.setenv(weights.DEADLINE_ENV, "1.5")
+    server.files["/drip.pth"] = bytes(1000)
+    server.slow.add("/drip.pth")
+    t0 = time.monotonic()
+    with pytest.raises(WeightsError, match="deadline"):
+        weights.fetch(f"{server.base}/drip.pth")
+    assert time.monotonic() - t0 < 8
+    assert _leftovers(hub) == []
+
+
+def test_a_slow_download_does_not_hold_up_another_file(server: Server, hub: Path, monkeypatch):
+    monkeypatch.setenv(weights.DEADLINE_ENV, "20")
+    server.files["/slow.pth"] = bytes(60)  # 6 s at a byte every 0.1 s
+    server.slow.add("/slow.pth")
+    _, payload = _fresh_state()
+    server.files["/fast.pth"] = payload
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            weights.fetch(f"{server.base}/slow.pth")
+        except WeightsError as exc:  # not a state dict: expected once it finishes
+            errors.append(exc)
+
+    thread = threading.Thread(target=slow, daemon=True)
+    thread.start()
+    while "/slow.pth" not in server.requests:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    assert weights.fetch(f"{server.base}/fast.pth").is_file()
+    assert time.monotonic() - t0 < 3 and thread.is_alive()  # fast finished while slow still runs
+    thread.join(20)
+
+
+def test_a_redirect_to_another_scheme_is_not_followed(server: Server, hub: Path) -> None:
+    with socket.socket() as listener:  # an FTP-like listener: it must see no connection
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        server.redirects["/w.pth"] = f"ftp://user@127.0.0.1:{port}/w.pth"
+        with pytest.raises(WeightsError, match="redirect to ftp: refused"):
+            weights.fetch(f"{server.base}/w.pth")
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    assert _leftovers(hub) == []
+
+
+def test_visitor_rules_allow_only_listed_hosts_and_redirects(
+    server: Server, hub: Path, monkeypatch
+) -> None:
+    from cnnlab import reach
+
+    other = Server()
+    try:
+        _, payload = _fresh_state()
+        other.files["/w.pth"] = payload
+        monkeypatch.setenv(reach.DASHBOARD_ENV, "1")
+        monkeypatch.setenv(reach.HOSTS_ENV, "127.0.0.1")
+        # another host (the same machine by another name) is not on the list: never contacted
+        with pytest.raises(WeightsError, match="not on this server's list"):
+            weights.fetch(other.base.replace("127.0.0.1", "localhost") + "/w.pth")
+        assert other.requests == []
+        # nor reached through a redirect from an allowed host
+        server.redirects["/r.pth"] = other.base.replace("127.0.0.1", "localhost") + "/w.pth"
+        with pytest.raises(WeightsError, match="not on the weights hosts list"):
+            weights.fetch(f"{server.base}/r.pth")
+        assert other.requests == []
+        # the CLI (no visitor rules) is not restricted
+        monkeypatch.delenv(reach.DASHBOARD_ENV)
+        assert weights.fetch(f"{server.base}/r.pth").is_file()
+        assert other.requests == ["/w.pth"]
+    finally:
+        other.stop()
+
+
+def test_visitor_errors_do_not_tell_closed_ports_from_missing_files(
+    server: Server, hub: Path, monkeypatch
+) -> None:
+    from cnnlab import reach
+
+    monkeypatch.setenv(reach.DASHBOARD_ENV, "1")
+    monkeypatch.setenv(reach.HOSTS_ENV, "127.0.0.1")
+    texts = []
+    for url in (f"{server.base}/missing.pth", f"http://127.0.0.1:{_closed_port()}/missing.pth"):
+        with pytest.raises(WeightsError) as info:
+            weights.fetch(url)
+        texts.append(str(info.value).replace(url, "URL"))
+    assert texts[0] == texts[1]
+    assert "404" not in texts[0] and "refused" not in texts[0].lower()
+
+
+def test_secrets_in_urls_are_redacted_in_errors(server: Server, hub: Path) -> None:
+    from cnnlab import reach
+
+    url = f"http://alice:hunter2@{server.base[7:]}/missing.pth?X-Amz-Signature=s3cr3t&v=1"
+    with pytest.raises(WeightsError) as info:
+        weights.fetch(url)
+    text = str(info.value)
+    assert "hunter2" not in text and "s3cr3t" not in text
+    assert "X-Amz-Signature=***" in text and "alice:***@" in text
+    assert reach.redact_url("https://h/x.pth") == "https://h/x.pth"
+
+
+@pytest.mark.slow
+def test_sigterm_mid_download_leaves_no_partial(server: Server, hub: Path, tmp_path: Path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server.files["/slow.pth"] = bytes(600)
+    server.slow.add("/slow.pth")
+    code = "import sys; from cnnlab import weights; weights.fetch(sys.argv[1])"
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    proc = subprocess.Popen([sys.executable, "-c", code, f"{server.base}/slow.pth"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(".download" in p for p in _leftovers(hub)):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) != 0
+    finally:
+        proc.kill()
+    assert _leftovers(hub) == []
 
 
 def test_a_failed_download_keeps_start_off_until_the_file_is_there(

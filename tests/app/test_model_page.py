@@ -124,6 +124,7 @@ def test_download_button_fetches_url_weights(
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("CNNLAB_WEIGHTS_HOSTS", "127.0.0.1")  # the operator allows this host
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     url = f"http://127.0.0.1:{httpd.server_address[1]}/{name}"
     try:
@@ -132,12 +133,26 @@ def test_download_button_fetches_url_weights(
         at.selectbox(key="m_backbone").set_value("mobilenet_v3_small").run()
         at.radio(key="m_weights_kind").set_value("url").run()
         at.text_input(key="m_weights_url").set_value(url).run()
-        assert any("not downloaded yet" in i.value for i in at.info)
+        assert any("not downloaded yet" in i.value for i in at.info), [e.value for e in at.error]
         at.button(key="m_download").click().run()
     finally:
         httpd.shutdown()
         httpd.server_close()
     assert not at.exception and not at.error and not at.warning
     assert not any("not downloaded yet" in i.value for i in at.info)
-    assert (tmp_path / "torch" / "hub" / "checkpoints" / name).is_file()
+    from cnnlab import weights
+
+    assert weights.cached_path(url).is_file() and weights.cached_path(url).name == name
     assert at.session_state["run_config"].model.weights == url
+
+
+def test_a_weights_url_off_the_hosts_list_is_refused_on_the_page(model_page: AppTest) -> None:
+    """Issue 27: the weights URL field was a port scanner (any host:port, told apart by errors)."""
+    at = model_page
+    at.radio(key="m_family").set_value("Transfer learning").run()
+    at.selectbox(key="m_backbone").set_value("mobilenet_v3_small").run()
+    at.radio(key="m_weights_kind").set_value("url").run()
+    at.text_input(key="m_weights_url").set_value("http://10.0.0.7:22/x.pth").run()
+    assert not at.exception
+    assert any("not on this server's list of weights hosts" in e.value for e in at.error)
+    assert at.session_state["run_config"].model.weights == "random"

@@ -79,3 +79,25 @@ def test_tiny_study_runs_live_and_hands_the_best_to_train(
     assert loaded and "page-study" in loaded[0] and "instead of the trial's 2" in loaded[0]
     assert at.number_input(key="t_epochs").value == TrainConfig().epochs
     assert not at.metric  # the previous result is gone
+
+
+def test_storage_is_a_choice_never_a_typed_path(
+    workspace: Path, digits_dir: Path, fresh_app, monkeypatch, tmp_path: Path
+) -> None:
+    """Issue 27: a typed sqlite:////any/path/evil.db made folders and files anywhere."""
+    from cnnlab import study_storage
+    from cnnlab.errors import ConfigError
+
+    shared = "postgresql://lab:s3cret@db.example/optuna"
+    monkeypatch.setenv(study_storage.STORAGES_ENV, shared)
+    at = fresh_app("pages/tune.py", dataset_path=str(digits_dir))
+    assert not at.exception
+    assert not [t for t in at.text_input if "storage" in t.label.lower()]
+    box = at.selectbox(key="tn_storage")
+    assert box.options == ["SQLite file in the workspace", "postgresql://lab:***@db.example/optuna"]
+    evil = tmp_path / "any" / "path" / "evil.db"
+    with pytest.raises(ConfigError, match="not one this server offers"):
+        study_storage.visitor_storage(f"sqlite:///{evil}")
+    assert not (tmp_path / "any").exists()
+    assert study_storage.visitor_storage(shared) == shared
+    assert study_storage.visitor_storage(None) is None
