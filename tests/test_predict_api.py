@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab import predict_api, runs
+from cnnlab import predict_api, runs, users
 from cnnlab.predict import Predictor
 
 
@@ -51,6 +51,17 @@ def test_find_run_takes_a_workspace_run_id_and_nothing_else(home: Path, trained,
         assert _status(predict_api.find_run, "linked-run")[0] == 404
     finally:
         link.unlink()
+
+
+def test_a_user_reaches_only_their_own_runs(home: Path, trained, monkeypatch) -> None:
+    """Issue 27 over the API: another user's run answers like a missing one; admins reach all."""
+    run_id = trained[0]["run_id"]
+    owner = runs.read_summary(runs.load_run(run_id)).get("owner") or users.SINGLE_USER
+    monkeypatch.setenv(users.ADMINS_ENV, "root")
+    assert predict_api.find_run(run_id, users.make_user(owner)).run_id == run_id
+    assert predict_api.find_run(run_id, users.make_user("root")).run_id == run_id
+    status, message = _status(predict_api.find_run, run_id, users.make_user("mallory"))
+    assert status == 404 and message == f"no run {run_id!r} on this server"
 
 
 def test_a_served_run_is_the_only_one(home: Path, trained, monkeypatch) -> None:
