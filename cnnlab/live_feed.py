@@ -8,13 +8,15 @@ watching the same job: building a Plotly figure holds the GIL beside the trainin
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import plots, progress, runs
+from . import plots, progress, runs, workspace
 from .archive import dataset_name
 from .errors import CnnlabError
 from .jobs import JobManager, JobSnapshot
@@ -35,6 +37,13 @@ PAGE_LAYOUT = {
 FIGURES = ("loss", "acc")
 NO_LOSS_YET = "The loss curve appears with the first batches."
 NO_ACC_YET = "Accuracy is measured at the end of each epoch."
+
+
+def sign(job_id: str) -> str:
+    """The signature a feed URL for job_id carries; the key lives in the workspace, so a page
+    left open across a server restart keeps its feed."""
+    key = workspace.secret_key("feed")
+    return hmac.new(key, job_id.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def phase(snap: JobSnapshot) -> str:

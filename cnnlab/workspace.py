@@ -55,6 +55,29 @@ def runs_dir() -> Path:
     return _sub("runs")
 
 
+def secret_key(name: str) -> bytes:
+    """A 32-byte key kept in the workspace (mode 0600), made on first use: what one server
+    signs, the next (after a restart) and the CLI still accept."""
+    path = home() / f"{name}.key"
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        pass
+    with temp_file(path.parent, f".{name}-", ".key") as tmp:
+        tmp.write_bytes(os.urandom(32))
+        os.chmod(tmp, 0o600)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            os.link(tmp, path)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise DataError(f"{path} holds {len(key)} bytes, not a 32-byte key; delete it to make anew")
+    return key
+
+
 def studies_url() -> str:
     """The embedded default Optuna storage: an SQLite file in the workspace."""
     return f"sqlite:///{home() / 'studies.db'}"

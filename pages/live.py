@@ -10,10 +10,8 @@ route does not exist (`served()` is False) and the Train page keeps its fragment
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
-import secrets
 from pathlib import Path
 
 import plotly
@@ -32,8 +30,7 @@ FALLBACK = "_live_fallback"  # session key: the route was unreachable, use the f
 _served = False
 # The page hands the browser a feed URL signed for one job, after checking the visitor may see
 # it; the route answers only signed URLs (any sign-in mode) and, with a trusted user header,
-# only that user's (or an admin's) jobs. A restart makes new keys: pages re-run and re-sign.
-_KEY = secrets.token_bytes(32)
+# only that user's (or an admin's) jobs. The key is the workspace's (live_feed.sign).
 
 HTML = """
 <div class="cnnlab-live">
@@ -79,8 +76,8 @@ def _base() -> str:
 
 
 def token(job_id: str) -> str:
-    """The signature a feed URL for job_id carries (valid for this server process)."""
-    return hmac.new(_KEY, job_id.encode(), hashlib.sha256).hexdigest()[:32]
+    """The signature a feed URL for job_id carries."""
+    return live_feed.sign(job_id)
 
 
 def _allowed(request: Request, job_id: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cnnlab import job_queue, jobs, runs
+from cnnlab import job_queue, jobs, live_feed, runs
 from tests.servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,8 @@ def _wait(predicate, what: str, timeout: float = 300.0) -> None:
 
 
 def _feed(port: int, job_id: str) -> dict:
-    url = f"http://127.0.0.1:{port}/api/cnnlab/jobs/{job_id}/live?figures=0"
+    token = live_feed.sign(job_id)  # what the Train page signs its feed URL with
+    url = f"http://127.0.0.1:{port}/api/cnnlab/jobs/{job_id}/live?figures=0&t={token}"
     with urllib.request.urlopen(url, timeout=30) as r:
         return json.loads(r.read())
 

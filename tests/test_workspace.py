@@ -25,3 +25,17 @@ def test_paths_outside_data_roots_are_refused(tmp_path, monkeypatch):
         workspace.check_inside_roots(tmp_path / "data" / ".." / "elsewhere")
     with pytest.raises(DataError):
         workspace.check_inside_roots("/etc")
+
+
+def test_a_secret_key_is_made_once_private_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path))
+    key = workspace.secret_key("feed")
+    path = tmp_path / "feed.key"
+    assert len(key) == 32 and path.read_bytes() == key
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert workspace.secret_key("feed") == key  # the next process reads the same key
+    assert workspace.secret_key("other") != key
+    assert not list(tmp_path.glob(".feed-*"))  # no temp file left behind
+    path.write_bytes(b"short")
+    with pytest.raises(DataError, match="delete it"):
+        workspace.secret_key("feed")

@@ -374,8 +374,9 @@ def test_epochs_of_an_interrupted_run_come_from_its_metrics(
     (row,) = runs.list_runs()
     assert row["status"] == "interrupted" and row["epochs_run"] == 2
     code, out, _ = _main(capsys, "runs")
-    line = next(ln for ln in out.splitlines() if ln.startswith(run.run_id))
-    assert line.split()[3] == "2"
+    header, *lines = out.splitlines()
+    line = next(ln for ln in lines if ln.startswith(run.run_id))
+    assert dict(zip(header.split(), line.split(), strict=False))["epochs"] == "2"
 
 
 def test_leftover_temporaries_go_when_the_run_resumes(workspace: Path, colour_classes: Path):
