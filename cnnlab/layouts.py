@@ -12,6 +12,7 @@ import codecs
 import csv
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,15 +123,12 @@ def _outside_problem(rel: str, target: Path) -> Problem:
     )
 
 
-def _outside_row(ref: str, n: int) -> Problem:
-    """One text for every CSV row whose file lies outside the data folders, whether it exists,
-    is a link or not: which server files exist must not show."""
-    return Problem(
-        ref,
-        f"row {n}: outside the allowed data folders (the CSV's folder, its images folder and "
-        "CNNLAB_DATA_ROOTS); copy the image into the data set or add its folder to "
-        "CNNLAB_DATA_ROOTS",
-    )
+# One text for every CSV row whose file lies outside the data folders, whether it exists, is a
+# link or not: which server files exist must not show.
+_OUTSIDE_ROW = (
+    "outside the allowed data folders (the CSV's folder, its images folder and "
+    "CNNLAB_DATA_ROOTS); copy the image into the data set or add its folder to CNNLAB_DATA_ROOTS"
+)
 
 
 def walk_images(folder: Path, root: Path, roots: list[Path], problems: list[Problem]) -> list[Path]:
@@ -299,6 +297,76 @@ def _pick(header: list[str], given: str, names: tuple[str, ...], what: str, flag
     )
 
 
+# A CSV of a million rows naming missing files is a million problems: listed whole they took
+# gigabytes and minutes to build, print and show. The first ones are listed; the rest are
+# counted per kind in one closing line each.
+MAX_LISTED_ROW_PROBLEMS = 1000
+
+
+class _RowProblems:
+    """Collects a CSV's row problems: the first MAX_LISTED_ROW_PROBLEMS in full, then counts."""
+
+    def __init__(self, into: list[Problem]) -> None:
+        self.into = into
+        self.listed = 0
+        self.more: dict[str, list[int]] = {}  # kind -> [count, first row number]
+
+    def add(self, kind: str, row: int, where: str, detail: str = "") -> None:
+        """List "row N: kind" (or detail when given) for `where`, or count it once the list is
+        full. detail is only formatted by the caller when cheap: most rows are counted."""
+        if self.listed < MAX_LISTED_ROW_PROBLEMS:
+            self.listed += 1
+            self.into.append(Problem(where, f"row {row}: {detail or kind}"))
+            return
+        self.more.setdefault(kind, [0, row])[0] += 1
+
+    def close(self) -> None:
+        """Append one line per kind of problem that was counted, not listed."""
+        for kind, (count, first) in self.more.items():
+            self.into.append(
+                Problem(
+                    f"rows from {first}",
+                    f"{count:,} more row(s) from row {first} on, not listed one by one: {kind}",
+                )  # fmt: skip
+            )
+
+
+def _inside_test(roots: list[Path]) -> Callable[[str], bool]:
+    """_inside on resolved path strings: a prefix test (a million rows make Path.parents slow)."""
+    prefixes = tuple(str(r) if str(r).endswith(os.sep) else str(r) + os.sep for r in roots)
+    exact = {str(r) for r in roots}
+    return lambda real: real in exact or real.startswith(prefixes)
+
+
+def _real_path(path: str, real_dirs: dict[str, str]) -> str | None:
+    """os.path.realpath(path) but for a link in its last part, with its folder's real path
+    remembered (a million rows in a few folders resolve a few folders). None for a link loop."""
+    head, tail = os.path.split(path)
+    try:
+        if tail in ("", ".", ".."):
+            return os.path.realpath(path)
+        real_head = real_dirs.get(head)
+        if real_head is None:
+            if len(real_dirs) > 10_000:  # one folder per row: keep the memory bounded
+                real_dirs.clear()
+            real_head = real_dirs[head] = os.path.realpath(head)
+        return os.path.join(real_head, tail)
+    except (OSError, ValueError):
+        return None
+
+
+def _file_kind(real: str) -> tuple[str, bool]:
+    """(the file's real path, whether it is a regular file) with one lstat, following a link."""
+    try:
+        mode = os.lstat(real).st_mode
+    except (OSError, ValueError):
+        return real, False
+    if stat.S_ISLNK(mode):
+        real = os.path.realpath(real)
+        return real, os.path.isfile(real)
+    return real, stat.S_ISREG(mode)
+
+
 def _image_index(folder: Path, roots: list[Path]) -> dict[str, Path | None]:
     """For ids without an extension: {relative path without suffix, or bare name: file}.
 
@@ -376,55 +444,62 @@ def _read_csv_rows(
     if reach.visitor_rules():  # the data roots hold other users' uploads: a visitor's CSV reads
         roots = [base]  # only its own images folder (or, without one, the CSV's own folder)
     layout = Layout(base, "csv" if i_split is not None else "random")
+    problems = _RowProblems(layout.problems)
     index: dict[str, Path | None] | None = None
-    seen: dict[Path, int] = {}
+    seen: dict[str, int] = {}
+    real_dirs: dict[str, str] = {}
+    inside = _inside_test(roots)
+    base_str = str(base)
+    missing = f"no such image file under {base} (check the path or --images)"
     n = 1
     for n, row in enumerate(stream, 2):
         cells = row + [""] * (len(header) - len(row))
         ref, label = cells[i_path].strip(), cells[i_label].strip()
-        where = ref or f"row {n}"
         if not ref:
-            layout.problems.append(Problem(where, f"row {n}: empty image path"))
+            problems.add("empty image path", n, f"row {n}")
             continue
         if not label:
-            layout.problems.append(Problem(ref, f"row {n}: empty label"))
+            problems.add("empty label", n, ref)
             continue
         split = ""
         if i_split is not None:
             raw_split = cells[i_split].strip().lower()
             split = SPLIT_NAMES.get(raw_split, "")
             if raw_split and not split:
-                layout.problems.append(
-                    Problem(ref, f"row {n}: unknown split {cells[i_split]!r} (use train/val/test)")
-                )
+                problems.add("unknown split (use train/val/test)", n, ref,
+                             f"unknown split {cells[i_split]!r} (use train/val/test)")  # fmt: skip
                 continue
-        path = base / ref.replace("\\", "/")
-        if not _inside(path.resolve(), roots):  # before any existence check: no probing
-            layout.problems.append(_outside_row(ref, n))
+        key = ref.replace("\\", "/")
+        real = _real_path(os.path.join(base_str, key), real_dirs)
+        if real is None or not inside(real):  # before any existence check: no probing
+            problems.add(_OUTSIDE_ROW, n, ref)
             continue
-        if not path.is_file():  # an id without extension, or a path under a wrapper folder
+        named = real
+        real, is_file = _file_kind(named)
+        if real != named and not inside(real):  # a link leading outside
+            problems.add(_OUTSIDE_ROW, n, ref)
+            continue
+        if not is_file:  # an id without extension, or a path under a wrapper folder
             if index is None:
                 index = _image_index(base, roots)
-            key = ref.replace("\\", "/")
-            if Path(key).suffix.lower() in IMAGE_EXTENSIONS:
-                key = key.rsplit(".", 1)[0]
-            path = index.get(key) or index.get(Path(key).name) or path
-        if not path.is_file():
-            layout.problems.append(
-                Problem(
-                    ref, f"row {n}: no such image file under {base} (check the path or --images)"
-                )
-            )
-            continue
-        real = path.resolve()
-        if not _inside(real, roots):
-            layout.problems.append(_outside_row(ref, n))
-            continue
+            stem, ext = os.path.splitext(key)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                key = stem
+            found = index.get(key) or index.get(key.rsplit("/", 1)[-1])
+            if found is None:
+                problems.add(missing, n, ref)
+                continue
+            real = str(found.resolve())
+            if not inside(real):
+                problems.add(_OUTSIDE_ROW, n, ref)
+                continue
         if real in seen:
-            layout.problems.append(Problem(ref, f"row {n}: the same file as row {seen[real]}"))
+            problems.add("the same file as an earlier row", n, ref,
+                         f"the same file as row {seen[real]}")  # fmt: skip
             continue
         seen[real] = n
-        layout.entries.append(Entry(real, label, split, n))
+        layout.entries.append(Entry(Path(real), label, split, n))
+    problems.close()
     if not layout.entries:
         raise DataError(
             f"{name}: none of its {n - 1} rows names a usable image file under {base}; "

@@ -365,7 +365,37 @@ def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
     layout = layouts.read_csv(path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert len(layout.entries) == 6 and len(layout.problems) == 2_000
+    assert len(layout.entries) == 6 and len(layout.problems) == layouts.MAX_LISTED_ROW_PROBLEMS + 1
+    assert layout.problems[-1].reason.startswith("1,000 more row(s) from row 1008 on")
     assert peak < 8 * 2**20, (
         f"peak {peak / 2**20:.1f} MB for a {path.stat().st_size / 2**20:.0f} MB CSV"
     )
+
+
+def test_a_million_problem_rows_are_counted_not_listed(tmp_path: Path) -> None:
+    """1,000 problems are listed; the rest is one line per kind with its count."""
+    from cnnlab import layouts
+
+    rows = _two_class_images(tmp_path)
+    path = tmp_path / "labels.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        writer.writerows([*r, "train"] for r in rows)
+        writer.writerows([f"gone/{i}.png", "cat", "train"] for i in range(1_500))
+        writer.writerows(["cat/0.png", "dog", "train"] for _ in range(300))  # copies of row 2
+        writer.writerow(["../outside.png", "cat", "train"])
+        writer.writerow(["cat/1.png", "cat", "holdout"])
+    layout = layouts.read_csv(path)
+    assert len(layout.entries) == 6
+    listed, more = layout.problems[:1000], layout.problems[1000:]
+    assert all("no such image file" in p.reason for p in listed)
+    assert [p.reason.split(":")[0] for p in more] == [
+        "500 more row(s) from row 1008 on, not listed one by one",
+        "300 more row(s) from row 1508 on, not listed one by one",
+        "1 more row(s) from row 1808 on, not listed one by one",
+        "1 more row(s) from row 1809 on, not listed one by one",
+    ]
+    assert "the same file as an earlier row" in more[1].reason
+    assert "outside the allowed data folders" in more[2].reason
+    assert "unknown split" in more[3].reason
