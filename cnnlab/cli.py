@@ -7,6 +7,7 @@ outside scripts, so its keys are only ever added to, never renamed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -212,24 +213,56 @@ def _launch_if_asked(args: argparse.Namespace) -> int | None:
 def _print_failed_run(args: argparse.Namespace, code: int, run_id: str | None) -> int:
     """--json after the launched processes failed: the run's summary (its status and error), so
     a script reads the same JSON object as on success."""
-    from . import runs
-
-    if code and args.json and run_id:
-        try:
-            run = runs.load_run(run_id)
-        except CnnlabError:
-            return code  # no run folder was made: the workers said why on stderr
-        console.print_json({**runs.read_summary(run), "run_id": run.run_id,
-                            "run_dir": str(run.run_dir)})  # fmt: skip
+    if code and args.json:
+        _print_failure_json(run_id, f"the training processes failed (exit {code}); see stderr")
     return code
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed, preflight, runs, train
+def _print_failure_json(run_id: str | None, error: str) -> None:
+    """The one JSON object a failed `train/resume --json` prints: the run's summary when the run
+    failed or was interrupted (its status and error), else {"status": "failed", "error": ...}."""
+    from . import runs
 
-    if getattr(args, "nproc_per_node", None) and "LOCAL_RANK" not in os.environ and args.json:
-        # rank 0 names its run so (see fit); a parent (the dashboard) may have chosen it already
+    printed: dict = {"status": "failed", "error": error, "run_id": None, "run_dir": None}
+    if run_id:
+        try:
+            run = runs.load_run(run_id)
+        except CnnlabError:
+            pass  # no run folder was made (a pre-flight problem, an unknown run)
+        else:
+            summary = runs.read_summary(run)
+            printed.update(run_id=run.run_id, run_dir=str(run.run_dir))
+            if summary.get("status") in ("failed", "interrupted"):
+                printed = {"error": error, **summary, **printed, "status": summary["status"]}
+    console.print_json(printed)
+
+
+@contextlib.contextmanager
+def _json_on_failure(args: argparse.Namespace, run_id: str | None):
+    """`--json`: a failing train/resume still prints one JSON object (then fails as before).
+    torchrun's workers print nothing: their launcher prints it once."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.json and "LOCAL_RANK" not in os.environ:
+            _print_failure_json(run_id, str(exc) or type(exc).__name__)
+        raise
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import runs
+
+    if args.json and not args.folds and "LOCAL_RANK" not in os.environ:
+        # fit (rank 0 too) names its run so, and a failure's JSON can name it; a parent (the
+        # dashboard) may have chosen it already
         os.environ.setdefault("CNNLAB_RUN_ID", runs.new_run_id())
+    with _json_on_failure(args, os.environ.get("CNNLAB_RUN_ID")):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from . import distributed, preflight, train
+
     launched = _launch_if_asked(args)
     if launched is not None:
         return _print_failed_run(args, launched, os.environ.get("CNNLAB_RUN_ID"))
@@ -364,6 +397,11 @@ def _cmd_overrides(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    with _json_on_failure(args, args.run):
+        return _resume(args)
+
+
+def _resume(args: argparse.Namespace) -> int:
     from . import distributed, train
 
     launched = _launch_if_asked(args)
@@ -373,6 +411,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     summary = train.resume(args.run, callbacks=[printer])
     if not distributed.is_main_process():
         return 0
+    if args.json:
+        console.print_json(summary)
+    else:
+        console.print_summary(summary)
+    return 0
     if args.json:
         console.print_json(summary)
     else:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -214,3 +215,41 @@ def test_a_reader_that_closes_early_is_no_traceback(workspace, tmp_path) -> None
     )  # fmt: skip
     assert proc.stdout == "[\n"
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "made_run", "needle"),
+    [
+        (["train", "{tiny}", "--lr", "10", "--optimizer", "sgd", "--schedule", "constant"], True,
+         "NaN/Inf"),
+        (["train", "{onesmall}"], False, "'b'"),
+        (["train", "{onesmall}", "--nproc-per-node", "2"], False, "training processes failed"),
+        (["resume", "no-such-run"], False, "no run 'no-such-run'"),
+    ],
+)  # fmt: skip
+def test_a_failing_train_or_resume_json_prints_one_json_object(
+    args, made_run, needle, workspace, tmp_path
+):
+    """Issue 28 item 13: `--json` prints one JSON object with the error on every failure: the
+    failed run's summary when a run folder was made, else status, error and run_id null."""
+    rng = np.random.default_rng(0)
+    for folder, sizes in (("tiny", {"a": 12, "b": 12}), ("onesmall", {"a": 12, "b": 1})):
+        for c, n in sizes.items():
+            (tmp_path / folder / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / folder / c / f"{i}.png")
+    fill = {"{tiny}": str(tmp_path / "tiny"), "{onesmall}": str(tmp_path / "onesmall")}
+    small = ["--image-size", "8", "--epochs", "2", "--batch-size", "4", "--device", "cpu"]
+    argv = [fill.get(a, a) for a in args] + (small if args[0] == "train" else []) + ["--json"]
+    proc = cnnlab(*argv, home=workspace, check=False)
+    assert proc.returncode == 2, proc.stderr
+    printed = json.loads(proc.stdout)  # the whole of stdout: one object
+    assert printed["status"] == "failed" and needle in printed["error"]
+    run_dirs = sorted((workspace / "runs").glob("*/summary.json"))
+    if made_run:
+        assert [p.parent.name for p in run_dirs] == [printed["run_id"]]
+        assert printed["n_train"] == 16  # the run's own summary
+    else:
+        assert printed["run_id"] is None and not run_dirs
