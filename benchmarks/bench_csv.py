@@ -53,7 +53,7 @@ def measure(csv_path: Path, code: Path, home: Path) -> tuple[float, float, float
     t0 = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "cnnlab", "inspect", str(csv_path), "--json"],
-        env=env, stdout=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, cwd=home.parent,  # not the repo: -m imports from cwd
     )  # fmt: skip
     _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not all children's
     child.returncode = os.waitstatus_to_exitcode(status)
