@@ -50,6 +50,24 @@ def _path_entered() -> None:
     st.session_state["_data_path_entered"] = True
 
 
+def _one_file(label: str, ext: str, key: str):
+    """A file uploader for one `ext` file (".zip", ".csv"). Another kind of file is refused with
+    a message naming it, and its chip is cleared: the browser's own type filter left a red chip
+    that said nothing and stayed."""
+    turn = st.session_state.get(f"{key}_turn", 0)
+    up = st.file_uploader(label, key=f"{key}_{turn}", help=f"one {ext} file")
+    if up is not None and not up.name.lower().endswith(ext):
+        st.session_state[f"{key}_turn"] = turn + 1  # a new widget: the refused file's chip goes
+        st.session_state[f"{key}_refused"] = up.name
+        st.rerun()
+    refused = st.session_state.get(f"{key}_refused")
+    if up is not None:
+        st.session_state.pop(f"{key}_refused", None)
+    elif refused:
+        st.error(f"{refused} is not a {ext} file; choose a {ext} file here.", icon=":material/block:")
+    return up
+
+
 def _choose_source() -> str | None:
     """Render the source picker; returns a newly chosen path or None."""
     # the radio's own state is dropped while another page shows: keep the choice apart
@@ -63,7 +81,7 @@ def _choose_source() -> str | None:
             users.record_dataset(digits, users.PUBLIC)  # the same for everyone
             return str(digits)
     elif source == "Upload a zip":
-        up = st.file_uploader("A .zip with one folder per class", type=["zip"])
+        up = _one_file("A .zip with one folder per class", ".zip", "data_zip")
         if up is not None:
             return _uploaded_once(
                 up.file_id, lambda p: archive.save_uploaded_zip(up.getvalue(), up.name, p)
@@ -125,8 +143,8 @@ def _choose_csv() -> str | None:
     )  # fmt: skip
     options = {"path_column": path_column, "label_column": label_column}
     if mode.startswith("Upload"):
-        up_csv = st.file_uploader("Labels CSV", type=["csv"], key="data_csv_file")
-        up_zip = st.file_uploader("Zip of the images", type=["zip"], key="data_csv_zip")
+        up_csv = _one_file("Labels CSV", ".csv", "data_csv_file")
+        up_zip = _one_file("Zip of the images", ".zip", "data_csv_zip")
         if up_csv is None or up_zip is None:
             return None
         images = _uploaded_once(

@@ -278,3 +278,19 @@ def test_two_sessions_train_at_once_without_cross_talk(browser, server, shot) ->
     finally:
         for ctx in contexts:
             ctx.close()
+
+
+def test_a_wrong_file_for_the_zip_uploader_is_said_and_cleared(page, shot, tmp_path) -> None:
+    """Issue 28 polish: a .txt dropped on the zip uploader is one message naming it, not a red
+    chip that stays and says nothing; a .zip afterwards is taken as usual."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a zip")
+    wait_idle(page)
+    open_page(page, "Data")
+    page.get_by_text("Upload a zip", exact=True).click()
+    wait_idle(page)
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(notes))
+    page.get_by_text("notes.txt is not a .zip file; choose a .zip file here.").wait_for()
+    wait_idle(page)
+    assert page.get_by_test_id("stFileUploaderFile").count() == 0  # no chip left behind
+    shot(page, "data-wrong-file")
