@@ -64,7 +64,9 @@ def _one_file(label: str, ext: str, key: str):
     if up is not None:
         st.session_state.pop(f"{key}_refused", None)
     elif refused:
-        st.error(f"{refused} is not a {ext} file; choose a {ext} file here.", icon=":material/block:")
+        st.error(
+            f"{refused} is not a {ext} file; choose a {ext} file here.", icon=":material/block:"
+        )
     return up
 
 

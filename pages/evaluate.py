@@ -18,11 +18,7 @@ NAME_CHARS = 16  # file names in captions are shortened in the middle to this ma
 
 def _short(path: str) -> str:
     """A file name short enough for a 96 px caption ('IMG_2024…_0042.png'), never wrapped."""
-    name = Path(path).name
-    if len(name) <= NAME_CHARS:
-        return name
-    keep = NAME_CHARS - 1
-    return f"{name[: keep // 2]}…{name[-(keep - keep // 2) :]}"
+    return ui.short_name(path, NAME_CHARS)
 
 
 @st.cache_resource(show_spinner="Evaluating the run...", max_entries=4)

@@ -10,9 +10,13 @@ import streamlit as st
 from cnnlab import data, explain, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import Predictor
+from pages import ui
 from pages.ui import show_error
 
 MAX_SHOWN = 12  # images analysed per rerun (each needs a Grad-CAM backward pass)
+HEADING_NAME_CHARS = (
+    24  # a longer file name is cut in the middle (whole on hover): no mid-word wrap
+)
 HISTORY = 6  # camera snapshots kept in "keep predicting" mode (newest first)
 Source = tuple[str, bytes]
 
@@ -63,7 +67,10 @@ def show(predictor: Predictor, sources: list[Source], k: int, prefix: str) -> No
             show_error(exc)
             continue
         top = predictor.top_k(predictor.probabilities(image[None]), int(k))[0]
-        st.subheader(f"{name}: {top[0][0]} ({top[0][1]:.1%})")
+        short = ui.short_name(name, HEADING_NAME_CHARS)
+        st.subheader(
+            f"{short}: {top[0][0]} ({top[0][1]:.1%})", help=name if short != name else None
+        )
         c1, c2, c3 = st.columns([1, 1, 2])
         c1.image(explain.display_image(image, 192), caption="model input")
         try:

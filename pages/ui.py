@@ -306,3 +306,13 @@ def show_queued(snap) -> bool:
         return False
     st.info(line, icon=":material/hourglass_top:")
     return True
+
+
+def short_name(path: str, chars: int) -> str:
+    """A file's name cut in the middle to `chars` characters ('IMG_2024…_0042.png'): a caption or
+    heading that wraps a long name breaks it mid-word at narrow widths."""
+    name = Path(path).name
+    if len(name) <= chars:
+        return name
+    keep = chars - 1
+    return f"{name[: keep // 2]}…{name[-(keep - keep // 2) :]}"

@@ -133,6 +133,20 @@ def test_zip_upload_is_extracted_and_scanned(workspace: Path, fresh_app) -> None
     assert chosen.name == "pets" and chosen.parent.parent == workspace / "datasets"
 
 
+def test_a_file_that_is_not_a_zip_is_said_and_its_chip_cleared(workspace: Path, fresh_app) -> None:
+    """Issue 28 polish: a .txt on the zip uploader is one message naming it (the uploader is a
+    new, empty one: the red chip the browser left said nothing); a zip afterwards is read."""
+    at = fresh_app("pages/data.py")
+    at.radio(key="data_source").set_value("Upload a zip").run()
+    at.file_uploader[0].set_value(("notes.txt", b"hello", "text/plain")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["notes.txt is not a .zip file; choose a .zip file here."]
+    assert len(at.file_uploader) == 1 and at.file_uploader[0].value is None
+    at.file_uploader[0].set_value(("pets.zip", _pets_zip(), "application/zip")).run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric] == ["2", "8", "0"]
+
+
 def test_zip_with_traversal_is_refused_in_the_page(workspace: Path, fresh_app) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

@@ -47,6 +47,19 @@ def test_upload_good_and_corrupt_images(page: AppTest, trained, digits_dir: Path
     assert captions[0] == "model input" and captions[1].startswith("Grad-CAM for ")
 
 
+def test_a_long_file_name_is_cut_in_the_heading(page: AppTest, digits_dir: Path) -> None:
+    """Issue 28 polish: a long name wrapped mid-word at narrow widths: cut in the middle, whole
+    on hover."""
+    good = sorted((digits_dir / "7").iterdir())[0]
+    long = "IMG_20240101_a_rather_long_camera_file_name_0042.png"
+    at = page
+    at.file_uploader(key="pr_files").set_value([(long, good.read_bytes(), "image/png")]).run()
+    assert not at.exception
+    heading = at.subheader[0]
+    assert heading.value.startswith("IMG_2024010…ame_0042.png: ")
+    assert heading.proto.help == long
+
+
 def _jpeg(digits_dir: Path, digit: str) -> bytes:
     """A real digit as the JPEG a camera snapshot is."""
     buf = io.BytesIO()
