@@ -74,8 +74,9 @@ def _controls(dataset: str) -> dict[str, Any] | None:
     epochs = c2.number_input("Epochs per trial", 1, 200, value=tune.TUNE_EPOCHS, key="tn_epochs")
     chosen = st.session_state.get(ui.DATA_CONFIG)
     chosen = chosen if isinstance(chosen, DataConfig) and chosen.path == dataset else None
-    # the Data page's image size: trials then compare settings at the size a run will use
-    default_size = chosen.image_size if chosen else tune.TUNE_IMAGE_SIZE
+    # the Data page's image size, else a run's default: trials then compare settings at the size
+    # a run will use (tune's CLI default of 16 px showed here while the data was at 32 px)
+    default_size = (chosen or DataConfig(path=dataset)).image_size
     size = c3.number_input("Image size (px)", 8, 512, value=default_size, key="tn_size")
     with st.expander("What to search", expanded=True):
         defaults = SearchSpace.default_for(model)  # the dimensions this model has, and ranges

@@ -34,6 +34,18 @@ def test_bad_range_is_reported_with_its_field(workspace, digits_dir, fresh_app) 
     assert _button(at, "Start").disabled
 
 
+def test_image_size_is_the_size_a_run_would_use(workspace, digits_dir, fresh_app) -> None:
+    """Issue 28 polish: the Data page's size, else a run's default (it showed tune's CLI 16 px
+    while the data was at 32 px)."""
+    from cnnlab.config import DataConfig
+
+    at = fresh_app("pages/tune.py", dataset_path=str(digits_dir))
+    assert at.number_input(key="tn_size").value == DataConfig().image_size == 32
+    chosen = DataConfig(path=str(digits_dir), image_size=24)
+    at = fresh_app("pages/tune.py", dataset_path=str(digits_dir), data_config=chosen)
+    assert at.number_input(key="tn_size").value == 24
+
+
 def test_tiny_study_runs_live_and_hands_the_best_to_train(
     workspace: Path, digits_dir: Path, fresh_app, no_leftover_jobs
 ) -> None:
