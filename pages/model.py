@@ -238,6 +238,16 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
     return model, float(head_lr), float(backbone_lr)
 
 
+def _page_words(message: str) -> str:
+    """A core message in this page's words: the CLI's "weights 'random'" is the option
+    'Random (train from scratch)' here."""
+    option = f"'{WEIGHT_SOURCES['random']}'"
+    cli = "weights 'random'"
+    return message.replace(
+        f'{cli} ("{WEIGHT_SOURCES["random"]}" on the Model page)', option
+    ).replace(cli, option)
+
+
 def _download(model_cfg: ModelConfig) -> None:
     """Offer to download the chosen weights now, with a progress bar (training would anyway)."""
     spec = models.get_spec(model_cfg.name)
@@ -248,7 +258,7 @@ def _download(model_cfg: ModelConfig) -> None:
     )
     failure = weights.last_failure(model_cfg.weights, spec)
     if failure:  # Start stays off (the pre-flight lists it) until a download succeeds
-        st.error(failure, icon=":material/cloud_off:")
+        st.error(_page_words(failure), icon=":material/cloud_off:")
     if st.button("Download the weights now", key="m_download"):
         bar, update = ui.progress_bar("Weights")
         try:
@@ -310,10 +320,8 @@ def main() -> None:
     except RuntimeError as exc:  # e.g. the input is too small for this many poolings
         st.error(f"This model cannot take {size} px inputs: {exc}")
         return
-    if info["weights_error"]:  # the core's words are the CLI's: name this page's option
-        st.warning(
-            info["weights_error"].replace("weights 'random'", f"'{WEIGHT_SOURCES['random']}'")
-        )
+    if info["weights_error"]:
+        st.warning(_page_words(info["weights_error"]))
     if pending:
         _download(model_cfg)
     st.subheader("Summary")
