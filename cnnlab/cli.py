@@ -96,7 +96,10 @@ def inspect_report(
         "classes": scan.classes,
         "counts": scan.counts,
         "n_images": scan.n_images,
-        "problems": [{"path": p.path, "reason": p.reason} for p in scan.problems],
+        "problems": [
+            {"path": p.path, "reason": p.reason, **({"count": p.count} if p.count > 1 else {})}
+            for p in scan.problems
+        ],
         "split": split.sizes(),
         "split_per_class": split.per_class(scan),
         "split_source": scan.split_source,
@@ -155,7 +158,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for w in report["warnings"]:
         print(f"warning: {w}")
     if report["problems"]:
-        print(f"{len(report['problems'])} file(s) skipped:")
+        print(f"{sum(p.get('count', 1) for p in report['problems']):,} file(s) skipped:")
         for p in report["problems"]:
             print(f"  {p['path']}: {p['reason']}")
     return 0

@@ -41,6 +41,7 @@ Progress = Callable[[int, int, str], None]
 class Problem:
     path: str  # relative to the dataset root (POSIX separators)
     reason: str  # what is wrong with it, in words a user can act on
+    count: int = 1  # rows it stands for: a CSV's closing "N more row(s)" line counts N
 
 
 @dataclass
@@ -327,7 +328,8 @@ class _RowProblems:
                 Problem(
                     f"rows from {first}",
                     f"{count:,} more row(s) from row {first} on, not listed one by one: {kind}",
-                )  # fmt: skip
+                    count,
+                )
             )
 
 

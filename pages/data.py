@@ -267,7 +267,7 @@ def _show_dataset(path: str) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric("Classes", len(result.classes))
     c2.metric("Usable images", f"{result.n_images:,}")
-    c3.metric("Problems", len(result.problems))
+    c3.metric("Problems", f"{sum(p.count for p in result.problems):,}")
     st.markdown(f"**Splits:** {SPLIT_SOURCE[result.split_source]}.")
 
     st.plotly_chart(plots.class_counts_figure(counts))

@@ -396,6 +396,7 @@ def test_a_million_problem_rows_are_counted_not_listed(tmp_path: Path) -> None:
         "1 more row(s) from row 1808 on, not listed one by one",
         "1 more row(s) from row 1809 on, not listed one by one",
     ]
+    assert [p.count for p in more] == [500, 300, 1, 1]
     assert "the same file as an earlier row" in more[1].reason
     assert "outside the allowed data folders" in more[2].reason
     assert "unknown split" in more[3].reason
