@@ -325,14 +325,19 @@ def _two_class_images(root: Path) -> list[list[str]]:
     return rows
 
 
-def test_a_csv_with_a_huge_field_reads(tmp_path: Path) -> None:
-    rows = _two_class_images(tmp_path)
-    path = tmp_path / "labels.csv"
+def _write_csv(folder: Path, header: list[str], rows) -> Path:
+    path = folder / "labels.csv"
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "notes"])
-        for r in rows:
-            writer.writerow([*r, "x" * 200_000])  # over csv's default 131,072 field limit
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_a_csv_with_a_huge_field_reads(tmp_path: Path) -> None:
+    rows = _two_class_images(tmp_path)
+    # over csv's default 131,072 field limit
+    path = _write_csv(tmp_path, ["path", "label", "notes"], ([*r, "x" * 200_000] for r in rows))
     assert data.scan(path).counts == {"cat": 3, "dog": 3}
 
 
@@ -353,14 +358,11 @@ def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
     from cnnlab import layouts
 
     rows = _two_class_images(tmp_path)
-    path = tmp_path / "labels.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "notes"])
-        for r in rows:
-            writer.writerow([*r, "n" * 10])
-        for i in range(2_000):  # 20 MB of rows naming missing files, each a short problem
-            writer.writerow([f"gone/{i}.png", "cat", "n" * 10_000])
+    # 20 MB of rows naming missing files, each a short problem
+    gone = ([f"gone/{i}.png", "cat", "n" * 10_000] for i in range(2_000))
+    path = _write_csv(
+        tmp_path, ["path", "label", "notes"], [*([*r, "n" * 10] for r in rows), *gone]
+    )
     tracemalloc.start()
     layout = layouts.read_csv(path)
     peak = tracemalloc.get_traced_memory()[1]
@@ -377,15 +379,14 @@ def test_a_million_problem_rows_are_counted_not_listed(tmp_path: Path) -> None:
     from cnnlab import layouts
 
     rows = _two_class_images(tmp_path)
-    path = tmp_path / "labels.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows([*r, "train"] for r in rows)
-        writer.writerows([f"gone/{i}.png", "cat", "train"] for i in range(1_500))
-        writer.writerows(["cat/0.png", "dog", "train"] for _ in range(300))  # copies of row 2
-        writer.writerow(["../outside.png", "cat", "train"])
-        writer.writerow(["cat/1.png", "cat", "holdout"])
+    body = [
+        *([*r, "train"] for r in rows),
+        *([f"gone/{i}.png", "cat", "train"] for i in range(1_500)),
+        *(["cat/0.png", "dog", "train"] for _ in range(300)),  # copies of row 2
+        ["../outside.png", "cat", "train"],
+        ["cat/1.png", "cat", "holdout"],
+    ]
+    path = _write_csv(tmp_path, ["path", "label", "split"], body)
     layout = layouts.read_csv(path)
     assert len(layout.entries) == 6
     listed, more = layout.problems[:1000], layout.problems[1000:]
