@@ -189,6 +189,8 @@ def _config_from_args(args: argparse.Namespace):
         ("model", "weights"): args.weights,
         ("model", "freeze_epochs"): args.freeze_epochs,
         ("train", "schedule"): args.schedule,
+        ("train", "recipe"): getattr(args, "recipe", None),
+        ("train", "baseline"): getattr(args, "baseline", None),
         ("name",): args.name,
     }
     for keys, value in overrides.items():
@@ -273,6 +275,8 @@ def _train(args: argparse.Namespace) -> int:
     preflight.ensure(config, force=args.force)  # every known problem, before a run folder exists
     for warning in preflight.run_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
+    for note in preflight.run_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     if args.folds:
         printer.epochs = config.train.epochs
@@ -732,7 +736,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from .config import DEVICES, OPTIMIZERS, SCHEDULES, STRATEGIES
+    from .config import DEVICES, OPTIMIZERS, RECIPES, SCHEDULES, STRATEGIES
 
     p.add_argument("data", help="image folder (class or train/val/test folders), .zip or .csv")
     p.add_argument("--config", help="config.json to start from (e.g. a run's); flags override it")
@@ -748,6 +752,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="auto (default): a from-scratch model on <= 2,000 training images gets the "
+        "small-data recipe for every setting still at its default; fixed: your settings as they are",
+    )
+    p.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        default=None,
+        help="skip the pixel-SVM baseline fitted on the run's split (baseline_accuracy)",
+    )
     p.add_argument("--strategy", choices=STRATEGIES, help="transfer models: what to train")
     p.add_argument(
         "--weights",

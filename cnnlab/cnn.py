@@ -74,15 +74,16 @@ class CustomCNN(nn.Module):
         side = image_size
         for _ in cfg.channels:
             side //= 2  # MaxPool2d(2) floors; the convs keep the size
-        flat = c_in * side * side
+        flat = c_in if cfg.global_pool else c_in * side * side
+        pool: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)] if cfg.global_pool else []
         if cfg.head_units > 0:
-            head: list[nn.Module] = [nn.Flatten()]
+            head: list[nn.Module] = [*pool, nn.Flatten()]
             if cfg.dropout > 0:
                 head.append(nn.Dropout(cfg.dropout))
             head += [nn.Linear(flat, cfg.head_units), nn.ReLU(), nn.Dropout(cfg.dropout)]
             head.append(nn.Linear(cfg.head_units, num_classes))
         else:
-            head = [nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(flat, num_classes)]
+            head = [*pool, nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(flat, num_classes)]
         self.head = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

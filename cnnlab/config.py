@@ -16,6 +16,8 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
+SELECT = ("best", "last")  # which epoch's weights a run keeps
+RECIPES = ("auto", "fixed")
 NORMALIZE = ("dataset", "imagenet", "none")
 STRATEGIES = ("feature_extraction", "fine_tune")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -134,6 +136,9 @@ class ModelConfig:
     residual: bool = False  # add a residual (skip) connection around each block's convs
     convs_per_block: int = 1  # convolutions in each block before its pooling
     head_units: int = 128  # hidden units of the classifier head (0 = straight to the classes)
+    # average each channel over the last map before the head (any input size, far fewer weights)
+    # instead of flattening it; the small-data recipe switches it on
+    global_pool: bool = False
     dropout: float = 0.2  # dropout before the classifier's last layer
     # transfer learning (torchvision backbones)
     strategy: str = (
@@ -175,12 +180,21 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 penalty (decoupled for AdamW)
     schedule: str = "onecycle"  # constant, cosine decay, or one-cycle (warm-up then anneal)
     label_smoothing: float = 0.1  # softens one-hot targets; helps calibration and generalisation
+    mixup: float = 0.0  # MixUp: blend image pairs and their labels, Beta(a, a) weights (0 = off)
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
     patience: int = 5  # stop after this many epochs without a lower val loss (0 = never)
+    select: str = "best"  # weights kept at the end: the lowest val loss epoch's, or the last's
+    # auto: a from-scratch model on a small training split (<= recipe.SMALL images) gets the
+    # small-data recipe for every field still at its default (recipe.py; the run's summary lists
+    # what changed); fixed: exactly these settings
+    recipe: str = "auto"
     seed: int = 0  # seeds weights, shuffling and augmentation: same seed, same CPU result
     device: str = "auto"  # auto picks CUDA, then Apple MPS, then the CPU
     amp: bool = True  # mixed precision (bf16/fp16) on CUDA; ignored on CPU
     channels_last: bool = True  # NHWC memory layout: faster convolutions on CUDA and CPU
+    # also fit a pixel SVM on the same split (seconds): summary.json's baseline_accuracy, so a CNN
+    # that does not beat a kernel method shows at once
+    baseline: bool = True
 
     def validate(self) -> None:
         """Raise ConfigError naming the first field out of range."""
@@ -193,7 +207,10 @@ class TrainConfig:
         _check_range("train", "weight_decay", self.weight_decay, 0.0, 1.0)
         _check_choice("train", "schedule", self.schedule, SCHEDULES)
         _check_range("train", "label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _check_range("train", "mixup", self.mixup, 0.0, 10.0)
         _check_range("train", "patience", self.patience, 0, 10_000)
+        _check_choice("train", "select", self.select, SELECT)
+        _check_choice("train", "recipe", self.recipe, RECIPES)
         _check_choice("train", "device", self.device, DEVICES)
 
 

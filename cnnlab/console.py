@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from . import events
+from . import baseline, events
 
 
 def print_json(payload: Any) -> None:
@@ -107,12 +107,16 @@ def print_summary(summary: dict) -> None:
         "stopped_early",
         "val_accuracy",
         "test_accuracy",
+        "baseline_accuracy",
         "train_images_per_s",
         "seconds",
         "device",
         "run_dir",
     ):
         print(f"{key:>20}: {fmt(summary.get(key))}")
+    line = baseline.comparison(summary)
+    if line:
+        print(line)
 
 
 def print_cross_validation(cv: dict) -> None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,6 +89,21 @@ class BatchContext:
     # then comes from perm_generator, seeded alike on every rank (augmentation stays per rank).
     shard: tuple[int, int] = (0, 1)
     perm_generator: torch.Generator | None = None
+    mixup: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
+
+
+def mix(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MixUp (Zhang et al. 2018): blend each image with another of the batch; returns the mixed
+    batch, the partners' labels and the blend weight (lam for y, 1 - lam for the partners')."""
+    gen_device = generator.device if generator is not None else x.device
+    # torch's Beta takes no generator: numpy's, seeded from the run's generator, keeps runs
+    # reproducible (same seed, same draws)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=gen_device))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = torch.randperm(x.shape[0], generator=generator, device=gen_device).to(x.device)
+    return x.mul(lam).add_(x[partner], alpha=1.0 - lam), y[partner], lam
 
 
 def train_one_epoch(
@@ -120,7 +136,9 @@ def train_one_epoch(
     if rows is not None:
         perm = rows.to(images.device)[perm]
     plain = (
-        not getattr(loss_fn, "label_smoothing", 0.0) and getattr(loss_fn, "weight", None) is None
+        not getattr(loss_fn, "label_smoothing", 0.0)
+        and getattr(loss_fn, "weight", None) is None
+        and not ctx.mixup
     )
     rank, world = ctx.shard
     local = bs if world == 1 else len(torch.arange(bs)[rank::world])  # this rank's share
@@ -143,9 +161,13 @@ def train_one_epoch(
             channels_last=ctx.channels_last,
         )
         y = labels[idx].to(ctx.device, non_blocking=True)
+        if ctx.mixup > 0:
+            x, y_partner, lam = mix(x, y, ctx.mixup, ctx.generator)
         with autocast(ctx.device, ctx.amp):
             logits = model(x)
             loss = loss_fn(logits, y)
+            if ctx.mixup > 0:
+                loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_partner)
         optimizer.zero_grad(set_to_none=True)
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()

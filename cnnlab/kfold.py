@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import models, train, workspace
+from . import models, recipe, train, workspace
 from .config import RunConfig
 from .data import PreparedData, ScanResult, prepare
 from .device import configure_cpu_threads, resolve_device
@@ -283,7 +283,9 @@ def cross_validate(
             resumed += 1
         else:
             rest = [i for g, other in enumerate(folds) if g != f for i in other]
-            s = train_quick(config, data, rest, held, emit, stop_event)
+            # cross-validation estimates the final run's model, so the folds get its recipe too
+            fold_config = recipe.resolve(config, len(rest))[0] if scope == "trainval" else config
+            s = train_quick(fold_config, data, rest, held, emit, stop_event)
             p = probabilities(s, held)
             secs = time.perf_counter() - t_fold
             _save_fold(folder, f, held, p, secs)

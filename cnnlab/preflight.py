@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, job_process, models, splits, weights
+from . import data, job_process, models, recipe, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
 
@@ -209,6 +209,7 @@ def estimate_memory(config: RunConfig, n_classes: int, n_images: int) -> MemoryE
 
 
 def _memory_problems(config: RunConfig, scan: data.ScanResult) -> list[Problem]:
+    config = recipe.resolve(config, training_images(config, scan))[0]  # what fit() will train
     est = estimate_memory(config, len(scan.classes), scan.n_images)
     if est is None or est.fits:
         return []
@@ -300,10 +301,31 @@ def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list
     problems, scan = _data_problems(config, scan)
     if problems or scan is None:
         return out
+    n_train = training_images(config, scan)
+    note = batch_warning(config.train.batch_size, n_train) if n_train is not None else None
+    return out + ([note] if note else [])
+
+
+def training_images(config: RunConfig, scan: data.ScanResult | None) -> int | None:
+    """Images in the training split the config's split gives this scan (None when it cannot
+    split): what the recipe and the batch check read before any image is decoded."""
+    if scan is None:
+        return None
     d = config.data
     try:
-        n_train = len(splits.split(scan, d.val_fraction, d.test_fraction, d.seed).train)
+        return len(splits.split(scan, d.val_fraction, d.test_fraction, d.seed).train)
     except CnnlabError:
-        return out
-    note = batch_warning(config.train.batch_size, n_train)
-    return out + ([note] if note else [])
+        return None
+
+
+def run_notes(
+    config: RunConfig, scan: data.ScanResult | None = None, pretrained: bool = True
+) -> list[str]:
+    """What the run will do that the settings do not say: the small-data recipe's line, and (with
+    `pretrained`) for a small set trained from scratch whether the pretrained route is open.
+    `scan` as for check()."""
+    problems, scan = _data_problems(config, scan)
+    n_train = None if problems else training_images(config, scan)
+    notes = [recipe.plan(config, n_train).line()] if n_train is not None else []
+    advice = recipe.pretrained_advice(config, n_train) if pretrained else None
+    return notes + ([advice.line] if advice else [])

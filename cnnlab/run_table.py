@@ -57,11 +57,13 @@ def accuracy(summary: dict[str, Any], key: str = "val_accuracy") -> float | None
 
 
 def best_epoch_text(summary: dict[str, Any]) -> str:
-    """'3', 'pruned' (Optuna stopped it) or '–'."""
+    """'3', '40 (last)' (the run kept its last epoch), 'pruned' (Optuna stopped it) or '–'."""
     if summary.get("status") == "pruned":
         return "pruned"
     best = summary.get("best_epoch")
-    return str(best) if best else "–"
+    if not best:
+        return "–"
+    return f"{best} (last)" if summary.get("select") == "last" else str(best)
 
 
 def label(summary: dict[str, Any]) -> str:

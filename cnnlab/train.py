@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import augment, distributed, models, preflight, reach, runs, weights
+from . import augment, baseline, distributed, models, preflight, reach, recipe, runs, weights
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, describe_device, resolve_device
@@ -150,6 +150,11 @@ def fit(
     n_train, n_val, n_test = (len(getattr(data.split, s)) for s in ("train", "val", "test"))
     if n_train == 0:
         raise TrainingError("the training split is empty: add images or lower val/test fractions")
+    plan = None
+    if resume_state is None:  # a resumed run's config.json already holds what the recipe set
+        config, plan = recipe.resolve(config, n_train)
+        if plan.applies:
+            log.info("%s", plan.line())
 
     if run is None and not models.weights_are_remote(config.model):
         # a local weights file or run checkpoint that cannot load fails here, before a run folder
@@ -184,6 +189,8 @@ def fit(
             n_test=n_test,
             world_size=world.world_size,
         )
+        if plan is not None:
+            summary["recipe"] = recipe.summary_entry(plan)
         used = data.scan.overrides
         if used:  # the label fixes this run trained with: evaluate/resume re-apply these
             summary["overrides"] = {"relabelled": len(used.relabel), "excluded": len(used.exclude)}
@@ -336,6 +343,7 @@ def setup(
         amp=amp,
         generator=generator,
         scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
+        mixup=tc.mixup,
     )
     if world.active:  # same permutation on every rank, each takes its slice of every batch
         ctx.shard = (world.rank, world.world_size)
@@ -490,11 +498,16 @@ def _evaluate(s: Setup, split: str) -> tuple[float, float]:
 def _track_best(s: Setup, loop: LoopState, row: dict[str, Any]) -> bool:
     """Update best/patience counters from the epoch's row (val loss, or train loss without val)."""
     monitor = row["val_loss"] if len(s.rows["val"]) else row["train_loss"]
-    is_best = monitor < loop.best_loss
-    if is_best:
-        loop.best_loss, loop.best_epoch, loop.bad_epochs = monitor, row["epoch"], 0
+    improved = monitor < loop.best_loss
+    if improved:
+        loop.best_loss, loop.bad_epochs = monitor, 0
     else:
         loop.bad_epochs += 1
+    # select "last": the kept weights are the latest epoch's (a schedule annealed to zero on a
+    # small val split, where the lowest val loss is mostly noise); patience still reads val loss
+    is_best = improved or s.config.train.select == "last"
+    if is_best:
+        loop.best_epoch = row["epoch"]
     row.update(best_epoch=loop.best_epoch, is_best=is_best)
     return is_best
 
@@ -560,6 +573,7 @@ def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[st
         epochs_run=loop.epoch,
         stopped_early=loop.stopped_early,
         best_epoch=loop.best_epoch,
+        select=s.config.train.select,
         seconds=time.perf_counter() - t_start,
         train_images_per_s=_steady_rate(loop.history),
     )
@@ -577,6 +591,8 @@ def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[st
             best_train_loss=by_epoch[loop.best_epoch]["train_loss"],
             best_train_accuracy=by_epoch[loop.best_epoch]["train_acc"],
         )
+    if main and s.config.train.baseline:
+        summary.update(_baseline(s))
     summary = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v)
         for k, v in summary.items()
@@ -584,6 +600,16 @@ def _finish(s: Setup, run: runs.Run, loop: LoopState, t_start: float) -> dict[st
     if main:
         runs.write_summary(run, summary)
     return summary
+
+
+def _baseline(s: Setup) -> dict[str, Any]:
+    """summary.json's `baseline_accuracy` and `baseline`: the pixel SVM on this run's split."""
+    split = "test" if len(s.rows["test"]) else "val"
+    rows = s.rows["train"].cpu(), s.rows[split].cpu()
+    fitted = baseline.fit_baseline(s.images, s.labels, *rows, split, s.config.train.seed)
+    if fitted is None:
+        return {"baseline_accuracy": None, "baseline": None}
+    return {"baseline_accuracy": fitted.accuracy, "baseline": fitted.to_dict()}
 
 
 def _best_weights(s: Setup, run: runs.Run) -> dict[str, torch.Tensor]:

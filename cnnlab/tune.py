@@ -74,6 +74,8 @@ def base_config(
     cfg.model.head_units = 64
     cfg.train.epochs = epochs
     cfg.train.patience = 0  # the pruner ends hopeless trials; patience would blur its signal
+    cfg.train.recipe = "fixed"  # trials compare the searched settings, nothing else changed
+    cfg.train.baseline = False  # trials compare CNN settings; the pixel SVM would add seconds each
     return cfg.validate()
 
 

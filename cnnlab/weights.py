@@ -190,6 +190,37 @@ def fetch(url: str, progress: Progress | None = None) -> Path:
     return target
 
 
+PROBE_TIMEOUT_S = 3.0  # a pre-run reachability check must not hold a run up for long
+_PROBED: dict[str, tuple[float, str | None]] = {}  # url -> (when, why not reachable)
+PROBE_TTL_S = 300.0
+
+
+def unreachable(url: str) -> str | None:
+    """Why `url` cannot be downloaded from here now (None when its first byte comes back): the
+    weights host rules, then the network; answers are kept for a few minutes."""
+    _check_url(url)
+    if reach.visitor_rules() and not reach.host_allowed(url):
+        return "its host is not on this server's weights hosts list"
+    now = time.monotonic()
+    seen = _PROBED.get(url)
+    if seen is not None and now - seen[0] < PROBE_TTL_S:
+        return seen[1]
+    opener = urllib.request.build_opener(_Redirects(reach.visitor_rules()))
+    why: str | None = None
+    try:
+        # a one-byte GET, not HEAD: plain file servers and mirrors answer GET alike
+        request = urllib.request.Request(url, headers={"Range": "bytes=0-0"})
+        with opener.open(request, timeout=PROBE_TIMEOUT_S) as response:
+            response.read(1)
+    except urllib.error.HTTPError as exc:
+        why = f"the server answered HTTP {exc.code}"
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = f"{urlparse(url).hostname} cannot be reached ({reason})"
+    _PROBED[url] = (now, why)
+    return why
+
+
 def _seconds(env: str, default: float) -> float:
     try:
         value = float(os.environ.get(env) or default)

@@ -74,6 +74,7 @@ c1, c2, c3 = st.columns(3)
 c1.metric("Accuracy", f"{result.accuracy:.2%}")
 c2.metric("Loss", f"{result.loss:.4f}")
 c3.metric("Images", f"{result.n:,}")
+ui.baseline_line(runs.read_summary(run))
 tabs = st.tabs(
     ["Confusion", "Worst predictions", "Per class", "Diagnosis", "Look inside", "Export",
      "More data?"]

@@ -17,9 +17,27 @@ import time
 import streamlit as st
 import torch
 
-from cnnlab import evaluate, jobs, kfold, live_feed, lr_finder, plots, preflight, progress
+from cnnlab import (
+    evaluate,
+    jobs,
+    kfold,
+    live_feed,
+    lr_finder,
+    plots,
+    preflight,
+    progress,
+    run_table,
+)
 from cnnlab.archive import dataset_name
-from cnnlab.config import DEVICES, OPTIMIZERS, SCHEDULES, DataConfig, RunConfig, TrainConfig
+from cnnlab.config import (
+    DEVICES,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    DataConfig,
+    RunConfig,
+    TrainConfig,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.events import Preparing
 from pages import live, ui
@@ -46,7 +64,9 @@ WIDGET_FIELDS = (
     "seed",
     "device",
     "class_weights",
+    "recipe",
 )
+RECIPE_LABELS = {"auto": "Auto: small-data recipe when it fits", "fixed": "Fixed: exactly these"}
 
 
 def _reset_defaults() -> None:
@@ -80,6 +100,15 @@ def _hyperparameters(tc: TrainConfig) -> TrainConfig:
     c3.number_input("Seed", 0, 2**31 - 1, key="t_seed", help=hint("seed"))
     c1.selectbox("Device", DEVICES, key="t_device", help=hint("device"))
     c2.checkbox("Class weights", key="t_class_weights", help="For imbalanced classes")
+    c3.selectbox(
+        "Recipe",
+        RECIPES,
+        format_func=RECIPE_LABELS.get,
+        key="t_recipe",
+        help="Auto: a model trained from scratch on a small data set gets the small-data recipe "
+        "(longer schedule, residual net, stronger augmentation, MixUp) for every setting still at "
+        "its default; the line under Start says what it changes",
+    )
     return dataclasses.replace(tc, **{n: st.session_state[f"t_{n}"] for n in WIDGET_FIELDS})
 
 
@@ -304,7 +333,8 @@ def _result(snap: jobs.JobSnapshot) -> None:
         )
     _curves(snap, live=False)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Best epoch", s.get("best_epoch") or "–")
+    c1.metric("Kept epoch" if s.get("select") == "last" else "Best epoch",
+              run_table.best_epoch_text(s))  # fmt: skip
     for col, key, label in (
         (c2, "val_accuracy", "Val accuracy"),
         (c3, "test_accuracy", "Test accuracy"),
@@ -312,6 +342,7 @@ def _result(snap: jobs.JobSnapshot) -> None:
         col.metric(label, f"{s[key]:.1%}" if isinstance(s.get(key), float) else "–")
     seconds = s.get("seconds") or snap.run_seconds  # a resumed run's total, earlier parts too
     c4.metric("Time", progress.format_seconds(seconds))
+    ui.baseline_line(s)
     cv = s.get("cross_validation")
     if cv:
         st.markdown(
@@ -460,6 +491,9 @@ def main() -> None:
         scan = None if blockers else ui.scan_dataset(cfg.data.path)
         for note in preflight.run_warnings(cfg, scan):
             st.warning(note, icon=":material/warning:")
+        # the recipe's line; the pretrained route is proposed on the Model page
+        for note in preflight.run_notes(cfg, scan, pretrained=False) if scan else ():
+            st.caption(note)
     if blockers and not running:
         st.warning(
             "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),

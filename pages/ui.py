@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cnnlab import data, evaluate, jobs, overrides, session, users
+from cnnlab import baseline, data, evaluate, jobs, overrides, session, users
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.progress import queued_line
@@ -316,3 +316,10 @@ def short_name(path: str, chars: int) -> str:
         return name
     keep = chars - 1
     return f"{name[: keep // 2]}…{name[-(keep - keep // 2) :]}"
+
+
+def baseline_line(summary: dict) -> None:
+    """The run's 'CNN vs pixel baseline' line: a caption when the CNN wins, a warning when not."""
+    line = baseline.comparison(summary)
+    if line is not None:
+        (st.caption if baseline.beaten(summary) else st.warning)(line)

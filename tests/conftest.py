@@ -57,7 +57,7 @@ def trained(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         config = RunConfig(
             data=DataConfig(path=str(digits_dir), image_size=16),
             model=ModelConfig(channels=[8, 16], head_units=32),
-            train=TrainConfig(epochs=2, device="cpu"),
+            train=TrainConfig(epochs=2, device="cpu", recipe="fixed"),
         )
         yield train.fit(config), home
 
@@ -110,7 +110,10 @@ def make_tiny_config(
     """
     from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
-    kw = {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "patience": 0, **train_kw}
+    # recipe "fixed": these tests exercise the plumbing on exactly this tiny setup (the small-data
+    # recipe would widen the model and lengthen the schedule; tests/test_recipe.py covers it)
+    kw = {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "patience": 0,
+          "recipe": "fixed", **train_kw}  # fmt: skip
     return RunConfig(
         data=DataConfig(path=str(data_dir), image_size=16),
         model=ModelConfig(channels=[8, 16], head_units=32),
