@@ -13,6 +13,10 @@ Sets (the class is what the theme's authors filed the icon under):
 - oxygen: Oxygen 48x48 contexts (actions, apps, categories, devices, mimetypes, places, status); PNG.
 - adwaita: Adwaita 48x48 contexts (actions, devices, emotes, legacy, mimetypes, places, status, ui).
 - emoji: Noto Color Emoji by Unicode emoji group (smileys, people, animals, food, travel, ...).
+- letters: which letter a-j (capital or small, as notMNIST) in every Latin face installed.
+- hieroglyphs: Egyptian hieroglyphs by Gardiner category (man, birds, plants, buildings, ...).
+- chess: which piece (pawn, knight, bishop, rook, queen, king), white or black, in 22 SVG piece
+  sets and 18 chess fonts of pychess.
 - scripts: which writing system a letter is in (Arabic, Armenian, Bengali, Devanagari, Ethiopic,
   Georgian, Hebrew, Thai), letters drawn by every Noto face of the script (fonts-noto-core).
 """
@@ -23,6 +27,7 @@ import argparse
 import hashlib
 import io
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +56,13 @@ SCRIPTS = {
     "hebrew": (0x05D0, 0x05EA),
     "thai": (0x0E01, 0x0E2E),
 }
+# pychess's piece sets (Debian's pychess; without its GUI dependencies:
+# `apt-get download pychess && dpkg -x pychess_*.deb /tmp/pychess`, then --pychess /tmp/pychess)
+PYCHESS = Path("/usr/share/pychess/pieces")
+PIECES = {"p": "pawn", "n": "knight", "b": "bishop", "r": "rook", "q": "queen", "k": "king"}
+VARIANT_SETS = {"sittuyin", "makruk", "kosal"}  # Burmese/Thai/Khmer chess: other pieces, same names
+# chess fonts' letters (Marroquin's layout, which pychess's fonts share): white, then black
+FONT_PIECES = dict(zip("pnbrqkomvtwl", "pnbrqk" * 2, strict=True))
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 
@@ -238,7 +250,91 @@ def build_scripts(out: Path) -> Path | None:
     return _write("scripts", pictures, out)
 
 
-def build_all(out: Path) -> dict[str, Path]:
+HIEROGLYPH_GROUPS = {  # Gardiner's sign list: the letter a sign's Unicode name starts with
+    "A": "man",
+    "D": "human_body",
+    "E": "mammals",
+    "F": "mammal_parts",
+    "G": "birds",
+    "M": "plants",
+    "N": "sky_earth_water",
+    "O": "buildings",
+}
+
+
+def build_hieroglyphs(out: Path) -> Path | None:
+    """Egyptian hieroglyphs by Gardiner category (man, birds, plants, buildings, ...), as Noto
+    Sans Egyptian Hieroglyphs draws them; the category comes from each sign's Unicode name."""
+    import unicodedata
+
+    face = NOTO / "NotoSansEgyptianHieroglyphs-Regular.ttf"
+    if not face.is_file():
+        return None
+    font = ImageFont.truetype(str(face), 96)
+    pictures: dict[str, list[Image.Image]] = {name: [] for name in HIEROGLYPH_GROUPS.values()}
+    for code in range(0x13000, 0x1342F):
+        sign = unicodedata.name(chr(code), "").removeprefix("EGYPTIAN HIEROGLYPH ")
+        letters = re.match(r"([A-Z]+)\d", sign)
+        group = HIEROGLYPH_GROUPS.get(letters.group(1)) if letters else None
+        if group is None:
+            continue
+        im = _render_glyph(font, chr(code))
+        if im is not None:
+            pictures[group].append(im)
+    return _write("hieroglyphs", pictures, out)
+
+
+LETTERS = "abcdefghij"  # notMNIST's ten letters
+
+
+def build_letters(out: Path) -> Path | None:
+    """Which letter (a-j, capital or small, as notMNIST), in every Latin face installed: Noto
+    Sans/Serif/Mono/Display, DejaVu, Liberation, each weight and slant."""
+    faces = sorted(
+        f
+        for folder in ("noto", "dejavu", "liberation")
+        for f in (NOTO.parent / folder).glob("*.ttf")
+        if folder != "noto"
+        or re.match(r"Noto(Sans|Serif|SansMono|SansDisplay|SerifDisplay)-", f.name)
+    )
+    if not faces:
+        return None
+    pictures: dict[str, list[Image.Image]] = {letter: [] for letter in LETTERS}
+    for face in faces:
+        font = ImageFont.truetype(str(face), 96)
+        for letter in LETTERS:
+            for char in (letter, letter.upper()):
+                im = _render_glyph(font, char)
+                if im is not None:
+                    pictures[letter].append(im)
+    return _write("letters", pictures, out)  # (_write samples across the faces)
+
+
+def build_chess(out: Path, pieces: Path = PYCHESS) -> Path | None:
+    """Chess piece type (6 classes), white and black, drawn by pychess's 22 SVG sets and 18 fonts."""
+    if not pieces.is_dir():
+        return None
+    pictures: dict[str, list[Image.Image]] = {name: [] for name in PIECES.values()}
+    for folder in sorted(p for p in pieces.iterdir() if p.is_dir() and p.name != "ttf"):
+        if folder.name in VARIANT_SETS:
+            continue
+        for colour in "wb":
+            for letter, name in PIECES.items():
+                svg = folder / f"{colour}{letter}.svg"
+                im = _load_icon(svg) if svg.is_file() else None
+                if im is not None:
+                    pictures[name].append(im)
+    for ttf in sorted((pieces / "ttf").glob("*.ttf")):
+        font = ImageFont.truetype(str(ttf), 96)
+        blank = _render_glyph(font, "\uffff")
+        for char, letter in FONT_PIECES.items():
+            im = _render_glyph(font, char)
+            if im is not None and (blank is None or _digest(im) != _digest(blank)):
+                pictures[PIECES[letter]].append(im)
+    return _write("chess", pictures, out)
+
+
+def build_all(out: Path, pieces: Path = PYCHESS) -> dict[str, Path]:
     """Every set whose material is installed: {name: folder}."""
     out.mkdir(parents=True, exist_ok=True)
     built = {}
@@ -246,7 +342,9 @@ def build_all(out: Path) -> dict[str, Path]:
         path = build_icons(name, out)
         if path is not None:
             built[name] = path
-    for name, build in (("emoji", build_emoji), ("scripts", build_scripts)):
+    builders = (("emoji", build_emoji), ("scripts", build_scripts),
+                ("chess", lambda o: build_chess(o, pieces)))  # fmt: skip
+    for name, build in builders:
         path = build(out)
         if path is not None:
             built[name] = path
@@ -256,8 +354,9 @@ def build_all(out: Path) -> dict[str, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
+    parser.add_argument("--pychess", type=Path, default=PYCHESS, help="pychess's pieces folder")
     args = parser.parse_args()
-    built = build_all(args.out)
+    built = build_all(args.out, args.pychess)
     for name, path in built.items():
         counts = {p.name: len(list(p.iterdir())) for p in sorted(path.iterdir())}
         print(f"{name}: {sum(counts.values())} images, {len(counts)} classes {counts}")

@@ -22,8 +22,8 @@ SMALL = 2_000  # training images at most for the small-data recipe
 PRETRAINED = "resnet18"  # what the pretrained route proposes: small, fast on a CPU, strong
 # Images seen in training (epochs x training images): the schedule is sized from the data, so a
 # few hundred images get many epochs and a couple of thousand get few, a few minutes either way.
-IMAGES_SEEN = 50_000
-MIN_EPOCHS, MAX_EPOCHS = 30, 150
+IMAGES_SEEN = 30_000
+MIN_EPOCHS, MAX_EPOCHS = 20, 100
 
 # section.field -> value. A wider, deeper residual net with global pooling (few weights in the
 # head), stronger augmentation and MixUp, a long one-cycle schedule run to its end, and the last

@@ -154,3 +154,33 @@ def test_class_weights_have_mean_one_and_favour_rare_classes() -> None:
     w = epoch.class_weights(torch.tensor([0, 0, 0, 1, 2, 2]), 4)  # class 3 absent
     assert w.mean() == pytest.approx(1.0)
     assert w[1] > w[2] > w[0] and w[3] == pytest.approx(w[1])  # absent counts as one image
+
+
+def test_mixup_blends_pairs_reproducibly() -> None:
+    x = torch.stack([torch.full((3, 2, 2), float(i)) for i in range(8)])
+    y = torch.arange(8)
+    draws = [epoch.mix(x.clone(), y, 0.4, torch.Generator().manual_seed(7)) for _ in range(2)]
+    (mixed, partner, lam), (mixed2, partner2, lam2) = draws
+    assert lam == lam2 and torch.equal(mixed, mixed2) and torch.equal(partner, partner2)
+    assert 0.0 <= lam <= 1.0 and sorted(partner.tolist()) == list(range(8))  # a permutation
+    # each image is lam of itself plus (1 - lam) of its partner (labels index the images here)
+    expected = lam * y.float() + (1 - lam) * partner.float()
+    assert torch.allclose(mixed[:, 0, 0, 0], expected)
+
+
+def test_an_epoch_with_mixup_still_learns_and_reports_plain_loss() -> None:
+    torch.manual_seed(0)
+    images, labels = _two_colours(40)
+    model = Brightness()
+    cfg = TrainConfig(lr=0.5, optimizer="sgd", schedule="constant")
+    opt = epoch.build_optimizer([{"params": model.parameters()}], cfg)
+    sched = epoch.build_scheduler(opt, cfg, 5)
+    ctx = _ctx()
+    ctx.mixup = 0.2
+    for e in range(1, 6):
+        loss, _, _ = epoch.train_one_epoch(
+            model, images, labels, opt, sched, nn.CrossEntropyLoss(), ctx, 16, e
+        )
+        assert math.isfinite(loss)
+    _, acc = epoch.evaluate(model, images, labels, ctx)
+    assert acc == 1.0

@@ -138,6 +138,18 @@ def test_custom_head_without_hidden_units() -> None:
     assert len(linears) == 1 and linears[0].in_features == 4 * 8 * 8
 
 
+def test_custom_global_pool_head_takes_any_size() -> None:
+    cfg = _cfg("custom", channels=[4, 8], head_units=0, global_pool=True)
+    model = create_model(cfg, 3, 16)
+    linears = [m for m in model.head if isinstance(m, nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 8  # one mean per channel
+    flat = create_model(_cfg("custom", channels=[4, 8], head_units=0), 3, 16)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in flat.parameters())
+    for side in (16, 24, 40):  # the head no longer depends on the input size
+        assert model(torch.rand(2, 3, side, side)).shape == (2, 3)
+    assert target_layer(model) is [m for m in model.modules() if isinstance(m, models.ConvBlock)][-1]
+
+
 def test_too_many_blocks_names_the_maximum() -> None:
     with pytest.raises(ConfigError, match="at most 4"):
         create_model(_cfg("custom", channels=[8] * 5), 3, 16)

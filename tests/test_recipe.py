@@ -29,7 +29,7 @@ def test_a_small_set_from_scratch_gets_the_recipe() -> None:
     for key, value in recipe.SMALL_DATA.items():
         section, name = key.split(".")
         assert getattr(getattr(config, section), name) == value
-    assert config.train.epochs == recipe.epochs_for(315) == recipe.MAX_EPOCHS
+    assert config.train.epochs == recipe.epochs_for(315) == 95  # 30k images seen
     assert RunConfig().train.epochs == 15  # the input config is not touched
 
 
@@ -65,8 +65,8 @@ def test_fixed_architectures_and_backbones_keep_their_settings(name, why) -> Non
 
 def test_the_schedule_is_sized_from_the_data() -> None:
     assert recipe.epochs_for(100) == recipe.MAX_EPOCHS
-    assert recipe.epochs_for(1_250) == 40
-    assert recipe.epochs_for(recipe.SMALL) == recipe.MIN_EPOCHS
+    assert recipe.epochs_for(600) == 50
+    assert recipe.epochs_for(recipe.SMALL) == 20 == recipe.MIN_EPOCHS  # 15 would be too few
 
 
 def test_a_run_records_what_the_recipe_changed(colours_dir: Path, workspace: Path) -> None:
