@@ -13,6 +13,9 @@ Sets (the class is what the theme's authors filed the icon under):
 - oxygen: Oxygen 48x48 contexts (actions, apps, categories, devices, mimetypes, places, status); PNG.
 - adwaita: Adwaita 48x48 contexts (actions, devices, emotes, legacy, mimetypes, places, status, ui).
 - emoji: Noto Color Emoji by Unicode emoji group (smileys, people, animals, food, travel, ...).
+- icon_kinds: what an icon shows (folder, battery, weather, volume, wireless, printer, trash,
+  playback) across every icon theme installed (the themes above, plus breeze, elementary-xfce,
+  numix, mate, tango and gnome-icon-theme where present): one idea in many styles.
 - letters: which letter a-j (capital or small, as notMNIST) in every Latin face installed.
 - hieroglyphs: Egyptian hieroglyphs by Gardiner category (man, birds, plants, buildings, ...).
 - chess: which piece (pawn, knight, bishop, rook, queen, king), white or black, in 22 SVG piece
@@ -284,6 +287,60 @@ def build_hieroglyphs(out: Path) -> Path | None:
     return _write("hieroglyphs", pictures, out)
 
 
+# what an icon shows, by its freedesktop name, whichever theme drew it
+ICON_KINDS = {
+    "folder": r"folder(-|$)",
+    "battery": r"battery",
+    "weather": r"weather-",
+    "volume": r"audio-volume",
+    "wireless": r"network-wireless",
+    "printer": r"printer",
+    "trash": r"user-trash",
+    "playback": r"media-(playback|skip|seek)-",
+}
+PER_THEME = 8  # at most this many icons of a kind from one theme, so every theme is drawn
+SKIP_THEMES = {"hicolor", "locolor", "default", "ePapirus", "ePapirus-Dark"}
+
+
+def _best_file(files: list[Path]) -> Path:
+    """The scalable SVG when there is one, else the largest raster."""
+
+    def size(f: Path) -> int:
+        sizes = [int(n) for n in re.findall(r"(\d+)x\d+", str(f))]
+        return 10_000 if f.suffix == ".svg" else (max(sizes) if sizes else 0)
+
+    return max(files, key=size)
+
+
+def build_icon_kinds(out: Path, root: Path = Path("/usr/share/icons")) -> Path | None:
+    """What an icon shows (folder, battery, weather, volume, ...), across every icon theme
+    installed: the same idea in each theme's style."""
+    if not root.is_dir():
+        return None
+    rng = random.Random(5)
+    pictures: dict[str, list[Image.Image]] = {kind: [] for kind in ICON_KINDS}
+    themes = [
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name not in SKIP_THEMES
+        and not re.search(r"-(dark|darker|darkest|light)$", p.name, re.I)
+    ]  # recolourings
+    for theme in sorted(themes):
+        by_name: dict[str, list[Path]] = {}
+        for f in theme.rglob("*"):
+            if f.suffix in (".png", ".svg") and f.is_file():
+                by_name.setdefault(f.stem, []).append(f)
+        for kind, pattern in ICON_KINDS.items():
+            names = sorted(n for n in by_name if re.match(pattern, n))
+            rng.shuffle(names)
+            for name in names[:PER_THEME]:
+                im = _load_icon(_best_file(by_name[name]))
+                if im is not None:
+                    pictures[kind].append(im)
+    return _write("icon_kinds", pictures, out)
+
+
 LETTERS = "abcdefghij"  # notMNIST's ten letters
 
 
@@ -343,6 +400,8 @@ def build_all(out: Path, pieces: Path = PYCHESS) -> dict[str, Path]:
         if path is not None:
             built[name] = path
     builders = (("emoji", build_emoji), ("scripts", build_scripts),
+                ("icon_kinds", build_icon_kinds), ("letters", build_letters),
+                ("hieroglyphs", build_hieroglyphs),
                 ("chess", lambda o: build_chess(o, pieces)))  # fmt: skip
     for name, build in builders:
         path = build(out)

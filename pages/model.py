@@ -63,7 +63,8 @@ def _use_pretrained() -> None:
 def _small_data_advice(cfg: RunConfig) -> None:
     """For a small set trained from scratch: the pretrained route first, or why it is closed."""
     path = ui.chosen_dataset()
-    if not path or models.is_transfer(cfg.model.name):
+    transfer = st.session_state.get("m_family") == "Transfer learning"  # chosen in this run
+    if not path or transfer or models.is_transfer(cfg.model.name):
         return
     try:
         scan = ui.scan_dataset(path)

@@ -147,7 +147,9 @@ def test_custom_global_pool_head_takes_any_size() -> None:
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in flat.parameters())
     for side in (16, 24, 40):  # the head no longer depends on the input size
         assert model(torch.rand(2, 3, side, side)).shape == (2, 3)
-    assert target_layer(model) is [m for m in model.modules() if isinstance(m, models.ConvBlock)][-1]
+    assert (
+        target_layer(model) is [m for m in model.modules() if isinstance(m, models.ConvBlock)][-1]
+    )
 
 
 def test_too_many_blocks_names_the_maximum() -> None:

@@ -158,3 +158,44 @@ def test_a_weights_url_off_the_hosts_list_is_refused_on_the_page(model_page: App
     assert not at.exception
     assert any("not on this server's list of weights hosts" in e.value for e in at.error)
     assert at.session_state["run_config"].model.weights == "random"
+
+
+def test_a_small_set_is_offered_the_pretrained_route_first(
+    workspace: Path, fresh_app, colours_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 29 item 3: the weights cached here -> 'Use resnet18' switches to it in one click."""
+    from cnnlab import models, weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    cached = weights.cached_path(weights.imagenet_url(models.get_spec("resnet18")))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"stand-in: only its presence is read here")
+    at = fresh_app("pages/model.py", dataset_path=str(colours_dir))
+    assert not at.exception
+    (advice,) = [i.value for i in at.info if "pretrained resnet18" in i.value]
+    assert "cached here" in advice
+    next(b for b in at.button if b.label == "Use resnet18").click().run()
+    assert not at.exception
+    cfg: RunConfig = at.session_state["run_config"]
+    assert cfg.model.name == "resnet18" and cfg.data.image_size == 112
+    assert not [i for i in at.info if "pretrained resnet18" in i.value]  # offered no more
+
+
+def test_offline_a_small_set_hears_why_in_one_line(
+    workspace: Path, fresh_app, colours_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from cnnlab import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(weights, "_PROBED", {})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        monkeypatch.setenv("CNNLAB_WEIGHTS_MIRROR", f"http://127.0.0.1:{port}")
+        at = fresh_app("pages/model.py", dataset_path=str(colours_dir))
+    assert not at.exception
+    (line,) = [i.value for i in at.info if "cannot be downloaded here" in i.value]
+    assert line.endswith("training from scratch with the small-data recipe")
+    assert not [b for b in at.button if b.label == "Use resnet18"]

@@ -23,7 +23,9 @@ PAGE = "pages/train.py"
 def open_train(fresh_app):
     """open_train(data_dir=None, epochs=2, batch_size=64): the Train page with a tiny 16 px config."""
 
-    def open_page(data_dir: Path | None = None, epochs: int = 2, batch_size: int = 64) -> AppTest:
+    def open_page(
+        data_dir: Path | None = None, epochs: int = 2, batch_size: int = 64, recipe: str = "fixed"
+    ) -> AppTest:
         state = {}
         if data_dir is not None:
             state = {
@@ -31,7 +33,10 @@ def open_train(fresh_app):
                 "data_config": DataConfig(path=str(data_dir), image_size=16),
                 "run_config": RunConfig(
                     model=ModelConfig(channels=[8, 16], head_units=0),
-                    train=TrainConfig(epochs=epochs, batch_size=batch_size, device="cpu"),
+                    # recipe fixed: these tests drive the page on exactly this tiny setup
+                    train=TrainConfig(
+                        epochs=epochs, batch_size=batch_size, device="cpu", recipe=recipe
+                    ),  # fmt: skip
                 ),
             }
         at = fresh_app(PAGE, **state)
@@ -84,6 +89,19 @@ def test_hyperparameters_show_the_config_defaults(
     assert at.session_state["run_config"].train.epochs == 7
     button(at, "Reset to defaults").click().run()
     assert at.number_input(key="t_epochs").value == TrainConfig().epochs
+
+
+def test_the_recipe_is_said_in_one_line_and_can_be_fixed(
+    workspace: Path, colours_dir: Path, open_train
+) -> None:
+    """Issue 29: auto on a small set from scratch says what the recipe changes; fixed says so."""
+    at = open_train(colours_dir, recipe="auto")
+    assert at.selectbox(key="t_recipe").value == "auto"
+    (line,) = [c.value for c in at.caption if "small-data recipe (" in c.value]
+    assert "training images, model trained from scratch" in line and "MixUp" in line
+    at.selectbox(key="t_recipe").set_value("fixed").run()
+    assert at.session_state["run_config"].train.recipe == "fixed"
+    assert [c.value for c in at.caption if c.value.startswith("recipe: fixed")]
 
 
 def test_start_shows_progress_then_curves_and_summary(
