@@ -39,7 +39,7 @@ def test_fields_you_set_are_yours() -> None:
     config, plan = recipe.resolve(mine, 300)
     assert config.train.epochs == 20 and config.model.channels == [16, 32]
     assert "train.epochs" not in plan.changes and "model.channels" not in plan.changes
-    assert config.train.select == "last"  # still at its default: the recipe's to set
+    assert config.train.mixup == 0.0 and config.model.residual  # yours kept, the rest the recipe's
 
 
 @pytest.mark.parametrize(
@@ -74,20 +74,21 @@ def test_a_run_records_what_the_recipe_changed(colours_dir: Path, workspace: Pat
     config.data.image_size = 16
     summary = train.fit(config)
     entry = summary["recipe"]
-    assert entry["applied"] and entry["changes"]["train.select"] == {
-        "yours": "best",
-        "recipe": "last",
-    }
+    assert entry["applied"] and entry["changes"]["train.mixup"] == {"yours": 0.0, "recipe": 0.2}
     assert "train.epochs" not in entry["changes"]  # 2 was set
-    assert summary["best_epoch"] == summary["epochs_run"] == 2  # the last epoch kept
+    rows = runs.read_metrics(runs.load_run(summary["run_id"]))
+    assert summary["best_epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
     saved = runs.read_config(runs.load_run(summary["run_id"]))
     assert saved.model.global_pool and saved.train.mixup == recipe.SMALL_DATA["train.mixup"]
     # the saved config is what ran: training from it again changes nothing more
     assert recipe.plan(saved, summary["n_train"]).changes == {}
 
 
-def test_fixed_keeps_the_lowest_val_loss_epoch(colours_dir: Path, workspace: Path) -> None:
-    config = _config(str(colours_dir), epochs=3, batch_size=8, device="cpu", recipe="fixed")
+def test_fixed_is_recorded_and_select_last_keeps_the_last_epoch(
+    colours_dir: Path, workspace: Path
+) -> None:
+    config = _config(str(colours_dir), epochs=3, batch_size=8, device="cpu", recipe="fixed",
+                     select="last", patience=0)  # fmt: skip
     config.data.image_size = 16
     summary = train.fit(config)
     assert summary["recipe"] == {
@@ -95,8 +96,7 @@ def test_fixed_keeps_the_lowest_val_loss_epoch(colours_dir: Path, workspace: Pat
         "reason": "fixed: your settings are used as they are",
         "changes": {},
     }
-    rows = runs.read_metrics(runs.load_run(summary["run_id"]))
-    assert summary["best_epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
+    assert summary["best_epoch"] == summary["epochs_run"] == 3 and summary["select"] == "last"
 
 
 def test_the_cli_says_it_in_one_line(colours_dir: Path, workspace: Path, capsys) -> None:
