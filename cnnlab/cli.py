@@ -275,13 +275,18 @@ def _train(args: argparse.Namespace) -> int:
     preflight.ensure(config, force=args.force)  # every known problem, before a run folder exists
     for warning in preflight.run_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
-    for note in preflight.run_notes(config):
-        print(f"note: {note}", file=sys.stderr)
+    notes = preflight.run_notes(config)
+
+    def say_notes(event) -> None:  # once the run exists: a failure before it stays one line
+        if event.kind == "RunStarted":
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+
     printer = console.ProgressPrinter(enabled=not args.json or console.is_tty())
     if args.folds:
         printer.epochs = config.train.epochs
-        return _train_folds(args, config, printer)
-    summary = train.fit(config, callbacks=[printer])
+        return _train_folds(args, config, printer, say_notes)
+    summary = train.fit(config, callbacks=[say_notes, printer])
     if not distributed.is_main_process():
         return 0  # rank 0 prints the one summary
     if args.json:
@@ -291,14 +296,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_folds(args: argparse.Namespace, config, printer) -> int:
+def _train_folds(args: argparse.Namespace, config, printer, say_notes) -> int:
     """`train --folds K`: cross-validate over train+val, then (unless --no-final) the final run."""
     from . import kfold
 
     if args.nproc_per_node:
         raise CnnlabError("--folds trains its fold models in this process: drop --nproc-per-node")
     summary = kfold.train_with_folds(config, args.folds, final=not args.no_final,
-                                     callbacks=[printer])  # fmt: skip
+                                     callbacks=[say_notes, printer])  # fmt: skip
     if args.json:
         console.print_json(summary)
         return 0

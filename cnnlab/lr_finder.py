@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from . import augment, models, train
+from . import augment, models, recipe, train
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, resolve_device
@@ -103,6 +103,7 @@ def find_lr(
     data = data if data is not None else prepare(config.data, progress)
     if len(data.split.train) == 0:
         raise TrainingError("the training split is empty: the LR finder needs training images")
+    config = recipe.resolve(config, len(data.split.train))[0]  # the model fit() would train
     s = train.setup(config, data, device)  # fit's own model, batches, loss and groups
     model, optimizer, loss_fn, ctx = s.model, s.optimizer, s.loss_fn, s.ctx
     train_rows = s.rows["train"]

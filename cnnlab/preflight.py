@@ -326,6 +326,9 @@ def run_notes(
     `scan` as for check()."""
     problems, scan = _data_problems(config, scan)
     n_train = None if problems else training_images(config, scan)
-    notes = [recipe.plan(config, n_train).line()] if n_train is not None else []
+    plan = recipe.plan(config, n_train)
+    auto = dataclasses.replace(config, train=dataclasses.replace(config.train, recipe="auto"))
+    # the line only where the recipe is in play: applied, or fixed where auto would apply
+    notes = [plan.line()] if plan.applies or recipe.plan(auto, n_train).applies else []
     advice = recipe.pretrained_advice(config, n_train) if pretrained else None
     return notes + ([advice.line] if advice else [])

@@ -21,7 +21,9 @@ from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_ARGS = ["--device", "cpu", "--image-size", "12", "--epochs", "3", "--seed", "0"]
+# recipe fixed: these tests compare DDP with one process on exactly this small net
+TRAIN_ARGS = ["--device", "cpu", "--image-size", "12", "--epochs", "3", "--seed", "0",
+              "--recipe", "fixed"]  # fmt: skip
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -59,7 +61,7 @@ def test_two_processes_match_one_process_quality(ddp_run, digits_dir: Path, work
         RunConfig(
             data=DataConfig(path=str(digits_dir), image_size=12),
             model=ModelConfig(),
-            train=TrainConfig(epochs=3, device="cpu", seed=0),
+            train=TrainConfig(epochs=3, device="cpu", seed=0, recipe="fixed"),
         )
     )
     assert single["world_size"] == 1
@@ -182,7 +184,7 @@ def test_resume_under_ddp_when_the_best_epoch_came_before_the_stop(
     config = RunConfig(
         data=DataConfig(path=str(colour_classes), image_size=12),
         model=ModelConfig(channels=[4, 8], head_units=0),
-        train=TrainConfig(epochs=4, batch_size=16, device="cpu", patience=0),
+        train=TrainConfig(epochs=4, batch_size=16, device="cpu", patience=0, recipe="fixed"),
     )
 
     def stop_after_two(epoch: int, _row: dict) -> None:

@@ -39,7 +39,8 @@ def test_fields_you_set_are_yours() -> None:
     config, plan = recipe.resolve(mine, 300)
     assert config.train.epochs == 20 and config.model.channels == [16, 32]
     assert "train.epochs" not in plan.changes and "model.channels" not in plan.changes
-    assert config.train.mixup == 0.0 and config.model.residual  # yours kept, the rest the recipe's
+    # a value equal to its default counts as the default: mixup 0.0 is the recipe's to set
+    assert config.train.mixup == recipe.SMALL_DATA["train.mixup"] and config.model.residual
 
 
 @pytest.mark.parametrize(
