@@ -16,7 +16,8 @@ def config(digits_dir: Path, workspace: Path) -> RunConfig:
     return RunConfig(
         data=DataConfig(path=str(digits_dir), image_size=16),
         model=ModelConfig(channels=[8, 16], head_units=32),
-        train=TrainConfig(device="cpu", lr=3e-3),
+        # recipe fixed: the sweep's mechanics on this small net (auto would sweep the recipe's)
+        train=TrainConfig(device="cpu", lr=3e-3, recipe="fixed"),
     )
 
 
@@ -81,3 +82,18 @@ def test_the_sweep_reports_progress(colour_classes: Path, workspace) -> None:
     sweep = [(d, t) for d, t, s in seen if s == "lr sweep"]
     assert sweep[-1] == (len(result.lrs), 20) and len(sweep) == len(result.lrs)
     assert any(s in ("verify", "decode") for _, _, s in seen)
+
+
+def test_the_sweep_trains_the_model_fit_would(config: RunConfig, monkeypatch) -> None:
+    """Issue 29: on a small set, auto sweeps the small-data recipe's model, not the plain one."""
+    from cnnlab import train
+
+    built = []
+    real_setup = train.setup
+    monkeypatch.setattr(
+        train, "setup", lambda c, *a, **k: built.append(c) or real_setup(c, *a, **k)
+    )
+    config.train.recipe = "auto"
+    lr_finder.find_lr(config, steps=30)
+    assert built[0].model.residual and built[0].model.global_pool
+    assert config.model.residual is False  # the caller's config is not modified
