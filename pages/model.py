@@ -70,10 +70,15 @@ def _small_data_advice(cfg: RunConfig) -> None:
         scan = ui.scan_dataset(path)
     except CnnlabError:
         return  # the Data page says what is wrong with it
-    advice = recipe.pretrained_advice(cfg, preflight.training_images(cfg, scan))
+    n_train = preflight.training_images(cfg, scan)
+    plan = recipe.plan(cfg, n_train)
+    if plan.applies and any(key.startswith("model.") for key in plan.changes):
+        # the summary below shows these settings; the run will train the recipe's net
+        st.caption(f"At training, the {plan.line()}")
+    advice = recipe.pretrained_advice(cfg, n_train)
     if advice is None:
         return
-    st.info(advice.line, icon=":material/lightbulb:")
+    st.info(advice.line[:1].upper() + advice.line[1:], icon=":material/lightbulb:")
     if advice.open:
         st.button(f"Use {recipe.PRETRAINED}", on_click=_use_pretrained, type="primary",
                   help="Fine-tune an ImageNet-pretrained ResNet-18 at 112 px")  # fmt: skip

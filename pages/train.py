@@ -493,7 +493,7 @@ def main() -> None:
             st.warning(note, icon=":material/warning:")
         # the recipe's line; the pretrained route is proposed on the Model page
         for note in preflight.run_notes(cfg, scan, pretrained=False) if scan else ():
-            st.caption(note)
+            st.caption(note[:1].upper() + note[1:])
     if blockers and not running:
         st.warning(
             "**Start is off until this is fixed:**\n" + "\n".join(f"- {b}" for b in blockers),

@@ -175,6 +175,8 @@ def test_a_small_set_is_offered_the_pretrained_route_first(
     assert not at.exception
     (advice,) = [i.value for i in at.info if "pretrained resnet18" in i.value]
     assert "cached here" in advice
+    # the default custom net shown here is not what trains on so few images: said once
+    assert [c.value for c in at.caption if c.value.startswith("At training, the small-data")]
     next(b for b in at.button if b.label == "Use resnet18").click().run()
     assert not at.exception
     cfg: RunConfig = at.session_state["run_config"]
@@ -197,5 +199,6 @@ def test_offline_a_small_set_hears_why_in_one_line(
         at = fresh_app("pages/model.py", dataset_path=str(colours_dir))
     assert not at.exception
     (line,) = [i.value for i in at.info if "cannot be downloaded here" in i.value]
+    assert line.startswith("Pretrained weights cannot be downloaded here")
     assert line.endswith("training from scratch with the small-data recipe")
     assert not [b for b in at.button if b.label == "Use resnet18"]

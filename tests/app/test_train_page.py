@@ -97,11 +97,11 @@ def test_the_recipe_is_said_in_one_line_and_can_be_fixed(
     """Issue 29: auto on a small set from scratch says what the recipe changes; fixed says so."""
     at = open_train(colours_dir, recipe="auto")
     assert at.selectbox(key="t_recipe").value == "auto"
-    (line,) = [c.value for c in at.caption if "small-data recipe (" in c.value]
+    (line,) = [c.value for c in at.caption if "Small-data recipe (" in c.value]
     assert "training images, model trained from scratch" in line and "MixUp" in line
     at.selectbox(key="t_recipe").set_value("fixed").run()
     assert at.session_state["run_config"].train.recipe == "fixed"
-    assert [c.value for c in at.caption if c.value.startswith("recipe: fixed")]
+    assert [c.value for c in at.caption if c.value.startswith("Recipe: fixed")]
 
 
 def test_start_shows_progress_then_curves_and_summary(
