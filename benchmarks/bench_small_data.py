@@ -4,7 +4,7 @@ For each real small set (benchmarks/small_sets.py builds them from Debian's icon
 pychess's piece sets) and each seed (which also draws the 70/15/15 split): the pixel SVM baseline,
 `fixed` (the settings as they are, the default before the recipe), `auto` (the default now), and
 `auto` without one recipe element at a time, and `auto` keeping the last epoch (`select-last`). Prints mean +- sd test accuracy and seconds, and the
-margin over the baseline; `--digits` checks the demo digits stay >= 0.99 (exit 1 otherwise).
+margin over the baseline; `--digits` checks the demo digits' mean stays >= 0.99 (exit 1 if not).
 
     python benchmarks/small_sets.py /tmp/small_sets --pychess /tmp/pychess/usr/share/pychess/pieces
     python benchmarks/bench_small_data.py /tmp/small_sets --sets chess scripts papirus
@@ -117,7 +117,8 @@ def print_table(results: dict[str, dict], n_images: dict[str, tuple[int, int]]) 
 
 
 def digits_check(seeds: list[int]) -> int:
-    """The demo digits under the default recipe: every seed's test accuracy must stay >= 0.99."""
+    """The demo digits with the defaults (1,257 training images: past recipe.SMALL, so the plain
+    defaults): the mean test accuracy over the seeds must stay >= 0.99."""
     folder = Path(tempfile.mkdtemp(prefix="digits-")) / "digits"
     demo.write_digits(folder)
     accs = []
@@ -126,7 +127,7 @@ def digits_check(seeds: list[int]) -> int:
         accs.append(acc)
         print(f"digits seed {seed}: test accuracy {acc:.4f} ({secs:.0f} s)")
     print(f"digits: {_mean_sd(accs)}")
-    return 0 if min(accs) >= 0.99 else 1
+    return 0 if statistics.mean(accs) >= 0.99 else 1
 
 
 def main() -> int:

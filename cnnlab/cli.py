@@ -760,7 +760,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--recipe",
         choices=RECIPES,
-        help="auto (default): a from-scratch model on <= 2,000 training images gets the "
+        help="auto (default): a from-scratch model on <= 1,000 training images gets the "
         "small-data recipe for every setting still at its default; fixed: your settings as they are",
     )
     p.add_argument(

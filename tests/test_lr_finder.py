@@ -84,7 +84,7 @@ def test_the_sweep_reports_progress(colour_classes: Path, workspace) -> None:
     assert any(s in ("verify", "decode") for _, _, s in seen)
 
 
-def test_the_sweep_trains_the_model_fit_would(config: RunConfig, monkeypatch) -> None:
+def test_the_sweep_trains_the_model_fit_would(colours_dir: Path, monkeypatch) -> None:
     """Issue 29: on a small set, auto sweeps the small-data recipe's model, not the plain one."""
     from cnnlab import train
 
@@ -93,7 +93,10 @@ def test_the_sweep_trains_the_model_fit_would(config: RunConfig, monkeypatch) ->
     monkeypatch.setattr(
         train, "setup", lambda c, *a, **k: built.append(c) or real_setup(c, *a, **k)
     )
-    config.train.recipe = "auto"
+    config = RunConfig(
+        data=DataConfig(path=str(colours_dir), image_size=16),
+        train=TrainConfig(device="cpu", batch_size=8),
+    )
     lr_finder.find_lr(config, steps=30)
     assert built[0].model.residual and built[0].model.global_pool
     assert config.model.residual is False  # the caller's config is not modified

@@ -67,7 +67,8 @@ def test_fixed_architectures_and_backbones_keep_their_settings(name, why) -> Non
 def test_the_schedule_is_sized_from_the_data() -> None:
     assert recipe.epochs_for(100) == recipe.MAX_EPOCHS
     assert recipe.epochs_for(600) == 50
-    assert recipe.epochs_for(recipe.SMALL) == 20 == recipe.MIN_EPOCHS  # 15 would be too few
+    assert recipe.epochs_for(recipe.SMALL) == 30
+    assert recipe.epochs_for(5_000) == recipe.MIN_EPOCHS == 20  # 6 would be too few
 
 
 def test_a_run_records_what_the_recipe_changed(colours_dir: Path, workspace: Path) -> None:
