@@ -78,13 +78,18 @@ def test_schedules_shape_the_learning_rate() -> None:
     assert onecycle[0] < 0.01 and onecycle[-1] < 0.001
 
 
-def test_one_epoch_learns_and_reports_progress_per_batch() -> None:
+def _brightness_setup():
+    """(images, labels, model, optimizer, schedule) of the two-colour task, SGD at a constant 0.5."""
     torch.manual_seed(0)
     images, labels = _two_colours(40)
     model = Brightness()
     cfg = TrainConfig(lr=0.5, optimizer="sgd", schedule="constant")
     opt = epoch.build_optimizer([{"params": model.parameters()}], cfg)
-    sched = epoch.build_scheduler(opt, cfg, 5)
+    return images, labels, model, opt, epoch.build_scheduler(opt, cfg, 5)
+
+
+def test_one_epoch_learns_and_reports_progress_per_batch() -> None:
+    images, labels, model, opt, sched = _brightness_setup()
     events = []
     losses = []
     for e in range(1, 4):
@@ -169,12 +174,7 @@ def test_mixup_blends_pairs_reproducibly() -> None:
 
 
 def test_an_epoch_with_mixup_still_learns_and_reports_plain_loss() -> None:
-    torch.manual_seed(0)
-    images, labels = _two_colours(40)
-    model = Brightness()
-    cfg = TrainConfig(lr=0.5, optimizer="sgd", schedule="constant")
-    opt = epoch.build_optimizer([{"params": model.parameters()}], cfg)
-    sched = epoch.build_scheduler(opt, cfg, 5)
+    images, labels, model, opt, sched = _brightness_setup()
     ctx = _ctx()
     ctx.mixup = 0.2
     for e in range(1, 6):
