@@ -33,7 +33,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 from cnnlab import data as cdata
-from cnnlab import demo, models, train
+from cnnlab import demo, events, models, train
 from cnnlab.config import AugmentConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnnlab.device import configure_cpu_threads, describe_device, resolve_device
 
@@ -173,7 +173,7 @@ def time_to_accuracy_cnnlab(folder: Path, target: float) -> tuple[float | None, 
     reached: list[float] = []
 
     def watch(event):
-        if isinstance(event, train.EpochEnd) and event.val_acc >= target and not reached:
+        if isinstance(event, events.EpochEnd) and event.val_acc >= target and not reached:
             reached.append(time.perf_counter() - t0)
 
     summary = train.fit(cfg, data=prepared, callbacks=[watch])

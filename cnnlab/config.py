@@ -21,6 +21,7 @@ RECIPES = ("auto", "fixed")
 NORMALIZE = ("dataset", "imagenet", "none")
 STRATEGIES = ("feature_extraction", "fine_tune")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SPLITS = ("train", "val", "test")  # the three splits of a data set, in this order everywhere
 
 
 def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:

@@ -199,7 +199,7 @@ def shard(rows: torch.Tensor, world: World) -> torch.Tensor:
     return rows[world.rank :: world.world_size] if world.active else rows
 
 
-def evaluate(
+def evaluate_sharded(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,

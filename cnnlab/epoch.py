@@ -75,7 +75,7 @@ def autocast(device: torch.device, enabled: bool):
 
 @dataclass
 class BatchContext:
-    """What train_one_epoch and evaluate need besides the model; built once per fit."""
+    """What train_one_epoch and evaluate_split need besides the model; built once per fit."""
 
     device: torch.device
     mean: tuple[float, float, float]
@@ -106,82 +106,49 @@ def mix(
     return x.mul(lam).add_(x[partner], alpha=1.0 - lam), y[partner], lam
 
 
+@dataclass
+class EpochInputs:
+    """What one epoch of training reads: the module it calls, the uint8 images and labels, the
+    rows to train on (all when None), and the optimisation (optimizer, schedule, loss, batch)."""
+
+    net: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: nn.Module
+    ctx: BatchContext
+    batch_size: int
+    rows: torch.Tensor | None = None
+
+
 def train_one_epoch(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    loss_fn: nn.Module,
-    ctx: BatchContext,
-    batch_size: int,
+    inputs: EpochInputs,
     epoch: int = 1,
     emit: Callback | None = None,
     stop_event: threading.Event | None = None,
-    rows: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the training images (uint8). Returns (plain cross-entropy, accuracy, n_seen).
 
-    With `rows`, batches are gathered from `images[rows]` lazily, so a memory-mapped cache larger
-    than RAM streams from disk instead of being copied whole.
+    With `inputs.rows`, batches are gathered from `images[rows]` lazily, so a memory-mapped cache
+    larger than RAM streams from disk instead of being copied whole.
     """
-    model.train()
-    models.freeze_bn_stats(model)
-    n = images.shape[0] if rows is None else rows.shape[0]
-    bs = min(batch_size, n)
-    n_batches = n // bs  # drop_last: fixed shapes keep cudnn.benchmark and BatchNorm happy
-    perm_gen = ctx.perm_generator or ctx.generator
-    perm = torch.randperm(n, device=perm_gen.device if perm_gen else "cpu", generator=perm_gen)
-    perm = perm.to(images.device)
-    if rows is not None:
-        perm = rows.to(images.device)[perm]
-    plain = (
-        not getattr(loss_fn, "label_smoothing", 0.0)
-        and getattr(loss_fn, "weight", None) is None
-        and not ctx.mixup
-    )
-    rank, world = ctx.shard
+    inputs.net.train()
+    models.freeze_bn_stats(inputs.net)
+    perm, bs = _epoch_order(inputs)
+    n_batches = perm.shape[0] // bs  # drop_last: fixed shapes keep cudnn.benchmark and BN happy
+    rank, world = inputs.ctx.shard
     local = bs if world == 1 else len(torch.arange(bs)[rank::world])  # this rank's share
-    loss_sum = torch.zeros((), device=ctx.device)
-    correct = torch.zeros((), device=ctx.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=inputs.ctx.device)
+    correct = torch.zeros((), device=inputs.ctx.device, dtype=torch.long)
     t0 = last_tick = time.perf_counter()
     for b in range(n_batches):
         if stop_event is not None and stop_event.is_set():
             raise StopRequested
         idx = perm[b * bs : (b + 1) * bs]
-        if world > 1:
-            idx = idx[rank::world]
-        x = augment.prepare_batch(
-            images[idx].to(ctx.device, non_blocking=True),
-            ctx.mean,
-            ctx.std,
-            cfg=ctx.aug,
-            train=True,
-            generator=ctx.generator,
-            channels_last=ctx.channels_last,
-        )
-        y = labels[idx].to(ctx.device, non_blocking=True)
-        if ctx.mixup > 0:
-            x, y_partner, lam = mix(x, y, ctx.mixup, ctx.generator)
-        with autocast(ctx.device, ctx.amp):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            if ctx.mixup > 0:
-                loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_partner)
-        optimizer.zero_grad(set_to_none=True)
-        if ctx.scaler is not None:
-            ctx.scaler.scale(loss).backward()
-            ctx.scaler.step(optimizer)
-            ctx.scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        # Report plain cross-entropy so train and val curves are comparable (label smoothing and
-        # class weights change the optimised loss's scale, not what the user wants to compare).
-        shown = loss.detach() if plain else F.cross_entropy(logits.detach().float(), y)
+        shown, hits = _train_step(inputs, idx[rank::world] if world > 1 else idx)
         loss_sum += shown * local
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += hits
         now = time.perf_counter()
         if emit is not None and (now - last_tick >= PROGRESS_EVERY_S or b == n_batches - 1):
             last_tick = now
@@ -189,13 +156,65 @@ def train_one_epoch(
             mean_loss = loss_sum.item() / seen  # the one host sync per tick
             # Distributed: the caller decides on NaN for all ranks at once (a lone raise hangs).
             if not math.isfinite(mean_loss) and world == 1:
-                raise nan_error(epoch, optimizer)
+                raise nan_error(epoch, inputs.optimizer)
             emit(Progress(epoch, b + 1, n_batches, mean_loss, seen * world / max(now - t0, 1e-9)))
     seen = n_batches * local
     mean_loss = loss_sum.item() / seen
     if not math.isfinite(mean_loss) and world == 1:
-        raise nan_error(epoch, optimizer)
+        raise nan_error(epoch, inputs.optimizer)
     return mean_loss, correct.item() / seen, seen
+
+
+def _epoch_order(inputs: EpochInputs) -> tuple[torch.Tensor, int]:
+    """The epoch's shuffled image indices (into images, honouring rows) and the batch size."""
+    images, rows, ctx = inputs.images, inputs.rows, inputs.ctx
+    n = images.shape[0] if rows is None else rows.shape[0]
+    perm_gen = ctx.perm_generator or ctx.generator
+    perm = torch.randperm(n, device=perm_gen.device if perm_gen else "cpu", generator=perm_gen)
+    perm = perm.to(images.device)
+    if rows is not None:
+        perm = rows.to(images.device)[perm]
+    return perm, min(inputs.batch_size, n)
+
+
+def _train_step(inputs: EpochInputs, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on images[idx]: (the loss to report, on the device; correct count)."""
+    ctx, loss_fn, optimizer = inputs.ctx, inputs.loss_fn, inputs.optimizer
+    x = augment.prepare_batch(
+        inputs.images[idx].to(ctx.device, non_blocking=True),
+        ctx.mean,
+        ctx.std,
+        cfg=ctx.aug,
+        train=True,
+        generator=ctx.generator,
+        channels_last=ctx.channels_last,
+    )
+    y = inputs.labels[idx].to(ctx.device, non_blocking=True)
+    if ctx.mixup > 0:
+        x, y_partner, lam = mix(x, y, ctx.mixup, ctx.generator)
+    with autocast(ctx.device, ctx.amp):
+        logits = inputs.net(x)
+        loss = loss_fn(logits, y)
+        if ctx.mixup > 0:
+            loss = lam * loss + (1.0 - lam) * loss_fn(logits, y_partner)
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    inputs.scheduler.step()
+    # Report plain cross-entropy so train and val curves are comparable (label smoothing and
+    # class weights change the optimised loss's scale, not what the user wants to compare).
+    plain = (
+        not getattr(loss_fn, "label_smoothing", 0.0)
+        and getattr(loss_fn, "weight", None) is None
+        and not ctx.mixup
+    )
+    shown = loss.detach() if plain else F.cross_entropy(logits.detach().float(), y)
+    return shown, (logits.detach().argmax(1) == y).sum()
 
 
 def nan_error(epoch: int, optimizer: torch.optim.Optimizer) -> TrainingError:
@@ -235,7 +254,7 @@ def predict_logits(
     return torch.cat(out)
 
 
-def evaluate(
+def evaluate_split(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,

@@ -59,6 +59,11 @@ class EpochEnd(Event):
     best_epoch: int
     is_best: bool
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EpochEnd:
+        """The event for one metrics.jsonl row (extra keys, e.g. train_seconds, ignored)."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
 
 @dataclass
 class FoldEnd(Event):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import epoch, export, runs, train
+from cnnlab import epoch, export, fit_setup, runs, train
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnnlab.predict import Predictor
 
@@ -79,7 +79,7 @@ def test_autocast_on_cuda_computes_in_reduced_precision():
 def test_the_uint8_cache_lives_on_the_gpu_when_it_fits():
     dev = torch.device("cuda")
     cache = torch.zeros(64, 3, 16, 16, dtype=torch.uint8)
-    placed = train._to_device_if_fits(cache, dev)
+    placed = fit_setup._to_device_if_fits(cache, dev)
     assert placed.device.type == "cuda"
 
 
@@ -89,7 +89,7 @@ def test_a_cache_too_big_for_the_gpu_stays_pinned_and_still_trains(
     real = torch.cuda.mem_get_info
     # Pretend the card is nearly full: the cache must stay in pinned host memory.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1024, real(*a)[1]))
-    placed = train._to_device_if_fits(
+    placed = fit_setup._to_device_if_fits(
         torch.zeros(64, 3, 16, 16, dtype=torch.uint8), torch.device("cuda")
     )
     assert placed.device.type == "cpu" and placed.is_pinned()

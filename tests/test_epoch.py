@@ -94,7 +94,9 @@ def test_one_epoch_learns_and_reports_progress_per_batch() -> None:
     losses = []
     for e in range(1, 4):
         loss, acc, seen = epoch.train_one_epoch(
-            model, images, labels, opt, sched, nn.CrossEntropyLoss(), _ctx(), 16, e, events.append
+            epoch.EpochInputs(model, images, labels, opt, sched, nn.CrossEntropyLoss(), _ctx(), 16),
+            e,
+            events.append,
         )
         losses.append(loss)
     assert seen == 32  # drop_last: 2 full batches of 16 out of 40 images
@@ -113,8 +115,9 @@ def test_stop_request_ends_the_epoch_before_any_step() -> None:
     stop.set()
     with pytest.raises(epoch.StopRequested):
         epoch.train_one_epoch(
-            model, images, labels, opt, epoch.build_scheduler(opt, cfg, 2), nn.CrossEntropyLoss(),
-            _ctx(), 16, stop_event=stop,
+            epoch.EpochInputs(model, images, labels, opt, epoch.build_scheduler(opt, cfg, 2),
+                              nn.CrossEntropyLoss(), _ctx(), 16),
+            stop_event=stop,
         )  # fmt: skip
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -130,8 +133,9 @@ def test_a_nan_loss_names_the_learning_rate() -> None:
     opt = epoch.build_optimizer([{"params": model.parameters()}], cfg)
     with pytest.raises(TrainingError, match=r"epoch 7 \(learning rate 0.25\)"):
         epoch.train_one_epoch(
-            model, images, labels, opt, epoch.build_scheduler(opt, cfg, 2), nn.CrossEntropyLoss(),
-            _ctx(), 16, epoch=7,
+            epoch.EpochInputs(model, images, labels, opt, epoch.build_scheduler(opt, cfg, 2),
+                              nn.CrossEntropyLoss(), _ctx(), 16),
+            epoch=7,
         )  # fmt: skip
 
 
@@ -142,16 +146,18 @@ def test_evaluate_is_cross_entropy_of_the_normalised_batch() -> None:
     x = (images.float() / 255 - 0.5) / 0.25
     with torch.no_grad():
         logits = model(x)
-    loss, acc = epoch.evaluate(model, images, labels, _ctx())
+    loss, acc = epoch.evaluate_split(model, images, labels, _ctx())
     assert loss == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     assert acc == pytest.approx(float((logits.argmax(1) == labels).float().mean()))
     rows = torch.tensor([1, 3, 4])
-    sub_loss, _ = epoch.evaluate(model, images, labels, _ctx(), rows=rows)
+    sub_loss, _ = epoch.evaluate_split(model, images, labels, _ctx(), rows=rows)
     assert sub_loss == pytest.approx(float(F.cross_entropy(logits[rows], labels[rows])), rel=1e-5)
     assert torch.allclose(
         epoch.predict_logits(model, images, _ctx(), rows=rows), logits[rows], atol=1e-6
     )
-    empty = epoch.evaluate(model, images, labels, _ctx(), rows=torch.tensor([], dtype=torch.long))
+    empty = epoch.evaluate_split(
+        model, images, labels, _ctx(), rows=torch.tensor([], dtype=torch.long)
+    )
     assert all(math.isnan(v) for v in empty)
 
 
@@ -179,8 +185,8 @@ def test_an_epoch_with_mixup_still_learns_and_reports_plain_loss() -> None:
     ctx.mixup = 0.2
     for e in range(1, 6):
         loss, _, _ = epoch.train_one_epoch(
-            model, images, labels, opt, sched, nn.CrossEntropyLoss(), ctx, 16, e
+            epoch.EpochInputs(model, images, labels, opt, sched, nn.CrossEntropyLoss(), ctx, 16), e
         )
         assert math.isfinite(loss)
-    _, acc = epoch.evaluate(model, images, labels, ctx)
+    _, acc = epoch.evaluate_split(model, images, labels, ctx)
     assert acc == 1.0

@@ -7,9 +7,10 @@ import threading
 import pytest
 import torch
 
-from cnnlab import data, models, runs, train
+from cnnlab import data, epoch, fit_setup, models, runs, train
 from cnnlab.config import DataConfig
 from cnnlab.errors import TrainingError
+from cnnlab.events import EpochEnd, Progress
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,11 @@ def test_checkpoint_reloads_and_reproduces_test_accuracy(
     summary = train.fit(tiny_config(digits_dir), data=prepared)
     model, config, classes, ckpt = models.load_trained(summary["run_id"])
     assert classes == prepared.classes and config.data.image_size == 16
-    ctx = train.BatchContext(
+    ctx = epoch.BatchContext(
         torch.device("cpu"), tuple(ckpt["mean"]), tuple(ckpt["std"]), None, False, False
     )
     test_x, test_y = prepared.subset("test")
-    _, acc = train.evaluate(model, test_x, test_y, ctx)
+    _, acc = epoch.evaluate_split(model, test_x, test_y, ctx)
     assert acc == pytest.approx(summary["test_accuracy"], abs=1e-6)
 
 
@@ -68,7 +69,7 @@ def test_best_epoch_is_restored_after_early_stopping(
     # The loop's own patience and restore code, fed a scripted validation-loss sequence so the
     # stop does not hang on how noisy a learning rate makes the curve on this machine.
     script = [0.9, 0.7, 0.8, 0.75, 0.1]  # best at epoch 2; patience 2 stops after epoch 4
-    real_evaluate = train.evaluate
+    real_evaluate = epoch.evaluate_split
     val_calls = []
 
     def scripted(model, images, labels, ctx, rows=None):
@@ -78,7 +79,7 @@ def test_best_epoch_is_restored_after_early_stopping(
             return script[len(val_calls) - 1], acc
         return loss, acc
 
-    monkeypatch.setattr(train, "evaluate", scripted)
+    monkeypatch.setattr(fit_setup, "evaluate_split", scripted)
     cfg = tiny_config(digits_dir, epochs=12, patience=2, schedule="constant")
     summary = train.fit(cfg, data=prepared)
     run = runs.load_run(summary["run_id"])
@@ -110,13 +111,13 @@ def test_stop_request_is_honoured_within_a_batch(digits_dir, prepared, workspace
 
     def on_event(event):
         seen.append(event)
-        if isinstance(event, train.Progress):
+        if isinstance(event, Progress):
             stop.set()
 
     cfg = tiny_config(digits_dir, epochs=50, batch_size=8)
     summary = train.fit(cfg, data=prepared, callbacks=[on_event], stop_event=stop)
     assert summary["status"] == "stopped"
-    progress = [e for e in seen if isinstance(e, train.Progress)]
+    progress = [e for e in seen if isinstance(e, Progress)]
     assert len(progress) == 1  # nothing trained after the stop was seen
     assert summary["epochs_run"] < 50
 
@@ -157,7 +158,7 @@ def test_nan_loss_stops_with_a_clear_error(
 
 def test_class_weights_balance_inverse_frequency():
     labels = torch.tensor([0] * 90 + [1] * 10)
-    w = train.class_weights(labels, 2)
+    w = epoch.class_weights(labels, 2)
     assert w[1] / w[0] == pytest.approx(9.0)
     assert w.mean() == pytest.approx(1.0)
 
@@ -170,7 +171,7 @@ def test_resume_after_stop_matches_an_uninterrupted_run(
     stop = threading.Event()
 
     def stop_after_epoch_2(event):
-        if isinstance(event, train.EpochEnd) and event.epoch == 2:
+        if isinstance(event, EpochEnd) and event.epoch == 2:
             stop.set()
 
     cfg = tiny_config(digits_dir, epochs=4, seed=3)
