@@ -21,6 +21,7 @@ from . import runs, weights
 from .cnn import ConvBlock, CustomCNN, SimpleCNN  # noqa: F401  (re-exported)
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import ConfigError, WeightsError
+from .model_summary import ModelSummary, summarize
 from .registry import (  # noqa: F401  (re-exported: models is the public face of the registry)
     MODELS,
     ModelSpec,
@@ -36,7 +37,6 @@ from .registry import (  # noqa: F401  (re-exported: models is the public face o
     register_model,
     simple_cnn,
 )
-from .summary import LayerRow, ModelSummary, summarize  # noqa: F401  (LayerRow re-exported)
 
 log = logging.getLogger(__name__)
 

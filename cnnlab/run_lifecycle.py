@@ -89,30 +89,35 @@ def running(
     except CnnlabError as exc:
         _fail(live, str(exc), emit)
         raise
-    except torch.OutOfMemoryError as exc:
-        msg = (
-            f"out of memory on {describe_device(device)}: lower the batch size "
-            f"({config.train.batch_size}) or the image size ({config.data.image_size})."
-        )
-        _fail(live, msg, emit)
-        raise TrainingError(msg) from exc
     except Exception as exc:  # anything else is recorded in the run's summary, then re-raised
         if type(exc).__name__ == "TrialPruned":  # optuna's; imported lazily by tune only
             runs.update_summary(run, status="pruned", seconds=time.perf_counter() - t_start)
             raise
-        if distributed.peer_lost(world, exc):  # not the backend's words: what happened, what to do
-            msg = (
-                f"one of the {world.world_size} training processes stopped (killed, or out of "
-                f"memory), so the others could not go on; the epochs so far are kept: resume with "
-                f"`cnnlab resume {run.run_id} --nproc-per-node {world.world_size}`"
-            )
-            _fail(live, msg, emit)
-            raise TrainingError(msg) from exc
-        _fail(live, f"{type(exc).__name__}: {exc}", emit)
+        plain = _plain_words(exc, config, live)
+        _fail(live, plain or f"{type(exc).__name__}: {exc}", emit)
+        if plain:
+            raise TrainingError(plain) from exc
         raise
     finally:
         if world.is_main:
             runs.mark_active(run, False)
+
+
+def _plain_words(exc: Exception, config: RunConfig, live: LiveRun) -> str | None:
+    """What happened and what to do, for the failures whose own words would not say it."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (
+            f"out of memory on {describe_device(live.device)}: lower the batch size "
+            f"({config.train.batch_size}) or the image size ({config.data.image_size})."
+        )
+    world = live.world
+    if distributed.peer_lost(world, exc):
+        return (
+            f"one of the {world.world_size} training processes stopped (killed, or out of "
+            f"memory), so the others could not go on; the epochs so far are kept: resume with "
+            f"`cnnlab resume {live.run.run_id} --nproc-per-node {world.world_size}`"
+        )
+    return None
 
 
 def _announce(
