@@ -58,8 +58,8 @@ def create_model(
             model = spec.build(cfg, num_classes, image_size)
         except (OSError, RuntimeError, ValueError) as exc:  # hub download errors (timm)
             raise WeightsError(
-                f"cannot get pretrained weights for {cfg.name}: {type(exc).__name__}: {exc}; "
-                "use weights 'random' or a local .pth file"
+                f"cannot get pretrained weights for {cfg.name}: {type(exc).__name__}: {exc}; use ",
+                random_tail=" or a local .pth file",
             ) from exc
     else:
         model = spec.build(cfg, num_classes, image_size)

@@ -110,7 +110,7 @@ def _summarise(
         try:
             model = models.create_model(cfg, n_classes, image_size)
         except WeightsError as exc:
-            weights_error = str(exc)
+            weights_error = _page_words(exc)
             model = models.create_model(twin, n_classes, image_size)
     s = models.summary(model, image_size)
     return {
@@ -281,14 +281,10 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
     return model, float(head_lr), float(backbone_lr)
 
 
-def _page_words(message: str) -> str:
-    """A core message in this page's words: the CLI's "weights 'random'" is the option
+def _page_words(exc: WeightsError) -> str:
+    """A weights error in this page's words: the CLI's "weights 'random'" is the option
     'Random (train from scratch)' here."""
-    option = f"'{WEIGHT_SOURCES['random']}'"
-    cli = "weights 'random'"
-    return message.replace(
-        f'{cli} ("{WEIGHT_SOURCES["random"]}" on the Model page)', option
-    ).replace(cli, option)
+    return exc.worded(f"'{WEIGHT_SOURCES['random']}'")
 
 
 def _download(model_cfg: ModelConfig) -> None:
@@ -365,7 +361,7 @@ def main() -> None:
         st.error(f"This model cannot take {size} px inputs: {exc}")
         return
     if info["weights_error"]:
-        st.warning(_page_words(info["weights_error"]))
+        st.warning(info["weights_error"])
     if pending:
         _download(model_cfg)
     st.subheader("Summary")
