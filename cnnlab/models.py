@@ -297,3 +297,10 @@ def load_trained(
     model.load_state_dict(ckpt["model_state"])
     model.to(device).eval()
     return model, config, classes, ckpt
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Model `name`'s registry row as `cnnlab models` and the Model page show it (JSON-able)."""
+    from . import registry  # imported here: the module-level names come from it one by one
+
+    return registry.describe(get_spec(name))

@@ -20,7 +20,6 @@ from cnnlab import (
     preflight,
     reach,
     recipe,
-    registry,
     runs,
     weights,
     workspace,
@@ -223,11 +222,7 @@ def _zoo_label(name: str) -> str:
 @st.cache_data(show_spinner=False)
 def _zoo() -> dict[str, dict[str, Any]]:
     """The registry's transfer models as `cnnlab models` describes them."""
-    return {
-        n: registry.describe(models.get_spec(n))
-        for n in models.list_models()
-        if models.is_transfer(n)
-    }
+    return {n: models.describe(n) for n in models.list_models() if models.is_transfer(n)}
 
 
 def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
