@@ -19,6 +19,7 @@ reload gets them back.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import streamlit as st
 from cnnlab import baseline, data, evaluate, jobs, scan_cache, session, users
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
+from cnnlab.predict import Predictor
 from cnnlab.progress import queued_line
 
 DATASET_PATH = "dataset_path"
@@ -220,6 +222,18 @@ def session_run_config() -> RunConfig:
     return cfg
 
 
+def reset_widgets(prefix: str | tuple[str, ...], names: Iterable[str] | None = None) -> None:
+    """Drop widget state so those widgets show their seeded values again: every key starting
+    with `prefix`, or with `names` only the keys prefix + name."""
+    if names is None:
+        stale = [k for k in st.session_state if str(k).startswith(prefix)]
+    else:
+        prefixes = (prefix,) if isinstance(prefix, str) else prefix
+        stale = [f"{p}{n}" for p in prefixes for n in names]
+    for key in stale:
+        st.session_state.pop(key, None)
+
+
 def seed_widget(key: str, value) -> None:
     """Give a widget its value from the saved config when it has no state (first visit or back
     from another page: Streamlit drops the state of widgets that were not drawn)."""
@@ -240,6 +254,13 @@ def choose_trained_run(container, key: str) -> str:
     ids = [r["run_id"] for r in summaries]
     default = evaluate.default_run(summaries, st.session_state.get(ACTIVE_RUN_ID))
     return container.selectbox("Run", ids, index=ids.index(default), key=key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def predictor(run: str, stamp: float) -> Predictor:
+    """The Predictor of a run (id or folder) shared by the pages that draw with it; `stamp` is
+    best.pt's mtime, so a new checkpoint loads again."""
+    return Predictor.from_run(run)
 
 
 def show_queued(snap) -> bool:
