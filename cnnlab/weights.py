@@ -14,6 +14,7 @@ with torch.load(weights_only=True): weights are data, never code.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import http.client
 import logging
@@ -171,10 +172,10 @@ def fetch(url: str, progress: Progress | None = None) -> Path:
                 weights_download.download(url, target, progress, _checker(url, target))
             except weights_download.Failed as failed:
                 exc = _failure(url, target, failed.cause, failed.seconds)
-                _FAILED[url] = exc
+                _FAILED[url] = copy.copy(exc)  # a copy holds no traceback (and no frames)
                 raise exc from None
             except WeightsError as exc:
-                _FAILED[url] = exc
+                _FAILED[url] = copy.copy(exc)
                 raise
             _FAILED.pop(url, None)
     except LockTimeout as exc:
