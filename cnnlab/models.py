@@ -58,8 +58,8 @@ def create_model(
             model = spec.build(cfg, num_classes, image_size)
         except (OSError, RuntimeError, ValueError) as exc:  # hub download errors (timm)
             raise WeightsError(
-                f"cannot get pretrained weights for {cfg.name}: {type(exc).__name__}: {exc}; "
-                "use weights 'random' or a local .pth file"
+                f"cannot get pretrained weights for {cfg.name}: {type(exc).__name__}: {exc}; use ",
+                random_tail=" or a local .pth file",
             ) from exc
     else:
         model = spec.build(cfg, num_classes, image_size)
@@ -297,3 +297,10 @@ def load_trained(
     model.load_state_dict(ckpt["model_state"])
     model.to(device).eval()
     return model, config, classes, ckpt
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Model `name`'s registry row as `cnnlab models` and the Model page show it (JSON-able)."""
+    from . import registry  # imported here: the module-level names come from it one by one
+
+    return registry.describe(get_spec(name))

@@ -155,14 +155,6 @@ class Predictor:
                 rows[row_i]["top"] = [{"class": c, "probability": p} for c, p in top]
         return rows
 
-    def predict_folder(
-        self, folder: str | Path, csv_path: str | Path, k: int = 3
-    ) -> list[dict[str, Any]]:
-        """Predict every image under a folder and write one CSV row per file."""
-        rows = self.predict_files([folder], k)
-        write_csv(rows, csv_path, k)
-        return rows
-
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
 

@@ -1,31 +1,26 @@
 """Pretrained weights: ImageNet (downloaded once into the torch hub cache), an http(s) URL, a local
-file, or one of the user's runs.
+file, or one of the user's runs: which file a source stands for, and loading it into a model.
 
 Downloads land in `torch.hub.get_dir()/checkpoints` (so `TORCH_HOME` is honoured and torchvision
 finds the same files): a model zoo file under its own name (its torch hub `-<sha256 prefix>` is
 checked), any other URL under `by-url/<hash of the URL>/` so two URLs with one file name never share
-a file. Each file streams into a locked temporary (a lock per target file, not per process), capped
-at CNNLAB_WEIGHTS_MAX_MB, within CNNLAB_WEIGHTS_TIMEOUT per stall and CNNLAB_WEIGHTS_DEADLINE
-overall, is checked to be a weights-only state dict, then renamed: the cache never holds a partial
-or tampered file, and a failure, Ctrl-C or SIGTERM removes the temporary. Only http(s) redirects are
-followed; under the dashboard's visitor rules (cnnlab.reach) only to allowed hosts, and a failure
-reads the same whatever its cause. `CNNLAB_WEIGHTS_MIRROR=<base URL>` replaces the public host for
-ImageNet files. Every file is read with torch.load(weights_only=True): weights are data, never code.
+a file. One download per target file at a time (a file lock, not a process lock); the transfer
+itself (size cap, stall timeout, deadline, redirects, atomic rename) is cnnlab.weights_download's.
+A downloaded file is checked to be a weights-only state dict before it enters the cache, and a
+failure under the dashboard's visitor rules (cnnlab.reach) reads the same whatever its cause.
+`CNNLAB_WEIGHTS_MIRROR=<base URL>` replaces the public host for ImageNet files. Every file is read
+with torch.load(weights_only=True): weights are data, never code.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import copy
 import hashlib
 import http.client
 import logging
 import os
 import re
-import signal
 import socket
-import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,22 +34,13 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 from torch import nn
 
-from . import reach, runs
-from .errors import WeightsError
+from . import reach, runs, weights_download
+from .errors import RANDOM_WEIGHTS, WeightsError
 from .registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "CNNLAB_WEIGHTS_MIRROR"  # base URL of a mirror holding torchvision's file names
-TIMEOUT_ENV = "CNNLAB_WEIGHTS_TIMEOUT"  # seconds a connect or a read may stall (default 20)
-DEADLINE_ENV = "CNNLAB_WEIGHTS_DEADLINE"  # seconds a whole download may take (default 3600)
-MAX_MB_ENV = "CNNLAB_WEIGHTS_MAX_MB"  # the largest file accepted, in MB (default 4096)
-DEFAULT_TIMEOUT_S = 20.0
-DEFAULT_DEADLINE_S = 3600.0
-DEFAULT_MAX_MB = 4096.0  # the zoo's largest file is a few hundred MB
-CHUNK = 1 << 20
-MAX_REDIRECTS = 5
-PROGRESS_EVERY_S = 0.2  # at most this often a progress callback is called while downloading
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total or 0, what) as data.Progress
@@ -137,10 +123,10 @@ def cached_path(url: str) -> Path:
 
 # url -> why its last download failed in this process (the Model page's "Download the weights
 # now", a run's start); the pre-flight lists it so Start stays off until the file is there
-_FAILED: dict[str, str] = {}
+_FAILED: dict[str, WeightsError] = {}
 
 
-def last_failure(source: str, spec: ModelSpec) -> str | None:
+def last_failure(source: str, spec: ModelSpec) -> WeightsError | None:
     """Why the last download of `source` failed in this process, while its file is still missing."""
     url = remote_url(source, spec)
     if url is None or cached_path(url).is_file():
@@ -172,15 +158,24 @@ def fetch(url: str, progress: Progress | None = None) -> Path:
         ) from exc
     key = hashlib.sha256(str(target).encode()).hexdigest()[:24]
     # one download per target file across threads and processes; other files go on meanwhile
-    lock = FileLock(str(locks / f"{key}.lock"), timeout=_seconds(DEADLINE_ENV, DEFAULT_DEADLINE_S))
+    lock = FileLock(
+        str(locks / f"{key}.lock"),
+        timeout=weights_download.env_seconds(
+            weights_download.DEADLINE_ENV, weights_download.DEFAULT_DEADLINE_S
+        ),
+    )
     try:
         with lock:
             if target.is_file():  # another thread or process fetched it while we waited
                 return target
             try:
-                _download(url, target, progress)
+                weights_download.download(url, target, progress, _checker(url, target))
+            except weights_download.Failed as failed:
+                exc = _failure(url, target, failed.cause, failed.seconds)
+                _FAILED[url] = copy.copy(exc)  # a copy holds no traceback (and no frames)
+                raise exc from None
             except WeightsError as exc:
-                _FAILED[url] = str(exc)
+                _FAILED[url] = copy.copy(exc)
                 raise
             _FAILED.pop(url, None)
     except LockTimeout as exc:
@@ -205,7 +200,7 @@ def unreachable(url: str) -> str | None:
     seen = _PROBED.get(url)
     if seen is not None and now - seen[0] < PROBE_TTL_S:
         return seen[1]
-    opener = urllib.request.build_opener(_Redirects(reach.visitor_rules()))
+    opener = urllib.request.build_opener(weights_download.Redirects(reach.visitor_rules()))
     why: str | None = None
     try:
         # a one-byte GET, not HEAD: plain file servers and mirrors answer GET alike
@@ -221,72 +216,12 @@ def unreachable(url: str) -> str | None:
     return why
 
 
-def _seconds(env: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(env) or default)
-    except ValueError:
-        log.warning("%s=%r is not a number: using %s", env, os.environ.get(env), default)
-        return default
-    return value if value > 0 else default
-
-
-class _Refused(OSError):
-    """A download stopped on purpose (redirect, size cap, deadline): the reason is the text."""
-
-
-class _Redirects(urllib.request.HTTPRedirectHandler):
-    """Follows http(s) redirects only; under the visitor rules only to allowed hosts."""
-
-    max_redirections = MAX_REDIRECTS
-
-    def __init__(self, visitor: bool) -> None:
-        self.visitor = visitor
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's hook
-        scheme = urlparse(newurl).scheme
-        if scheme not in ("http", "https"):
-            fp.close()
-            raise _Refused(f"a redirect to {scheme}: refused (only http and https are followed)")
-        if self.visitor and not reach.host_allowed(newurl):
-            fp.close()
-            raise _Refused("a redirect to a host that is not on the weights hosts list")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-@contextlib.contextmanager
-def _terminate_as_exit():
-    """In the main thread, SIGTERM raises SystemExit for the block, so cleanups run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        old = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main interpreter
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _download(url: str, target: Path, progress: Progress | None) -> None:
-    name = target.name
-    shown = reach.redact_url(url)
+def _checker(url: str, target: Path) -> weights_download.Check:
+    """What a downloaded file must be: its torch hub sha256 prefix (if named), a state dict."""
+    name, shown = target.name, reach.redact_url(url)
     expected = hash_prefix(name)
-    _remove_stale(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=target.parent)
-    fcntl.flock(fd, fcntl.LOCK_EX)  # tells _remove_stale in other processes it is in use
-    tmp = Path(tmp_name)
-    log.info("downloading %s from %s into %s", name, shown, target.parent)
-    t0 = time.perf_counter()
-    try:
-        with _terminate_as_exit(), os.fdopen(fd, "wb", closefd=False) as out:
-            digest = _stream(url, out, progress, f"downloading {name}")
+
+    def check(tmp: Path, digest: str) -> None:
         if expected and not digest.startswith(expected):
             raise WeightsError(
                 f"{name} downloaded from {shown} does not match its sha256 prefix {expected}: "
@@ -294,82 +229,22 @@ def _download(url: str, target: Path, progress: Progress | None) -> None:
                 "tampered with"
             )
         _read_state(tmp, "downloaded weights", shown=f"{name} from {shown}")
-        os.replace(tmp, target)
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        raise WeightsError(_failure_message(url, target, exc, time.perf_counter() - t0)) from None
-    finally:
-        tmp.unlink(missing_ok=True)  # gone already when it was renamed into place
-        os.close(fd)
-    log.info("saved %s (%.1f MB)", target, target.stat().st_size / 1e6)
+
+    return check
 
 
-def _stream(url: str, out, progress: Progress | None, what: str) -> str:
-    """Copy url's body into out within the size cap, stall timeout and deadline; its sha256."""
-    stall = _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
-    deadline_s = _seconds(DEADLINE_ENV, DEFAULT_DEADLINE_S)
-    cap = int(_seconds(MAX_MB_ENV, DEFAULT_MAX_MB) * 1e6)
-    opener = urllib.request.build_opener(_Redirects(reach.visitor_rules()))
-    request = urllib.request.Request(url, headers={"User-Agent": "cnnlab"})
-    end = time.monotonic() + deadline_s
-    digest = hashlib.sha256()
-    with opener.open(request, timeout=stall) as response:
-        total = int(response.headers.get("Content-Length") or 0)
-        if total > cap:
-            raise _Refused(f"the file is {total / 1e6:.0f} MB, over the {cap / 1e6:.0f} MB cap")
-        done, last = 0, 0.0
-        if progress is not None:
-            progress(0, total, what)
-        while True:
-            if time.monotonic() > end:
-                raise _Refused(f"not finished within the {deadline_s:.0f} s deadline")
-            chunk = response.read1(CHUNK)  # returns after one read: the deadline is checked often
-            if not chunk:
-                break
-            done += len(chunk)
-            if done > cap:
-                raise _Refused(f"the file grew over the {cap / 1e6:.0f} MB cap")
-            digest.update(chunk)
-            out.write(chunk)
-            now = time.monotonic()
-            if progress is not None and now - last >= PROGRESS_EVERY_S:
-                last = now
-                progress(done, total, what)
-        if total and done < total:
-            raise _Refused(f"the connection closed after {done:,} of {total:,} bytes")
-        out.flush()
-        if progress is not None:
-            progress(done, total or done, what)
-    return digest.hexdigest()
-
-
-def _remove_stale(target: Path) -> None:
-    """Delete temporaries of `target` that no live download holds (a killed process's): a live
-    download in any process keeps its temporary flock'ed."""
-    for tmp in target.parent.glob(f".{target.name}.*.download*"):
-        try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except OSError:  # gone already (another process cleaned it)
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            tmp.unlink()
-            log.info("removed %s, left by an interrupted download", tmp)
-        except OSError:  # a live download holds it, or it vanished meanwhile
-            pass
-        finally:
-            os.close(fd)
-
-
-def _failure_message(url: str, target: Path, exc: BaseException, seconds: float) -> str:
+def _failure(url: str, target: Path, exc: BaseException, seconds: float) -> WeightsError:
+    """The error a failed download raises: why, in words that probe nothing under visitor rules."""
     shown = reach.redact_url(url)
-    if reach.visitor_rules() and not isinstance(exc, _Refused):
+    if reach.visitor_rules() and not isinstance(exc, weights_download.Refused):
         # one text for refused, unreachable, missing, timed out: no probing of ports or paths
         log.info("download of %s failed: %s", shown, reach.redact_text(str(exc), url))
-        return (
+        return WeightsError(
             f"cannot download {target.name} from {shown}: the host did not serve the file; check "
-            "the URL, or upload the .pth file, or use weights 'random'"
+            "the URL, or upload the .pth file, or use ",
+            random_tail="",
         )
-    if isinstance(exc, _Refused):
+    if isinstance(exc, weights_download.Refused):
         why = str(exc)
     elif isinstance(exc, urllib.error.HTTPError):
         why = f"HTTP {exc.code} {exc.reason}"
@@ -380,11 +255,12 @@ def _failure_message(url: str, target: Path, exc: BaseException, seconds: float)
     else:
         why = f"{type(exc).__name__}: {exc}"
     why = reach.redact_text(why, url)
-    return (
+    return WeightsError(
         f"cannot download {target.name} from {shown} ({why}); on a machine with internet download "
         f"that URL and copy the file into {target.parent}/ (or set {MIRROR_ENV} to a mirror "
-        "holding it), or use weights 'random' (\"Random (train from scratch)\" on the Model page) "
-        "or a local .pth file"
+        "holding it), or use ",
+        random_name=f'{RANDOM_WEIGHTS} ("Random (train from scratch)" on the Model page)',
+        random_tail=" or a local .pth file",
     )
 
 
@@ -396,7 +272,7 @@ def _read_state(path: Path, what: str, shown: str | None = None) -> dict[str, to
     shown = shown or str(path)
     if not path.is_file():
         raise WeightsError(
-            f"weights file {path} does not exist; give a .pth/.pt file, or use weights 'random'"
+            f"weights file {path} does not exist; give a .pth/.pt file, or use ", random_tail=""
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

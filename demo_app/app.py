@@ -15,8 +15,7 @@ import streamlit as st
 
 from cnnlab import model_card, predict_api, runs
 from cnnlab.errors import CnnlabError
-from cnnlab.predict import Predictor
-from pages import predict_view
+from pages import predict_view, ui
 
 log = logging.getLogger(__name__)
 st.set_page_config(page_title="cnnlab demo", page_icon=":material/image_search:", layout="wide")
@@ -25,12 +24,6 @@ st.set_page_config(page_title="cnnlab demo", page_icon=":material/image_search:"
 @st.cache_resource(show_spinner="Reading the model card…", max_entries=2)
 def _card(run_dir: str, stamp: int) -> dict[str, Any]:
     return model_card.build_card(run_dir)  # stamp: best.pt's mtime, so a new checkpoint reloads
-
-
-@st.cache_resource(show_spinner=False, max_entries=2)
-def _predictor(run_dir: str, stamp: int) -> Predictor:
-    # its own Predictor, not the API's: Grad-CAM hooks the model while the API may be predicting
-    return Predictor.from_run(run_dir)
 
 
 def _pct(value: Any) -> str:
@@ -79,7 +72,9 @@ def main() -> None:
         run = runs.load_run(served)
         stamp = runs.checkpoint_path(run).stat().st_mtime_ns
         card = _card(str(run.run_dir), stamp)
-        predictor = _predictor(str(run.run_dir), stamp)
+        # the pages' cached Predictor, not the API's: Grad-CAM hooks the model while the API
+        # may be predicting
+        predictor = ui.predictor(str(run.run_dir), stamp)
     except CnnlabError as exc:  # logged for the operator; the visitor learns no server path
         log.warning("cnnlab serve: run %s cannot be shown: %s", served, exc)
         st.error("This demo's model is not available right now.", icon=":material/error:")

@@ -375,30 +375,35 @@ def _show_dataset(path: str) -> None:
         )
 
 
-ui.use_app_navigation()
-st.title("Data")
-st.caption(
-    "An image folder with one sub-folder per class, train / val / test folders of those, a .zip "
-    "of either, or a CSV of file names and labels."
-)
-try:
-    chosen = _choose_source()
-    if chosen:  # store the folder that holds the class folders (past a lone wrapper folder)
-        resolved = str(data.resolve_dataset(chosen))
-        if resolved != st.session_state.get(ui.DATASET_PATH):
-            st.session_state[ui.DATASET_PATH] = resolved
-            st.rerun()  # app.py drew the sidebar before this page ran: redraw it with the name
-    current = st.session_state.get(ui.DATASET_PATH)
-    if current:
-        st.divider()
-        st.markdown(f"**Data set:** `{current}`")
-        _show_dataset(current)
-    else:
-        hint = {
-            "Demo digits": "press **Use the demo digits**",
-            "Upload a zip": "drop a .zip with one folder per class above",
-            "Upload a folder": "choose a folder with one sub-folder per class above",
-        }.get(st.session_state.get("data_source"), "type a path above and press Enter")
-        st.info(f"No data set loaded yet: {hint}.", icon=":material/info:")
-except CnnlabError as exc:
-    ui.show_error(exc)
+def main() -> None:
+    """Render the page."""
+    ui.use_app_navigation()
+    st.title("Data")
+    st.caption(
+        "An image folder with one sub-folder per class, train / val / test folders of those, a .zip "
+        "of either, or a CSV of file names and labels."
+    )
+    try:
+        chosen = _choose_source()
+        if chosen:  # store the folder that holds the class folders (past a lone wrapper folder)
+            resolved = str(data.resolve_dataset(chosen))
+            if resolved != st.session_state.get(ui.DATASET_PATH):
+                st.session_state[ui.DATASET_PATH] = resolved
+                st.rerun()  # app.py drew the sidebar before this page ran: redraw it with the name
+        current = st.session_state.get(ui.DATASET_PATH)
+        if current:
+            st.divider()
+            st.markdown(f"**Data set:** `{current}`")
+            _show_dataset(current)
+        else:
+            hint = {
+                "Demo digits": "press **Use the demo digits**",
+                "Upload a zip": "drop a .zip with one folder per class above",
+                "Upload a folder": "choose a folder with one sub-folder per class above",
+            }.get(st.session_state.get("data_source"), "type a path above and press Enter")
+            st.info(f"No data set loaded yet: {hint}.", icon=":material/info:")
+    except CnnlabError as exc:
+        ui.show_error(exc)
+
+
+main()

@@ -26,11 +26,6 @@ def _evaluation(run_id: str, split: str, stamp: float) -> evaluate.EvalResult:
     return evaluate.evaluate_run(run_id, split)  # stamp: best.pt's mtime, so a rerun re-evaluates
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _predictor(run_id: str, stamp: float) -> Predictor:
-    return Predictor.from_run(run_id)
-
-
 def _gallery(result: evaluate.EvalResult, indices: list[int], caption) -> None:
     if not indices:
         st.caption("No images.")
@@ -56,33 +51,8 @@ def _fix_grid(
                 labels.fix_buttons(data_path, rel, predicted, key=f"ev_fix_{where}_{rel}")
 
 
-ui.use_app_navigation()
-st.title("Evaluate")
-left, right = st.columns([3, 1])
-run_id = ui.choose_trained_run(left, "ev_run")
-split = right.selectbox("Split", evaluate.SPLITS, key="ev_split")
-try:
-    run = runs.load_run(run_id)
-    stamp = runs.checkpoint_path(run).stat().st_mtime  # RunNotFoundError if it was deleted
-    result = _evaluation(run_id, split, stamp)
-    predictor = _predictor(run_id, stamp)
-except CnnlabError as exc:
-    ui.show_error(exc)
-    st.stop()
-
-c1, c2, c3 = st.columns(3)
-c1.metric("Accuracy", f"{result.accuracy:.2%}")
-c2.metric("Loss", f"{result.loss:.4f}")
-c3.metric("Images", f"{result.n:,}")
-ui.baseline_line(runs.read_summary(run))
-tabs = st.tabs(
-    ["Confusion", "Worst predictions", "Per class", "Diagnosis", "Look inside", "Export",
-     "More data?"]
-)  # fmt: skip
-config = runs.read_config(run)
-labels.fixes_bar(config.data.path)
-
-with tabs[0]:
+def _confusion_tab(result: evaluate.EvalResult, run_id: str, split: str, data_path: str) -> None:
+    """Click a cell of the confusion matrix (or pick one) to see its images; mistakes get fixes."""
     normalized = st.toggle("Row-normalised", key="ev_norm")
     cm = result.confusion
     cells = sorted(
@@ -121,9 +91,11 @@ with tabs[0]:
         if cell[0] == cell[1]:
             _gallery(result, idx, caption)
         else:  # mistakes: one click relabels as predicted or leaves the image out
-            _fix_grid(result, idx, caption, config.data.path, "cell")
+            _fix_grid(result, idx, caption, data_path, "cell")
 
-with tabs[1]:
+
+def _worst_tab(result: evaluate.EvalResult, data_path: str) -> None:
+    """The mistakes with the highest loss first, each with one-click fixes."""
     wrong = [w for w in result.worst(len(result.paths)) if w["true"] != w["predicted"]][:GALLERY]
     st.caption(
         "Mistakes with the highest loss first: confidently wrong predictions, or mislabelled "
@@ -140,18 +112,22 @@ with tabs[1]:
         }
         _fix_grid(result, list(by_index), lambda i: (
             f"{by_index[i]['true']} → {by_index[i]['predicted']} {by_index[i]['confidence']:.0%}"
-            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"), config.data.path,
+            f" (true {true_prob[i]:.0%}) · {_short(result.paths[i])}"), data_path,
                   "worst")  # fmt: skip
         st.caption("A fix applies from the next scan and run; this evaluation keeps the labels "
                    "the run trained with.")  # fmt: skip
 
-with tabs[2]:
+
+def _per_class_tab(result: evaluate.EvalResult) -> None:
+    """Per-class bars and table, and the most confused pairs."""
     st.plotly_chart(plots.per_class_figure(result.per_class))
     st.dataframe([{"class": c, **m} for c, m in result.per_class.items()], hide_index=True)
     if result.most_confused():
         st.dataframe(result.most_confused(), hide_index=True)
 
-with tabs[3]:
+
+def _diagnosis_tab(run: runs.Run) -> None:
+    """The run's curve verdict and its loss and accuracy curves."""
     rows = runs.read_metrics(run)
     diagnosis = evaluate.diagnose(rows)
     for f in diagnosis.findings:  # one: the verdict
@@ -159,7 +135,9 @@ with tabs[3]:
     st.plotly_chart(plots.loss_figure(rows, diagnosis))
     st.plotly_chart(plots.accuracy_figure(rows))
 
-with tabs[4]:
+
+def _inside_tab(result: evaluate.EvalResult, predictor: Predictor) -> None:
+    """First-layer filters and the feature maps of one image at a chosen layer."""
     filters = explain.first_layer_filters(predictor.model)
     st.caption(f"First-layer filters ({len(filters)}): what the first convolution looks for.")
     st.image([explain.display_image(f, 48) for f in filters[:64]], width=48)
@@ -173,7 +151,9 @@ with tabs[4]:
     st.image(explain.display_image(result.images[pick], 128), caption="input")
     st.image([explain.display_image(m, 64) for m in maps], width=64)
 
-with tabs[5]:
+
+def _export_tab(run_id: str) -> None:
+    """Export buttons (ONNX, .pt2), each checked, with its download once made."""
     for fmt, label in (("onnx", "ONNX"), ("pt2", "PyTorch ExportedProgram (.pt2)")):
         if st.button(f"Export {label}", key=f"ev_export_{fmt}"):
             try:
@@ -190,5 +170,48 @@ with tabs[5]:
             st.download_button(f"Download {label} (.zip)", saved[1], f"{run_id}-{fmt}.zip",
                                mime="application/zip", key=f"ev_dl_{fmt}")  # fmt: skip
 
-with tabs[6]:
-    labels.curve_panel(run_id, config)
+
+def main() -> None:
+    """Render the page."""
+    ui.use_app_navigation()
+    st.title("Evaluate")
+    left, right = st.columns([3, 1])
+    run_id = ui.choose_trained_run(left, "ev_run")
+    split = right.selectbox("Split", evaluate.SPLITS, key="ev_split")
+    try:
+        run = runs.load_run(run_id)
+        stamp = runs.checkpoint_path(run).stat().st_mtime  # RunNotFoundError if it was deleted
+        result = _evaluation(run_id, split, stamp)
+        predictor = ui.predictor(run_id, stamp)
+    except CnnlabError as exc:
+        ui.show_error(exc)
+        st.stop()
+
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Accuracy", f"{result.accuracy:.2%}")
+    c2.metric("Loss", f"{result.loss:.4f}")
+    c3.metric("Images", f"{result.n:,}")
+    ui.baseline_line(runs.read_summary(run))
+    tabs = st.tabs(
+        ["Confusion", "Worst predictions", "Per class", "Diagnosis", "Look inside", "Export",
+         "More data?"]
+    )  # fmt: skip
+    config = runs.read_config(run)
+    labels.fixes_bar(config.data.path)
+    with tabs[0]:
+        _confusion_tab(result, run_id, split, config.data.path)
+    with tabs[1]:
+        _worst_tab(result, config.data.path)
+    with tabs[2]:
+        _per_class_tab(result)
+    with tabs[3]:
+        _diagnosis_tab(run)
+    with tabs[4]:
+        _inside_tab(result, predictor)
+    with tabs[5]:
+        _export_tab(run_id)
+    with tabs[6]:
+        labels.curve_panel(run_id, config)
+
+
+main()

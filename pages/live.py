@@ -1,11 +1,13 @@
-"""The Train page's live view without script reruns (a helper module, not a page).
+"""The Train page's live view of a running job, and the charts of a finished one (a helper module,
+not a page).
 
 While a job trains, a Streamlit fragment re-running every second makes the browser re-render the
 page each time; on a small machine that CPU comes out of training (docs/performance.md). Here the
 browser polls a JSON route instead (`routes()`, mounted by server.py through `st.App`) and updates
 the progress bar and Plotly charts in place (live_chart.js, a components.v2 component). The page
 re-runs only when the job's phase changes. Under a plain `streamlit run app.py` or AppTest the
-route does not exist (`served()` is False) and the Train page keeps its fragment.
+route does not exist (`served()` is False) and a fragment redraws every second instead. Both paths
+draw the same figures from one cache with one redraw throttle: cnnlab.live_feed's.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from cnnlab import jobs, live_feed, users
+from cnnlab import evaluate, jobs, live_feed, plots, progress, users
+from cnnlab.jobs import JobSnapshot
+from pages import ui
 
 INTERVAL_MS = 1000  # how often a watching page polls
 API = "api/cnnlab"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FALLBACK = "_live_fallback"  # session key: the route was unreachable, use the fragment instead
+FINISHED = "_t_figures"  # session key: a finished job's figures, with what they were drawn from
+CAPTIONS = "_t_run_caption"  # session key: run id -> its caption (read once per run)
 _served = False
 # The page hands the browser a feed URL signed for one job, after checking the visitor may see
 # it; the route answers only signed URLs (any sign-in mode) and, with a trusted user header,
@@ -160,3 +166,93 @@ def preload() -> None:
         key="cnnlab_live_preload",
         data={"job": None, "plotly_url": f"{_base()}{API}/plotly-{plotly.__version__}.min.js"},
     )
+
+
+def watch(job_id: str) -> None:
+    """Show the running job job_id: the browser-side live view when the feed is served, else a
+    fragment redrawn every second; either re-runs the whole page once the job ends."""
+    if served():
+        _feed_view(job_id)
+    else:
+        _fragment_view(job_id)
+
+
+@st.fragment
+def _feed_view(job_id: str) -> None:
+    """The browser updates the progress and curves from the live feed by itself; this re-runs
+    only when the job's phase changes, and once more in full when it ends."""
+    snap = ui.job_manager().snapshot(job_id)
+    if snap is None or not snap.active or not served():
+        st.rerun()
+    _follow_run(snap)
+    view(job_id, live_feed.phase(snap))
+
+
+@st.fragment(run_every=1)
+def _fragment_view(job_id: str) -> None:
+    """Without the live feed (`streamlit run app.py`, AppTest): the feed's payload drawn with
+    Streamlit elements every second while the job runs; one full rerun when it ends."""
+    snap = ui.job_manager().snapshot(job_id)
+    if snap is None or not snap.active:
+        st.rerun()
+    if ui.show_queued(snap):
+        return
+    _follow_run(snap)
+    caption(snap)
+    payload = live_feed.get_feed(jobs.get_manager()).payload(job_id)
+    if payload is None:  # released between the two reads: the next rerun shows the result
+        return
+    st.progress(payload["progress"]["fraction"], text=payload["progress"]["text"])
+    figures = payload["figures"]  # the page holds no revisions: every figure comes along
+    _draw(figures.get("loss"), figures.get("acc"))
+
+
+def _follow_run(snap: JobSnapshot) -> None:
+    """Make the job's run the session's active run once it has an id."""
+    if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
+        st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
+
+
+def caption(snap: JobSnapshot) -> None:
+    """What the shown job trains: the run's own saved settings, not this session's form (read
+    once per run: the fragment calls this every second)."""
+    if not snap.run_id:
+        return
+    memo = st.session_state.setdefault(CAPTIONS, {})
+    if snap.run_id not in memo:
+        text = live_feed.run_caption(snap.run_id)
+        if text is None:
+            return
+        memo.clear()
+        memo[snap.run_id] = text
+    st.caption(ui.literal(memo[snap.run_id]))
+
+
+def curves(snap: JobSnapshot) -> None:
+    """A finished job's loss (with the curve's diagnosis) and accuracy charts, built once."""
+    if not snap.epochs and not snap.curve:
+        _draw(None, None)
+        return
+    key = (snap.job_id, snap.curve_version, len(snap.epochs))
+    memo = st.session_state.get(FINISHED)
+    if memo is None or memo["key"] != key:
+        rows = progress.thin(snap.epochs)
+        diagnosis = evaluate.diagnose(list(snap.epochs))
+        memo = {"key": key, "loss": plots.loss_figure(rows, diagnosis, curve=snap.curve),
+                "acc": plots.accuracy_figure(rows) if snap.epochs else None}  # fmt: skip
+        st.session_state[FINISHED] = memo
+    _draw(memo["loss"], memo["acc"])
+
+
+def _draw(loss, acc) -> None:
+    """The loss and accuracy charts side by side; a line in place of one without points. An
+    unchanged figure is sent as it was, which the browser does not redraw."""
+    if loss is None:
+        st.caption(live_feed.NO_LOSS_YET)
+        return
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(loss, key="t_loss_chart")
+    if acc is not None:
+        c2.plotly_chart(acc, key="t_acc_chart")
+    else:
+        c2.caption(live_feed.NO_ACC_YET)

@@ -20,7 +20,6 @@ from cnnlab import (
     preflight,
     reach,
     recipe,
-    registry,
     runs,
     weights,
     workspace,
@@ -110,7 +109,7 @@ def _summarise(
         try:
             model = models.create_model(cfg, n_classes, image_size)
         except WeightsError as exc:
-            weights_error = str(exc)
+            weights_error = _page_words(exc)
             model = models.create_model(twin, n_classes, image_size)
     s = models.summary(model, image_size)
     return {
@@ -223,11 +222,7 @@ def _zoo_label(name: str) -> str:
 @st.cache_data(show_spinner=False)
 def _zoo() -> dict[str, dict[str, Any]]:
     """The registry's transfer models as `cnnlab models` describes them."""
-    return {
-        n: registry.describe(models.get_spec(n))
-        for n in models.list_models()
-        if models.is_transfer(n)
-    }
+    return {n: models.describe(n) for n in models.list_models() if models.is_transfer(n)}
 
 
 def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
@@ -281,14 +276,10 @@ def _transfer_controls(cfg: RunConfig) -> tuple[ModelConfig, float, float]:
     return model, float(head_lr), float(backbone_lr)
 
 
-def _page_words(message: str) -> str:
-    """A core message in this page's words: the CLI's "weights 'random'" is the option
+def _page_words(exc: WeightsError) -> str:
+    """A weights error in this page's words: the CLI's "weights 'random'" is the option
     'Random (train from scratch)' here."""
-    option = f"'{WEIGHT_SOURCES['random']}'"
-    cli = "weights 'random'"
-    return message.replace(
-        f'{cli} ("{WEIGHT_SOURCES["random"]}" on the Model page)', option
-    ).replace(cli, option)
+    return exc.worded(f"'{WEIGHT_SOURCES['random']}'")
 
 
 def _download(model_cfg: ModelConfig) -> None:
@@ -365,7 +356,7 @@ def main() -> None:
         st.error(f"This model cannot take {size} px inputs: {exc}")
         return
     if info["weights_error"]:
-        st.warning(_page_words(info["weights_error"]))
+        st.warning(info["weights_error"])
     if pending:
         _download(model_cfg)
     st.subheader("Summary")

@@ -1,14 +1,17 @@
 """Runs page: every saved run in a table, curves of several overlaid, one run opened in detail.
 
 A run is a folder in the workspace (cnnlab.runs); this page reads them fresh on every rerun, so
-runs started from the CLI show up too. Training jobs of this server process (cnnlab.jobs) can be
-re-attached on the Train page; interrupted or stopped runs can be resumed when train.resume exists.
+runs started from the CLI show up too. The opened run can be shown on Evaluate and Predict,
+watched on the Train page while a job of this server trains it, resumed (a queued job) when it
+stopped or was interrupted after an epoch, shared as a demo (`cnnlab serve`), repeated from the
+command line with its config.json, or deleted.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -49,7 +52,7 @@ def _compare(summaries: list[dict[str, Any]]) -> None:
     with_curves = [
         s["run_id"]
         for s in summaries
-        if (workspace.runs_dir() / s["run_id"] / "metrics.jsonl").is_file()
+        if runs.Run(s["run_id"], Path(s["run_dir"])).metrics_path.is_file()
     ]
     if not with_curves:
         st.caption("Runs get curves once they finish an epoch.")

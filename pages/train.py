@@ -12,16 +12,13 @@ cnnlab.preflight finds a problem that would make the run fail.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import streamlit as st
 import torch
 
 from cnnlab import (
-    evaluate,
     jobs,
     kfold,
-    live_feed,
     lr_finder,
     plots,
     preflight,
@@ -48,8 +45,6 @@ QUERY_LR = "lr"  # the LR finder's job id in the URL: a reload shows the sweep a
 QUERY_JOB = "job"  # the same job id in the URL, so reloading this tab re-attaches to its own job
 SUGGESTED_LR = "suggested_lr"  # session key: the LR finder's suggestion
 LR_RESULT = "_lr_result"  # session key: the LR finder's whole result (for its chart)
-FIGURES = "_t_figures"  # session key: the figures drawn last, with what they were drawn from
-LOSS_REDRAW_S = 2.0  # the live loss figure is redrawn at most this often (new points or not)
 DEFAULTS = TrainConfig()
 # TrainConfig fields with a widget here; backbone_lr lives on the Model page, the rest in configs
 WIDGET_FIELDS = (
@@ -220,93 +215,9 @@ def _start(cfg: RunConfig, gpus: int = 1, folds: int = 0) -> None:
     st.rerun()
 
 
-def _run_caption(snap: jobs.JobSnapshot) -> None:
-    """What the shown job trains: the run's own saved settings, not this session's form (read
-    once per run: the live fragment calls this every second)."""
-    if not snap.run_id:
-        return
-    memo = st.session_state.setdefault("_t_run_caption", {})
-    if snap.run_id not in memo:
-        text = live_feed.run_caption(snap.run_id)
-        if text is None:
-            return
-        memo.clear()
-        memo[snap.run_id] = text
-    st.caption(ui.literal(memo[snap.run_id]))
-
-
-def _progress(snap: jobs.JobSnapshot) -> None:
-    frac, text = progress.progress_line(snap)
-    st.progress(frac, text=text)
-
-
-def _figures(snap: jobs.JobSnapshot, live: bool):
-    """The loss and accuracy figures, rebuilt only when the job has new points: the accuracy
-    figure at epoch ends, the loss figure at most every LOSS_REDRAW_S while the job runs. An
-    unchanged figure is sent as it was, which the browser does not redraw; a changed one is
-    remounted and redrawn whole, which costs the browser (and a shared CPU) far more."""
-    cached = st.session_state.get(FIGURES)
-    fresh = cached is None or cached["job"] != (snap.job_id, live)
-    now = time.monotonic()
-    if fresh or (
-        cached["version"] != snap.curve_version
-        and (not live or now - cached["at"] >= LOSS_REDRAW_S or len(snap.epochs) != cached["n"])
-    ):
-        rows = progress.thin(snap.epochs)
-        diagnosis = None if live else evaluate.diagnose(list(snap.epochs))
-        loss = plots.loss_figure(rows, diagnosis, curve=snap.curve)
-        acc = cached["acc"] if not fresh and cached["n"] == len(snap.epochs) else None
-        cached = {"job": (snap.job_id, live), "version": snap.curve_version, "at": now,
-                  "n": len(snap.epochs), "loss": loss,
-                  "acc": acc or plots.accuracy_figure(rows)}  # fmt: skip
-        st.session_state[FIGURES] = cached
-    return cached["loss"], cached["acc"]
-
-
-def _curves(snap: jobs.JobSnapshot, live: bool) -> None:
-    if not snap.epochs and not snap.curve:
-        st.caption("The loss curve appears with the first batches.")
-        return
-    loss, acc = _figures(snap, live)
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(loss, key="t_loss_chart")
-    if snap.epochs:
-        c2.plotly_chart(acc, key="t_acc_chart")
-    else:
-        c2.caption("Accuracy is measured at the end of each epoch.")
-
-
-@st.fragment
-def _live_view(job_id: str) -> None:
-    """The browser updates the progress and curves from the live feed by itself (pages/live.py);
-    this re-runs only when the job's phase changes, and once more in full when it ends."""
-    snap = ui.job_manager().snapshot(job_id)
-    if snap is None or not snap.active or not live.served():
-        st.rerun()
-    if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
-        st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
-    live.view(job_id, live_feed.phase(snap))
-
-
-@st.fragment(run_every=1)
-def _live(job_id: str) -> None:
-    """Without the live feed (`streamlit run app.py`, AppTest): redrawn every second while the
-    job runs; one full rerun when it ends."""
-    snap = ui.job_manager().snapshot(job_id)
-    if snap is None or not snap.active:
-        st.rerun()
-    if ui.show_queued(snap):
-        return
-    if snap.run_id and st.session_state.get(ui.ACTIVE_RUN_ID) != snap.run_id:
-        st.session_state[ui.ACTIVE_RUN_ID] = snap.run_id
-    _run_caption(snap)
-    _progress(snap)
-    _curves(snap, live=True)
-
-
 def _result(snap: jobs.JobSnapshot) -> None:
     """The finished job: error, or the summary with links onwards."""
-    _run_caption(snap)
+    live.caption(snap)
     if snap.status == "failed":
         st.error(f"Training failed: {snap.error}", icon=":material/error:")
         return
@@ -331,7 +242,7 @@ def _result(snap: jobs.JobSnapshot) -> None:
             f"{progress.plural(waited, 'epoch')}, so training stopped at epoch {epochs_run}; "
             "the best epoch's weights were kept."
         )
-    _curves(snap, live=False)
+    live.curves(snap)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Kept epoch" if s.get("select") == "last" else "Best epoch",
               run_table.best_epoch_text(s))  # fmt: skip
@@ -366,7 +277,7 @@ def _interrupted(snap: jobs.JobSnapshot) -> None:
         icon=":material/warning:",
     )
     if snap.epochs:
-        _curves(snap, live=False)
+        live.curves(snap)
     if snap.resumable and st.button("Resume", icon=":material/resume:", key="t_resume"):
         try:
             job = ui.job_manager().resume(snap.run_id)
@@ -500,10 +411,8 @@ def main() -> None:
             icon=":material/block:",
         )
 
-    if running and live.served():
-        _live_view(job_id)
-    elif running:
-        _live(job_id)
+    if running:
+        live.watch(job_id)
     elif snap is not None:
         _result(snap)
     if not running and live.served():

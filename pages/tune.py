@@ -152,8 +152,7 @@ def _train_best(study, summary: dict[str, Any]) -> None:
     cfg.name = f"{study.study_name} best (trial {summary['best_trial']})"
     st.session_state[ui.RUN_CONFIG] = cfg
     st.session_state[ui.DATA_CONFIG] = cfg.data
-    for name in TrainConfig.__dataclass_fields__:  # the Train page's widget keys, stale now
-        st.session_state.pop(f"t_{name}", None)
+    ui.reset_widgets("t_", TrainConfig.__dataclass_fields__)  # the Train page's, stale now
     st.session_state.pop(ui.TRAIN_JOB_ID, None)  # the Train page starts fresh, not on a result
     st.query_params.pop("job", None)
     st.session_state[ui.LOADED_FROM] = (

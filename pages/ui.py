@@ -19,16 +19,16 @@ reload gets them back.
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from cnnlab import baseline, data, evaluate, jobs, overrides, session, users
+from cnnlab import baseline, data, evaluate, jobs, scan_cache, session, users
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
+from cnnlab.predict import Predictor
 from cnnlab.progress import queued_line
 
 DATASET_PATH = "dataset_path"
@@ -47,7 +47,6 @@ SESSION_KEYS = (
 )  # fmt: skip
 _SESSION_ID = "_session_id"
 _SESSION_SAVED = "_session_saved"
-_SCAN_CACHE_SIZE = 8
 
 
 def use_app_navigation() -> None:
@@ -162,7 +161,7 @@ def literal(text: str) -> str:
 
 def dataset_ready(path: str | None) -> bool:
     """True when path is a chosen data set still on disk: a folder or a labels CSV."""
-    return bool(path) and (Path(path).is_dir() or _is_csv(path))
+    return bool(path) and (Path(path).is_dir() or scan_cache.is_csv(path))
 
 
 def chosen_dataset() -> str | None:
@@ -181,75 +180,21 @@ def require_dataset() -> str:
     st.stop()
 
 
-class _ScanStore:
-    """A small LRU of ScanResults shared by every session (treat results as read-only)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.items: OrderedDict[tuple, data.ScanResult] = OrderedDict()
-
-
-@st.cache_resource(show_spinner=False)
-def _scan_store() -> _ScanStore:
-    return _ScanStore()
-
-
-def _is_csv(path: str) -> bool:
-    return path.lower().endswith(".csv") and Path(path).is_file()
-
-
 def csv_options(path: str) -> dict[str, str]:
     """The column/images options chosen on the Data page for a labels CSV (empty for folders)."""
-    return dict(st.session_state.get(DATA_CSV) or {}) if _is_csv(path) else {}
-
-
-def _scan_key(path: str) -> tuple:
-    """The folder and its class (or split/class) folders' mtimes: adding or removing files there
-    changes the key; for a CSV, its mtime and options."""
-    root = Path(path)
-    if _is_csv(path):
-        return (
-            str(root.resolve()),
-            root.stat().st_mtime_ns,
-            tuple(sorted(csv_options(path).items())),
-        )
-    stamps = [(p.name, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_dir()]
-    for p in sorted(root.iterdir()):
-        if p.is_dir():  # split folders hold the class folders one level down
-            stamps += [(f"{p.name}/{q.name}", q.stat().st_mtime_ns) for q in sorted(p.iterdir())
-                       if q.is_dir()]  # fmt: skip
-    return (str(root.resolve()), root.stat().st_mtime_ns, tuple(stamps))
+    return dict(st.session_state.get(DATA_CSV) or {}) if scan_cache.is_csv(path) else {}
 
 
 def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanResult:
-    """data.scan with a process-wide cache keyed by path + mtimes.
+    """data.scan through the process-wide cache keyed by path + mtimes (cnnlab.scan_cache).
 
     Not st.cache_data: that would copy the result per call and could not report progress.
     """
-    if not Path(path).is_dir() and not _is_csv(path):  # e.g. deleted since it was chosen
+    if not Path(path).is_dir() and not scan_cache.is_csv(path):  # e.g. deleted since chosen
         raise DataError(
             f"{path} is not a folder (any more): choose the data set again on the Data page."
         )
-    store = _scan_store()
-    key = (_scan_key(path), _overrides_stamp(path))  # a label fix re-scans (cheap: cached)
-    with store.lock:
-        if key in store.items:
-            store.items.move_to_end(key)
-            return store.items[key]
-    result = data.scan(path, progress, **csv_options(path))
-    with store.lock:
-        store.items[key] = result
-        while len(store.items) > _SCAN_CACHE_SIZE:
-            store.items.popitem(last=False)
-    return result
-
-
-def _overrides_stamp(path: str) -> int:
-    """The label overrides file's mtime (0 without one): part of the scan cache's key."""
-    try:
-        return overrides.file_for(path).stat().st_mtime_ns
-    except OSError:
-        return 0
+    return scan_cache.scan(path, progress, csv_options(path))
 
 
 def progress_bar(label: str):
@@ -277,6 +222,18 @@ def session_run_config() -> RunConfig:
     return cfg
 
 
+def reset_widgets(prefix: str | tuple[str, ...], names: Iterable[str] | None = None) -> None:
+    """Drop widget state so those widgets show their seeded values again: every key starting
+    with `prefix`, or with `names` only the keys prefix + name."""
+    if names is None:
+        stale = [k for k in st.session_state if str(k).startswith(prefix)]
+    else:
+        prefixes = (prefix,) if isinstance(prefix, str) else prefix
+        stale = [f"{p}{n}" for p in prefixes for n in names]
+    for key in stale:
+        st.session_state.pop(key, None)
+
+
 def seed_widget(key: str, value) -> None:
     """Give a widget its value from the saved config when it has no state (first visit or back
     from another page: Streamlit drops the state of widgets that were not drawn)."""
@@ -297,6 +254,13 @@ def choose_trained_run(container, key: str) -> str:
     ids = [r["run_id"] for r in summaries]
     default = evaluate.default_run(summaries, st.session_state.get(ACTIVE_RUN_ID))
     return container.selectbox("Run", ids, index=ids.index(default), key=key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def predictor(run: str, stamp: float) -> Predictor:
+    """The Predictor of a run (id or folder) shared by the pages that draw with it; `stamp` is
+    best.pt's mtime, so a new checkpoint loads again."""
+    return Predictor.from_run(run)
 
 
 def show_queued(snap) -> bool:

@@ -70,18 +70,6 @@ def test_predict_files_reports_bad_files_and_missing_ones(predictor, bad_files, 
     assert np.mean([r["top"][0]["class"] == "5" for r in good]) > 0.5
 
 
-def test_predict_folder_writes_a_csv(predictor, digits_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out" / "preds.csv"
-    rows = predictor.predict_folder(digits_dir / "2", out, k=3)
-    with out.open() as f:
-        lines = list(csv.DictReader(f))
-    assert len(lines) == len(rows) > 100
-    first = lines[0]
-    assert first["prediction"] == first["top1_class"] == rows[0]["top"][0]["class"]
-    assert float(first["probability"]) == pytest.approx(rows[0]["top"][0]["probability"], abs=1e-6)
-    assert first["error"] == "" and "top3_class" in first
-
-
 def test_cli_predict_json_with_a_corrupt_file(trained, bad_files, digits_dir, capsys, monkeypatch):
     monkeypatch.setenv("CNNLAB_HOME", str(trained[1]))
     good = sorted((digits_dir / "1").iterdir())[0]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab import cli, models, weights
+from cnnlab import cli, models, weights, weights_download
 from cnnlab.config import ModelConfig
 from cnnlab.errors import WeightsError
 from cnnlab.registry import MODELS, ModelSpec
@@ -287,7 +287,7 @@ def test_interrupted_download_leaves_no_file(server: Server, hub: Path, hashed: 
 
 
 def test_stalled_download_times_out(server: Server, hub: Path, monkeypatch) -> None:
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "1")
+    monkeypatch.setenv(weights_download.TIMEOUT_ENV, "1")
     payload = _state_bytes(Tiny(10).state_dict())
     server.files["/slow.pth"] = payload
     server.mode = "stall"
@@ -378,7 +378,7 @@ def test_two_urls_with_one_file_name_never_share_a_cached_file(hub: Path) -> Non
 
 
 def test_a_body_without_length_stops_at_the_size_cap(server: Server, hub: Path, monkeypatch):
-    monkeypatch.setenv(weights.MAX_MB_ENV, "1")
+    monkeypatch.setenv(weights_download.MAX_MB_ENV, "1")
     server.mode = "zeros"
     t0 = time.monotonic()
     with pytest.raises(WeightsError, match="over the 1 MB cap"):
@@ -389,8 +389,10 @@ def test_a_body_without_length_stops_at_the_size_cap(server: Server, hub: Path, 
 
 
 def test_a_trickle_cannot_outlast_the_deadline(server: Server, hub: Path, monkeypatch) -> None:
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "5")  # every byte comes well within the stall timeout
-    monkeypatch.setenv(weights.DEADLINE_ENV, "1.5")
+    monkeypatch.setenv(
+        weights_download.TIMEOUT_ENV, "5"
+    )  # every byte comes well within the stall timeout
+    monkeypatch.setenv(weights_download.DEADLINE_ENV, "1.5")
     server.files["/drip.pth"] = bytes(1000)
     server.slow.add("/drip.pth")
     t0 = time.monotonic()
@@ -401,7 +403,7 @@ def test_a_trickle_cannot_outlast_the_deadline(server: Server, hub: Path, monkey
 
 
 def test_a_slow_download_does_not_hold_up_another_file(server: Server, hub: Path, monkeypatch):
-    monkeypatch.setenv(weights.DEADLINE_ENV, "20")
+    monkeypatch.setenv(weights_download.DEADLINE_ENV, "20")
     server.files["/slow.pth"] = bytes(60)  # 6 s at a byte every 0.1 s
     server.slow.add("/slow.pth")
     _, payload = _fresh_state()

@@ -12,7 +12,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from cnnlab import jobs, train
+from cnnlab import jobs, scan_cache, train
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
@@ -22,6 +22,7 @@ def fresh_app() -> Callable[..., AppTest]:
     """open(page=None, **state): the dashboard on a page, caches cleared, session state preset."""
     st.cache_data.clear()
     st.cache_resource.clear()
+    scan_cache.clear()
 
     def open_page(page: str | None = None, **state) -> AppTest:
         at = AppTest.from_file(APP, default_timeout=60)
@@ -38,6 +39,7 @@ def fresh_app() -> Callable[..., AppTest]:
     yield open_page
     st.cache_data.clear()
     st.cache_resource.clear()
+    scan_cache.clear()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from cnnlab import scan_cache
 from cnnlab.config import DataConfig
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -20,9 +21,11 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 def _fresh_caches():
     st.cache_data.clear()
     st.cache_resource.clear()
+    scan_cache.clear()
     yield
     st.cache_data.clear()
     st.cache_resource.clear()
+    scan_cache.clear()
 
 
 def test_sidebar_shows_device_workspace_and_data_set(workspace: Path) -> None:
