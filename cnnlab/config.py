@@ -21,6 +21,7 @@ RECIPES = ("auto", "fixed")
 NORMALIZE = ("dataset", "imagenet", "none")
 STRATEGIES = ("feature_extraction", "fine_tune")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SPLITS = ("train", "val", "test")  # a run's splits, in this order wherever all three are listed
 
 
 def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:
