@@ -49,7 +49,7 @@ def _compare(summaries: list[dict[str, Any]]) -> None:
     with_curves = [
         s["run_id"]
         for s in summaries
-        if (workspace.runs_dir() / s["run_id"] / "metrics.jsonl").is_file()
+        if runs.Run(s["run_id"], workspace.runs_dir() / s["run_id"]).metrics_path.is_file()
     ]
     if not with_curves:
         st.caption("Runs get curves once they finish an epoch.")

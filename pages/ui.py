@@ -30,6 +30,7 @@ from cnnlab import baseline, data, evaluate, jobs, overrides, session, users
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.progress import queued_line
+from cnnlab.scan_result import ScanResult
 
 DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
@@ -186,7 +187,7 @@ class _ScanStore:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.items: OrderedDict[tuple, data.ScanResult] = OrderedDict()
+        self.items: OrderedDict[tuple, ScanResult] = OrderedDict()
 
 
 @st.cache_resource(show_spinner=False)
@@ -221,7 +222,7 @@ def _scan_key(path: str) -> tuple:
     return (str(root.resolve()), root.stat().st_mtime_ns, tuple(stamps))
 
 
-def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanResult:
+def scan_dataset(path: str, progress: data.Progress | None = None) -> ScanResult:
     """data.scan with a process-wide cache keyed by path + mtimes.
 
     Not st.cache_data: that would copy the result per call and could not report progress.
