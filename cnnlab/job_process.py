@@ -330,7 +330,7 @@ def run(job_id: str) -> int:
     with contextlib.suppress(OSError):
         os.nice(int(os.environ.get("CNNLAB_JOB_NICE", JOB_NICE)))
     row = job_queue.get(job_id)
-    # the runs this job makes are its owner's (cnnlab.users reads it; child_run passes it on)
+    # the runs this job makes are its owner's (cnnlab.ownership reads it; child_run passes it on)
     os.environ[ownership.OWNER_ENV] = row["owner"]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -67,11 +67,6 @@ def new_run_id() -> str:
     return f"{stamp}{millis:03d}-{secrets.token_hex(2)}"
 
 
-def save_checkpoint_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file, fsync, rename: a crash leaves the previous checkpoint intact."""
-    atomic.write_atomic(path, lambda f: torch.save(payload, f))
-
-
 def run_name(config: RunConfig) -> str:
     """The run's label: the name it was given, else its data set's name."""
     return config.name or (dataset_name(config.data.path) if config.data.path else "")
@@ -182,9 +177,7 @@ def read_metrics(run: Run) -> list[dict[str, Any]]:
     for n, line in enumerate(run.metrics_path.read_text().splitlines(), 1):
         row, problem = _metrics_row(line)
         if row is None:
-            log.warning(
-                "ignoring line %d of %s: it %s (a torn write?)", n, run.metrics_path, problem
-            )
+            log.warning("ignoring line %d of %s: it %s", n, run.metrics_path, problem)
         else:
             rows.append(row)
     return rows
@@ -274,6 +267,11 @@ def checkpoint_path(run: str | Path | Run, which: str = "best") -> Path:
     if not path.is_file():
         raise RunNotFoundError(f"run {r.run_id} has no {path.name} yet (did it finish an epoch?)")
     return path
+
+
+def save_checkpoint_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temp file, fsync, rename: a crash leaves the previous checkpoint intact."""
+    atomic.write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
