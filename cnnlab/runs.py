@@ -45,6 +45,8 @@ def _in_run(name: str) -> property:
 
 @dataclass(frozen=True)
 class Run:
+    """A run folder: its id, its path, and the path of each file it keeps."""
+
     run_id: str
     run_dir: Path
 
