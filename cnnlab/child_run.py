@@ -8,7 +8,6 @@ request becomes SIGTERM to the launcher, which torchrun forwards to every rank (
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import runs, users, workspace
+from . import ownership, runs, workspace
 from .config import RunConfig
 from .errors import TrainingError
 from .events import EpochEnd, Finished, RunStarted
@@ -47,7 +46,7 @@ def follow(
 ) -> dict[str, Any]:
     """Run the child to its end, emitting its run folder's progress; returns summary.json."""
     run_id = runs.new_run_id()
-    run_dir = workspace.runs_dir() / run_id
+    run = runs.Run(run_id, workspace.runs_dir() / run_id)
     with tempfile.TemporaryDirectory(prefix="cnnlab-child-") as tmp:
         cfg_path = Path(tmp) / "config.json"
         cfg_path.write_text(config.to_json())
@@ -56,7 +55,11 @@ def follow(
         with out_path.open("w") as out, err_path.open("w") as err:
             proc = subprocess.Popen(
                 command(cfg_path, config.data.path, nproc),
-                env={**os.environ, "CNNLAB_RUN_ID": run_id, users.OWNER_ENV: users.current_owner()},
+                env={
+                    **os.environ,
+                    "CNNLAB_RUN_ID": run_id,
+                    ownership.OWNER_ENV: ownership.current_owner(),
+                },
                 stdout=out,
                 stderr=err,
             )
@@ -66,13 +69,13 @@ def follow(
                 if stop_event.is_set() and not signalled and not done:
                     proc.send_signal(signal.SIGTERM)
                     signalled = True
-                started = started or _emit_started(run_dir, emit)
-                seen = _emit_epochs(run_dir, seen, emit)
+                started = started or _emit_started(run, emit)
+                seen = _emit_epochs(run, seen, emit)
                 if done:
                     break
                 time.sleep(POLL_S)
         code = proc.returncode
-        summary = runs.read_summary(runs.Run(run_id, run_dir)) if run_dir.is_dir() else {}
+        summary = runs.read_summary(run)
         if summary.get("status") in ("completed", "stopped"):
             emit(Finished(summary))
             return summary
@@ -83,41 +86,18 @@ def follow(
         )
 
 
-def _emit_started(run_dir: Path, emit: Callable[[Any], None]) -> bool:
-    path = run_dir / "summary.json"
-    if not path.is_file():
+def _emit_started(run: runs.Run, emit: Callable[[Any], None]) -> bool:
+    # summary.json is written atomically, but a reader may still lose a race on some systems:
+    # read_summary's {} then means "not yet"
+    summary = runs.read_summary(run)
+    if "n_train" not in summary:
         return False
-    try:
-        s = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False  # written atomically, but a reader may still lose a race on some systems
-    if "n_train" not in s:
-        return False
-    emit(
-        RunStarted(
-            s["run_id"],
-            s["run_dir"],
-            s.get("epochs_planned", 0),
-            s["n_train"],
-            s["n_val"],
-            s["n_test"],
-            s.get("device", ""),
-            list(s.get("classes", [])),
-        )  # fmt: skip
-    )
+    emit(RunStarted.from_summary(summary))
     return True
 
 
-def _emit_epochs(run_dir: Path, seen: int, emit: Callable[[Any], None]) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return seen
-    lines = path.read_text().splitlines()
-    for line in lines[seen:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line still being written: read it next time
-        emit(EpochEnd(**{k: row[k] for k in EpochEnd.__dataclass_fields__}))
-        seen += 1
-    return seen
+def _emit_epochs(run: runs.Run, seen: int, emit: Callable[[Any], None]) -> int:
+    rows = runs.read_metrics(run)  # a line still being written is skipped: read it next time
+    for row in rows[seen:]:
+        emit(EpochEnd.from_row(row))
+    return max(seen, len(rows))

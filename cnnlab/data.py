@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import duplicates, workspace
 from . import overrides as overrides_mod
 from .archive import safe_extract_zip, save_uploaded_files, save_uploaded_zip
-from .config import DataConfig
+from .config import SPLITS, DataConfig
 from .errors import DataError, UnsafeArchiveError
 from .layouts import IMAGE_EXTENSIONS, Problem, is_ignored, read_layout, resolve_dataset
+from .override_set import Overrides
+from .scan_result import ScanResult
 from .splits import Split, filter_scan, split, split_warnings
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "PreparedData", "Problem", "ScanResult", "Split", "UnsafeArchiveError",
+    "IMAGE_EXTENSIONS", "PreparedData", "Problem", "Split", "UnsafeArchiveError",
     "decode_image", "filter_scan", "is_ignored", "load_tensors", "prepare", "resolve_dataset",
     "safe_extract_zip", "save_uploaded_files", "save_uploaded_zip", "scan", "split",
 ]  # fmt: skip
@@ -45,48 +47,8 @@ RAM_FRACTION = 0.25  # decode into a memory-mapped file instead of RAM above thi
 CACHE_VERSION = 1  # bump when decode_image changes, so old caches are not reused
 VERIFY_VERSION = 8  # bump when _verify's results (reasons, fingerprints) change
 _WHITE = (255, 255, 255)
-SPLIT_NAMES = ("train", "val", "test")  # also the order of given splits within a class
 
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class ScanResult:
-    root: Path  # the folder holding the class folders (or the CSV's images folder)
-    classes: list[str]  # usable classes, sorted by name; label i is classes[i]
-    files: list[Path]  # absolute paths of the usable images, grouped by class
-    labels: list[int]  # class index of each file
-    problems: list[Problem] = field(default_factory=list)  # skipped files/classes and why
-    split_source: str = "random"  # "folders" | "csv" (the layout gives splits) | "random"
-    given: list[str] = field(default_factory=list)  # per file: its given split, or "" (or empty)
-    exact: list[str] = field(default_factory=list)  # per file: hash of its decoded pixels
-    near: list[str] = field(default_factory=list)  # per file: small perceptual hash
-    warnings: list[str] = field(default_factory=list)  # usable, but worth knowing
-    # the label overrides applied (relabelled / excluded images); see cnnlab.overrides
-    overrides: overrides_mod.Overrides = field(default_factory=overrides_mod.Overrides)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Usable images per class, in class order."""
-        counts = dict.fromkeys(self.classes, 0)
-        for label in self.labels:
-            counts[self.classes[label]] += 1
-        return counts
-
-    @property
-    def n_images(self) -> int:
-        """Number of usable images."""
-        return len(self.files)
-
-    def duplicate_groups(self) -> list[duplicates.Group]:
-        """Groups of exact / near copies among the usable images."""
-        if not self.near:
-            return []
-        return duplicates.find_groups(self.exact, self.near)
-
-    def rel(self, i: int) -> str:
-        """File i relative to the root, with POSIX separators."""
-        return os.path.relpath(self.files[i], self.root).replace(os.sep, "/")
 
 
 def _workers() -> int:
@@ -151,7 +113,7 @@ def scan(
     path_column: str = "",
     label_column: str = "",
     images: str = "",
-    overrides: overrides_mod.Overrides | None = None,
+    overrides: Overrides | None = None,
 ) -> ScanResult:
     """List classes and usable images of a class-folder / split-folder data set, zip or labels CSV.
 
@@ -186,7 +148,7 @@ def scan(
             "least 2 — add one sub-folder of images per class"
         )
     index = {c: i for i, c in enumerate(classes)}
-    good.sort(key=lambda pair: (index[pair[0].label], SPLIT_NAMES.index(pair[0].split or "train"),
+    good.sort(key=lambda pair: (index[pair[0].label], SPLITS.index(pair[0].split or "train"),
                                 str(pair[0].path)))  # fmt: skip
     given = [e.split for e, _ in good] if layout.source != "random" else []
     result = ScanResult(
@@ -195,7 +157,7 @@ def scan(
         list(layout.warnings),
     )  # fmt: skip
     if given:
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             present = {result.labels[i] for i, s in enumerate(given) if s == name}
             if not present and name != "train":
                 result.warnings.append(f"the layout gives no {name} split: it is carved from "
@@ -418,7 +380,7 @@ class PreparedData:
 
     def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of the "train", "val" or "test" split."""
-        if name not in ("train", "val", "test"):
+        if name not in SPLITS:
             raise ValueError(f"subset must be train, val or test, got {name!r}")
         idx = torch.as_tensor(getattr(self.split, name), dtype=torch.long)
         return self.images[idx], self.labels[idx]
@@ -427,7 +389,7 @@ class PreparedData:
 def prepare(
     cfg: DataConfig,
     progress: Progress | None = None,
-    overrides: overrides_mod.Overrides | None = None,
+    overrides: Overrides | None = None,
 ) -> PreparedData:
     """Scan, filter (excluded classes, dropped copies), split and decode the data set named by cfg.
 

@@ -2,7 +2,7 @@
 
 `evaluate_run` rebuilds the run's data exactly as training did (same config, same seed -> same
 split; checked against split.json) and scores the best checkpoint with the same validation
-preprocessing as `train.evaluate`, so its accuracy equals the summary's test_accuracy.
+preprocessing as `epoch.evaluate`, so its accuracy equals the summary's test_accuracy.
 `diagnose` (in cnnlab.diagnosis, re-exported here) reads the per-epoch metrics and says whether the run overfits, underfits or is healthy,
 with one concrete thing to try per finding.
 """
@@ -23,10 +23,11 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch import nn
 
 from . import data as data_mod
-from . import models, runs, train
-from .config import RunConfig
+from . import models, runs
+from .config import SPLITS, RunConfig
 from .device import resolve_device
 from .diagnosis import SUGGESTIONS, Diagnosis, Finding, diagnose
+from .epoch import BatchContext, predict_logits
 from .errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ __all__ = [
     "usable_runs",
 ]  # fmt: skip  (diagnosis names re-exported: pages use evaluate.diagnose)
 
-SPLITS = ("test", "val", "train")
+SPLIT_CHOICES = tuple(reversed(SPLITS))  # test first: the held-out split is the one to score
 N_WORST = 12  # worst predictions kept for the gallery (highest per-image loss)
 N_CONFUSED = 10  # most-confused (true, predicted) pairs reported
 
@@ -64,7 +65,7 @@ class LoadedRun:
     model: nn.Module
     config: RunConfig
     classes: list[str]
-    ctx: train.BatchContext  # validation preprocessing: device, mean/std, channels_last, amp
+    ctx: BatchContext  # validation preprocessing: device, mean/std, channels_last, amp
 
 
 def _device(device: str | None, config: RunConfig) -> torch.device:
@@ -79,10 +80,10 @@ def _device(device: str | None, config: RunConfig) -> torch.device:
 
 def eval_context(
     config: RunConfig, ckpt: dict[str, Any], device: str | None = None
-) -> train.BatchContext:
+) -> BatchContext:
     """The evaluation-only context (no augmentation) from a checkpoint's mean/std and config."""
     dev = _device(device, config)
-    return train.BatchContext(
+    return BatchContext(
         device=dev,
         mean=tuple(float(v) for v in ckpt["mean"]),
         std=tuple(float(v) for v in ckpt["std"]),
@@ -133,7 +134,7 @@ def usable_runs() -> list[dict[str, Any]]:
     return [
         r
         for r in runs.list_runs()
-        if r.get("run_dir") and (Path(r["run_dir"]) / "best.pt").is_file()
+        if r.get("run_dir") and runs.Run(r["run_id"], Path(r["run_dir"])).best_path.is_file()
     ]
 
 
@@ -193,11 +194,6 @@ class EvalResult:
         """Mean cross-entropy (no label smoothing)."""
         return float(self.losses.mean()) if self.n else float("nan")
 
-    def confusion_normalized(self) -> np.ndarray:
-        """Row-normalised confusion (each true class sums to 1; empty rows stay 0)."""
-        rows = self.confusion.sum(axis=1, keepdims=True)
-        return np.divide(self.confusion, rows, out=np.zeros(self.confusion.shape), where=rows > 0)
-
     def most_confused(self, n: int = N_CONFUSED) -> list[dict[str, Any]]:
         """The off-diagonal cells with the most images, largest first."""
         cm = self.confusion.copy()
@@ -254,7 +250,7 @@ def score(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
-    ctx: train.BatchContext,
+    ctx: BatchContext,
     classes: list[str],
     paths: list[str],
     split: str,
@@ -262,7 +258,7 @@ def score(
     """Score uint8 images (N, 3, S, S) with validation preprocessing; the core of every evaluate."""
     if images.shape[0] == 0:
         raise DataError(f"the {split} split is empty: there is nothing to evaluate")
-    logits = train.predict_logits(model, images, ctx).float().cpu()
+    logits = predict_logits(model, images, ctx).float().cpu()
     y = labels.cpu().long()
     losses = F.cross_entropy(logits, y, reduction="none")
     return EvalResult(
@@ -281,8 +277,8 @@ def evaluate_run(
     run: str | Path | runs.Run, split: str = "test", device: str | None = None
 ) -> EvalResult:
     """Score a run's best checkpoint on one of its own splits (default: the held-out test split)."""
-    if split not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in SPLIT_CHOICES:
+        raise DataError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
     loaded = load_for_eval(run, device)
     prepared = prepare_run_data(loaded)
     images, labels = prepared.subset(split)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluate, runs
+from . import atomic, evaluate, runs
 from .errors import CnnlabError, ExportError
 from .predict import Predictor
 
@@ -208,13 +208,13 @@ def export_run(
                 f"could not export run {r.run_id} to {fmt}: {type(exc2).__name__}: {exc2}"
             ) from exc2
     labels_path, preprocess_path = out / "labels.json", out / "preprocess.json"
-    runs.write_json_atomic(labels_path, predictor.classes)
-    runs.write_json_atomic(preprocess_path, preprocess_spec(predictor, dynamic))
+    atomic.write_json_atomic(labels_path, predictor.classes)
+    atomic.write_json_atomic(preprocess_path, preprocess_spec(predictor, dynamic))
     images, checked_on = _test_images(r, predictor)
     try:
         n, max_diff = _check(fmt, model_path, predictor, images, dynamic)
     except ExportError as exc:
-        runs.write_json_atomic(marker, {"format": fmt, "error": str(exc)})
+        atomic.write_json_atomic(marker, {"format": fmt, "error": str(exc)})
         raise
     files = [model_path, labels_path, preprocess_path]
     log.info("exported run %s to %s (checked on %d images)", r.run_id, model_path, n)

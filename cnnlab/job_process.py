@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import job_queue, users
+from . import job_queue, ownership
 from .errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -330,8 +330,8 @@ def run(job_id: str) -> int:
     with contextlib.suppress(OSError):
         os.nice(int(os.environ.get("CNNLAB_JOB_NICE", JOB_NICE)))
     row = job_queue.get(job_id)
-    # the runs this job makes are its owner's (cnnlab.users reads it; child_run passes it on)
-    os.environ[users.OWNER_ENV] = row["owner"]
+    # the runs this job makes are its owner's (cnnlab.ownership reads it; child_run passes it on)
+    os.environ[ownership.OWNER_ENV] = row["owner"]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

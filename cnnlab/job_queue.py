@@ -25,10 +25,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from . import workspace
+from . import per_thread, workspace
 from .config import RunConfig
 from .errors import CnnlabError
 
@@ -72,16 +73,10 @@ class JobNotFound(CnnlabError):
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def using(home: Path | None) -> Iterator[None]:
+def using(home: Path | None) -> AbstractContextManager[None]:
     """Within the block, this thread's queue is the one in `home` (a job keeps the workspace it
     was queued in, whatever CNNLAB_HOME says later); None: the current workspace."""
-    old = getattr(_local, "home", None)
-    _local.home = home
-    try:
-        yield
-    finally:
-        _local.home = old
+    return per_thread.bound(_local, "home", home)
 
 
 def home() -> Path:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import job_process, job_queue, runs, train, users
+from . import job_process, job_queue, ownership, runs, train, users
 from .config import RunConfig
 from .data import PreparedData
 from .errors import CnnlabError
@@ -348,7 +348,7 @@ class JobManager:
             kind=kind,
             name=name,
             slots=max(1, slots),
-            owner=owner or users.SINGLE_USER,
+            owner=owner or ownership.SINGLE_USER,
         )
         return self._enqueue(job, fn)
 
@@ -488,7 +488,7 @@ class JobManager:
 
         status, result, error = "completed", None, None
         try:
-            with users.acting_as(job.owner):  # the runs it makes are the job owner's
+            with ownership.acting_as(job.owner):  # the runs it makes are the job owner's
                 result = fn(job.stop_event, emit)
         except job_process.JobInterrupted as exc:
             status, error = "interrupted", str(exc)

@@ -27,11 +27,12 @@ import torch
 
 from . import models, recipe, train, workspace
 from .config import RunConfig
-from .data import PreparedData, ScanResult, prepare
+from .data import PreparedData, prepare
 from .device import configure_cpu_threads, resolve_device
 from .epoch import StopRequested, nan_error, predict_logits, train_one_epoch
 from .errors import ConfigError, DataError
 from .events import Callback, FoldEnd, Preparing
+from .scan_result import ScanResult
 from .splits import Split
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import reach, workspace
 from .archive import extract_zip_cached
+from .config import SPLITS
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ IGNORED_NAMES = frozenset({"__macosx", ".ds_store", "thumbs.db", "desktop.ini"})
 # folder names (any case) that mean "this folder is a split", and the split each one means
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
-SPLITS = ("train", "val", "test")
 PATH_COLUMNS = ("path", "file", "filename", "file_name", "image", "image_id", "id")
 LABEL_COLUMNS = ("label", "class", "category", "target")
 SPLIT_COLUMNS = ("split", "subset", "set")

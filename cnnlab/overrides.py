@@ -16,57 +16,22 @@ import io
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from . import workspace
+from . import atomic, workspace
 from .errors import DataError
+from .override_set import Overrides
 
 if TYPE_CHECKING:
-    from .data import ScanResult
+    from .scan_result import ScanResult
 
 log = logging.getLogger(__name__)
 
 VERSION = 1
 FILE_NAME = "overrides.json"  # what a run folder keeps: the overrides its data used
-
-
-@dataclass
-class Overrides:
-    relabel: dict[str, str] = field(default_factory=dict)  # path (relative to root) -> class
-    exclude: list[str] = field(default_factory=list)  # paths left out, sorted
-    history: list[dict[str, Any]] = field(default_factory=list)  # changes, oldest first (undo)
-
-    @property
-    def n_changes(self) -> int:
-        """Images relabelled or excluded."""
-        return len(set(self.relabel) | set(self.exclude))
-
-    def __bool__(self) -> bool:
-        return bool(self.relabel or self.exclude)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (the file's body, without the data set's path)."""
-        return {"relabel": dict(sorted(self.relabel.items())), "exclude": sorted(self.exclude),
-                "history": list(self.history)}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Overrides:
-        """Inverse of to_dict; wrong types are a DataError (a hand-edited file)."""
-        relabel, exclude = raw.get("relabel") or {}, raw.get("exclude") or []
-        if not isinstance(relabel, dict) or not isinstance(exclude, list):
-            raise DataError("overrides file: 'relabel' must map paths to classes and 'exclude' "
-                            "must list paths; fix or delete the file")  # fmt: skip
-        return cls({str(k): str(v) for k, v in relabel.items()}, sorted(map(str, exclude)),
-                   list(raw.get("history") or []))  # fmt: skip
-
-    def report(self) -> dict[str, Any]:
-        """`inspect --json`'s "overrides": counts plus the relabel and exclude lists."""
-        return {"relabelled": len(self.relabel), "excluded": len(self.exclude),
-                "relabel": dict(sorted(self.relabel.items())), "exclude": sorted(self.exclude)}  # fmt: skip
 
 
 def dataset_key(path: str | Path) -> str:
@@ -111,11 +76,11 @@ def read_file(file: Path) -> Overrides:
 
 def save(path: str | Path, ov: Overrides) -> None:
     """Write the data set's overrides atomically."""
-    from .runs import write_json_atomic
-
     file = file_for(path)
     workspace._make_dir(file.parent, "the overrides folder ", "make the workspace writable")
-    write_json_atomic(file, {"version": VERSION, "dataset": dataset_key(path), **ov.to_dict()})
+    atomic.write_json_atomic(
+        file, {"version": VERSION, "dataset": dataset_key(path), **ov.to_dict()}
+    )
 
 
 def _change(path: str | Path, edit) -> Overrides:

@@ -22,6 +22,7 @@ import torch
 from . import data, job_process, models, recipe, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
+from .scan_result import ScanResult
 
 RUNTIME_BYTES = 400 * 2**20  # what a job process holds before any tensor: torch, Python, buffers
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "sgd": 1, "rmsprop": 1}  # tensors kept per parameter
@@ -79,8 +80,8 @@ def _weights_problems(config: RunConfig) -> list[Problem]:
 
 
 def _data_problems(
-    config: RunConfig, scan: data.ScanResult | None
-) -> tuple[list[Problem], data.ScanResult | None]:
+    config: RunConfig, scan: ScanResult | None
+) -> tuple[list[Problem], ScanResult | None]:
     """The data set as the run will see it: scanned with the CSV options, then filtered (excluded
     classes, dropped copies) before the size rule. `scan` is the unfiltered scan, if at hand."""
     d = config.data
@@ -208,7 +209,7 @@ def estimate_memory(config: RunConfig, n_classes: int, n_images: int) -> MemoryE
     )
 
 
-def _memory_problems(config: RunConfig, scan: data.ScanResult) -> list[Problem]:
+def _memory_problems(config: RunConfig, scan: ScanResult) -> list[Problem]:
     config = recipe.resolve(config, training_images(config, scan))[0]  # what fit() will train
     est = estimate_memory(config, len(scan.classes), scan.n_images)
     if est is None or est.fits:
@@ -245,9 +246,7 @@ def _size_warnings(config: RunConfig) -> list[str]:
     return []
 
 
-def check(
-    config: RunConfig, scan: data.ScanResult | None = None, force: bool = False
-) -> list[Problem]:
+def check(config: RunConfig, scan: ScanResult | None = None, force: bool = False) -> list[Problem]:
     """Every blocking problem of this config (empty when a run can start). `scan` (the config's
     data set, already scanned, not yet filtered) saves scanning it again; `force` leaves out the
     memory check."""
@@ -266,7 +265,7 @@ def check(
     return problems
 
 
-def ensure(config: RunConfig, scan: data.ScanResult | None = None, force: bool = False) -> None:
+def ensure(config: RunConfig, scan: ScanResult | None = None, force: bool = False) -> None:
     """Raise PreflightError listing every problem check() finds; return quietly otherwise."""
     problems = check(config, scan, force)
     if problems:
@@ -287,7 +286,7 @@ def batch_warning(batch_size: int, n_train: int) -> str | None:
     )
 
 
-def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list[str]:
+def run_warnings(config: RunConfig, scan: ScanResult | None = None) -> list[str]:
     """What does not block a run but changes what it does: a batch larger than the training
     split, a frozen random backbone, an input larger than the model needs. `scan` as for
     check()."""
@@ -306,7 +305,7 @@ def run_warnings(config: RunConfig, scan: data.ScanResult | None = None) -> list
     return out + ([note] if note else [])
 
 
-def training_images(config: RunConfig, scan: data.ScanResult | None) -> int | None:
+def training_images(config: RunConfig, scan: ScanResult | None) -> int | None:
     """Images in the training split the config's split gives this scan (None when it cannot
     split): what the recipe and the batch check read before any image is decoded."""
     if scan is None:
@@ -319,7 +318,7 @@ def training_images(config: RunConfig, scan: data.ScanResult | None) -> int | No
 
 
 def run_notes(
-    config: RunConfig, scan: data.ScanResult | None = None, pretrained: bool = True
+    config: RunConfig, scan: ScanResult | None = None, pretrained: bool = True
 ) -> list[str]:
     """What the run will do that the settings do not say: the small-data recipe's line, and (with
     `pretrained`) for a small set trained from scratch whether the pretrained route is open.

@@ -8,7 +8,6 @@ Every write is atomic (temp file + rename) so a killed process never leaves a ha
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -18,7 +17,6 @@ import pickle
 import secrets
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
@@ -28,11 +26,11 @@ from typing import Any
 
 import torch
 
-from . import overrides, reach, users, workspace
+from . import atomic, overrides, ownership, reach, workspace
 from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
-from .overrides import Overrides
+from .override_set import Overrides
 
 log = logging.getLogger(__name__)
 
@@ -40,121 +38,35 @@ STATUSES = ("running", "completed", "stopped", "failed", "pruned", "interrupted"
 LOCK_NAME = "run.lock"  # flock'ed by the process training the run; the kernel drops it on death
 
 
+def _in_run(name: str) -> property:
+    """A Run property: the path of `name` inside the run folder."""
+    return property(lambda run: run.run_dir / name, doc=f"The run's {name}.")
+
+
 @dataclass(frozen=True)
 class Run:
+    """A run folder: its id, its path, and the path of each file it keeps."""
+
     run_id: str
     run_dir: Path
 
-    @property
-    def config_path(self) -> Path:
-        return self.run_dir / "config.json"
-
-    @property
-    def split_path(self) -> Path:
-        return self.run_dir / "split.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.run_dir / "summary.json"
-
-    @property
-    def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @property
-    def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
-
-    @property
-    def exports_dir(self) -> Path:
-        return self.run_dir / "exports"
+    config_path = _in_run("config.json")
+    split_path = _in_run("split.json")
+    metrics_path = _in_run("metrics.jsonl")
+    summary_path = _in_run("summary.json")
+    best_path = _in_run("best.pt")
+    last_path = _in_run("last.pt")
+    exports_dir = _in_run("exports")
+    lock_path = _in_run(LOCK_NAME)
+    overrides_path = _in_run(overrides.FILE_NAME)
 
 
 def new_run_id() -> str:
     """Sortable, unique id: date-time plus a short random suffix."""
     now = time.time()
     millis = int(now * 1000) % 1000  # runs started within one second still sort in order
-    return (
-        time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-        + f"{millis:03d}-"
-        + secrets.token_hex(2)
-    )
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON via a temp file in the same folder and rename, so readers never see half a file."""
-    _write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2, default=str).encode()))
-
-
-def save_checkpoint_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temp file, fsync, rename: a crash leaves the previous checkpoint intact."""
-    _write_atomic(path, lambda f: torch.save(payload, f))
-
-
-def _write_atomic(path: Path, write) -> None:
-    # No mkdir here: a run folder deleted while its trainer runs must stay deleted.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise TrainingError(_write_failure(path, exc)) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise TrainingError(_write_failure(path, exc)) from exc
-    except RuntimeError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        # torch.save's writer turns the file's OSError (a full disk) into "[enforce fail at
-        # inline_container.cc] unexpected pos ...", keeping the OSError only as the context
-        cause = _os_error_in(exc)
-        if cause is None:
-            raise
-        raise TrainingError(_write_failure(path, cause)) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError an exception was raised from or while handling, if any."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, OSError):
-            return cur
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return None
-
-
-def _write_failure(path: Path, exc: OSError) -> str:
-    """One line saying why path could not be written and what to do."""
-    if exc.errno == errno.ENOENT and not path.parent.exists():
-        return f"could not write {path}: its folder was deleted (the run was removed)"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        try:
-            left = f", {shutil.disk_usage(path.parent).free / 1e6:,.1f} MB free"
-        except OSError:
-            left = ""
-        in_run = path.parent.parent.name == "runs"
-        then = f", then `cnnlab resume {path.parent.name}`" if in_run else ""
-        return (
-            f"could not write {path}: {exc.strerror or exc} (the disk holding {path.parent}"
-            f"{left}). Free disk space there (old runs: `cnnlab runs delete ID`; the decoded-image "
-            f"cache: {workspace.home() / 'cache'}){then}; the previous file was left intact."
-        )
-    return (
-        f"could not write {path}: {exc.strerror or exc}. Free disk space or make the workspace "
-        f"({path.parent.parent}) writable; the previous file was left intact."
-    )
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}{millis:03d}-{secrets.token_hex(2)}"
 
 
 def run_name(config: RunConfig) -> str:
@@ -180,24 +92,12 @@ def create_run(
         ) from exc
     run = Run(run_id, run_dir)
     try:
-        write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
-        write_summary(
-            run,
-            {
-                "run_id": run_id,
-                "run_dir": str(run_dir),
-                "name": run_name(config),
-                "status": "running",
-                "model": config.model.name,
-                "classes": classes,
-                "created": time.time(),
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "owner": users.current_owner(),
-            },
-        )
+        atomic.write_json_atomic(run.split_path, {"classes": classes, "files": split_files or {}})
+        first = _first_summary(run, config, classes, "running", time.time())
+        write_summary(run, {**first, "pid": os.getpid(), "host": socket.gethostname(),
+                            "owner": ownership.current_owner()})  # fmt: skip
         # config.json last: a folder counts as a run once it exists, so a kill before it leaves none
-        write_json_atomic(run.config_path, reach.redact_config(config.to_dict()))
+        atomic.write_json_atomic(run.config_path, reach.redact_config(config.to_dict()))
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # a full disk leaves no half-made run folder
         raise
@@ -212,15 +112,16 @@ def rebuild_summary(run: Run) -> dict[str, Any]:
         created = run.config_path.stat().st_mtime
     except OSError:
         created = time.time()
-    return {
-        "run_id": run.run_id,
-        "run_dir": str(run.run_dir),
-        "name": run_name(config),
-        "status": "interrupted",
-        "model": config.model.name,
-        "classes": read_split(run).get("classes") or [],
-        "created": created,
-    }
+    classes = read_split(run).get("classes") or []
+    return _first_summary(run, config, classes, "interrupted", created)
+
+
+def _first_summary(
+    run: Run, config: RunConfig, classes: list[str], status: str, created: float
+) -> dict[str, Any]:
+    """What every summary starts with: the run, its name and model, its classes, its start."""
+    return {"run_id": run.run_id, "run_dir": str(run.run_dir), "name": run_name(config),
+            "status": status, "model": config.model.name, "classes": classes, "created": created}  # fmt: skip
 
 
 def remove_temporaries(run: Run) -> None:
@@ -235,7 +136,7 @@ def remove_temporaries(run: Run) -> None:
 
 def write_summary(run: Run, summary: dict[str, Any]) -> None:
     """Replace summary.json atomically."""
-    write_json_atomic(run.summary_path, summary)
+    atomic.write_json_atomic(run.summary_path, summary)
 
 
 def update_summary(run: Run, **fields: Any) -> dict[str, Any]:
@@ -266,25 +167,33 @@ def append_metrics(run: Run, row: dict[str, Any]) -> None:
 def rewrite_metrics(run: Run, rows: list[dict[str, Any]]) -> None:
     """Replace metrics.jsonl with these rows, atomically (used when resuming)."""
     text = "".join(json.dumps(r, default=float) + "\n" for r in rows)
-    _write_atomic(run.metrics_path, lambda f: f.write(text.encode()))
+    atomic.write_atomic(run.metrics_path, lambda f: f.write(text.encode()))
 
 
 def read_metrics(run: Run) -> list[dict[str, Any]]:
-    """Every whole line of metrics.jsonl; a torn last line (crash mid-write) is ignored."""
+    """Every epoch row of metrics.jsonl; a torn line (crash mid-write) or one that is not an
+    epoch's metrics is skipped with a warning (the one reader: every caller goes through here)."""
     if not run.metrics_path.exists():
         return []
     rows = []
-    for line in run.metrics_path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("ignoring a torn line in %s", run.metrics_path)
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
+    for n, line in enumerate(run.metrics_path.read_text().splitlines(), 1):
+        row, problem = _metrics_row(line)
+        if row is None:
+            log.warning("ignoring line %d of %s: it %s", n, run.metrics_path, problem)
         else:
-            log.warning("ignoring a line that is not an epoch's metrics in %s", run.metrics_path)
+            rows.append(row)
     return rows
+
+
+def _metrics_row(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the epoch row one metrics.jsonl line holds, None) or (None, what is wrong with it)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None, "is not JSON"
+    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+        return None, "is not an epoch's metrics object"
+    return row, None
 
 
 def seconds_so_far(run: Run) -> float:
@@ -298,21 +207,26 @@ def seconds_so_far(run: Run) -> float:
 
 def read_summary(run: Run) -> dict[str, Any]:
     """summary.json as a dict (empty dict when missing, unreadable or not a JSON object)."""
+    return _json_object(run.summary_path) or {}
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in path; None when it is missing, unreadable or not an object."""
     try:
-        summary = json.loads(run.summary_path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def write_overrides(run: Run, used: Overrides) -> None:
     """Keep the label overrides a run trained with (overrides.json in its folder)."""
-    write_json_atomic(run.run_dir / overrides.FILE_NAME, used.to_dict())
+    atomic.write_json_atomic(run.overrides_path, used.to_dict())
 
 
 def read_overrides(run: Run) -> Overrides:
     """The label overrides a run trained with (empty for a run that used none)."""
-    return overrides.read_file(run.run_dir / overrides.FILE_NAME)
+    return overrides.read_file(run.overrides_path)
 
 
 def read_config(run: Run) -> RunConfig:
@@ -327,11 +241,8 @@ def read_config(run: Run) -> RunConfig:
 
 def read_split(run: Run) -> dict[str, Any]:
     """split.json: classes and the train/val/test file lists."""
-    try:
-        split = json.loads(run.split_path.read_text())
-    except (OSError, ValueError):
-        split = None
-    return split if isinstance(split, dict) else {"classes": [], "files": {}}
+    split = _json_object(run.split_path)
+    return split if split is not None else {"classes": [], "files": {}}
 
 
 def load_run(run: str | Path | Run) -> Run:
@@ -342,7 +253,7 @@ def load_run(run: str | Path | Run) -> Run:
     candidates = [Path(text)] if os.sep in text or Path(text).is_dir() else []
     candidates.append(workspace.runs_dir() / text)
     for cand in candidates:
-        if (cand / "config.json").is_file():
+        if Run(cand.name, cand).config_path.is_file():
             cand = cand.resolve()
             return Run(cand.name, cand)
     raise RunNotFoundError(
@@ -358,6 +269,11 @@ def checkpoint_path(run: str | Path | Run, which: str = "best") -> Path:
     if not path.is_file():
         raise RunNotFoundError(f"run {r.run_id} has no {path.name} yet (did it finish an epoch?)")
     return path
+
+
+def save_checkpoint_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temp file, fsync, rename: a crash leaves the previous checkpoint intact."""
+    atomic.write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -406,7 +322,7 @@ def is_locked(run: Run) -> bool:
     """True while some process (this one included) trains the run: its lock file is held."""
     if run.run_id in _ACTIVE:
         return True
-    fd = _try_lock(run.run_dir / LOCK_NAME, create=False)
+    fd = _try_lock(run.lock_path, create=False)
     if fd is None:
         return True
     if fd >= 0:
@@ -432,9 +348,9 @@ def mark_active(run: Run, active: bool) -> None:
         if run.run_id in _ACTIVE:
             raise _busy(run)
         try:
-            fd = _try_lock(run.run_dir / LOCK_NAME, create=True)
+            fd = _try_lock(run.lock_path, create=True)
         except OSError as exc:
-            raise TrainingError(_write_failure(run.run_dir / LOCK_NAME, exc)) from exc
+            raise TrainingError(atomic.write_failure(run.lock_path, exc)) from exc
         if fd is None:
             raise _busy(run)
         _ACTIVE[run.run_id] = fd
@@ -467,7 +383,7 @@ def iter_runs() -> Iterable[Run]:
     """Every run folder in the workspace, newest first."""
     root = workspace.runs_dir()
     for d in sorted(root.iterdir(), reverse=True):
-        if d.is_dir() and (d / "config.json").is_file():
+        if d.is_dir() and Run(d.name, d).config_path.is_file():
             yield Run(d.name, d)
 
 
@@ -491,12 +407,9 @@ def damage(run: Run) -> str | None:
         except (OSError, ValueError) as exc:
             return f"metrics.jsonl is unreadable ({exc})"
         for n, line in enumerate(lines[:-1], 1):  # a torn last line is a normal crash artefact
-            try:
-                row = json.loads(line)
-            except ValueError:
-                return f"metrics.jsonl line {n} is not JSON"
-            if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-                return f"metrics.jsonl line {n} is not an epoch's metrics object"
+            problem = _metrics_row(line)[1]
+            if problem:
+                return f"metrics.jsonl line {n} {problem}"
     return None
 
 
@@ -529,7 +442,7 @@ def delete_run(run: str | Path | Run) -> None:
     if r.run_id in _ACTIVE:
         raise _busy(r)
     try:
-        fd = _try_lock(r.run_dir / LOCK_NAME, create=True)
+        fd = _try_lock(r.lock_path, create=True)
     except OSError:
         fd = -1  # a read-only workspace: rmtree below will say so
     if fd is None:

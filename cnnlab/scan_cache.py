@@ -12,11 +12,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 from . import data, overrides
+from .scan_result import ScanResult
 
 CACHE_SIZE = 8  # scans kept (each holds one entry per image)
 
 _lock = threading.Lock()
-_items: OrderedDict[tuple, data.ScanResult] = OrderedDict()
+_items: OrderedDict[tuple, ScanResult] = OrderedDict()
 
 
 def is_csv(path: str) -> bool:
@@ -48,7 +49,7 @@ def _overrides_stamp(path: str) -> int:
 
 def scan(
     path: str, progress: data.Progress | None = None, csv_options: dict[str, str] | None = None
-) -> data.ScanResult:
+) -> ScanResult:
     """data.scan(path, progress, **csv_options), served from the cache while nothing changed."""
     options = dict(csv_options or {})
     key = (_data_key(path, options), _overrides_stamp(path))

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import reach, runs, users, workspace
+from . import atomic, ownership, reach, workspace
 from .config import DataConfig, RunConfig
 from .errors import CnnlabError
 
@@ -82,11 +82,11 @@ def from_record(record: dict[str, Any]) -> dict[str, Any]:
 OWNER_KEY = "_owner"
 
 
-def save(session_id: str, state: dict[str, Any], owner: str = users.SINGLE_USER) -> None:
+def save(session_id: str, state: dict[str, Any], owner: str = ownership.SINGLE_USER) -> None:
     """Write the session's record (atomically) under its owner's name; ignores an invalid id."""
     if not valid_id(session_id):
         return
-    runs.write_json_atomic(_dir() / f"{session_id}.json", {**to_record(state), OWNER_KEY: owner})
+    atomic.write_json_atomic(_dir() / f"{session_id}.json", {**to_record(state), OWNER_KEY: owner})
     _prune(_dir())
 
 
@@ -104,7 +104,7 @@ def _prune(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def load(session_id: str, owner: str = users.SINGLE_USER) -> dict[str, Any]:
+def load(session_id: str, owner: str = ownership.SINGLE_USER) -> dict[str, Any]:
     """The saved choices of this session id ({} when none, unreadable or someone else's)."""
     if not valid_id(session_id):
         return {}
@@ -113,6 +113,6 @@ def load(session_id: str, owner: str = users.SINGLE_USER) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    if not isinstance(record, dict) or record.pop(OWNER_KEY, users.SINGLE_USER) != owner:
+    if not isinstance(record, dict) or record.pop(OWNER_KEY, ownership.SINGLE_USER) != owner:
         return {}  # another user's link (a shared URL) gives nothing of theirs
     return from_record(record)

@@ -19,7 +19,7 @@ from . import duplicates
 from .errors import DataError
 
 if TYPE_CHECKING:
-    from .data import ScanResult
+    from .scan_result import ScanResult
 
 SPLIT_NAMES = ("train", "val", "test")
 

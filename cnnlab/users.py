@@ -9,8 +9,8 @@ Three ways to run the dashboard (docs/serving.md):
 CNNLAB_ADMINS names users who see and act on everything. Runs, data sets, sessions, studies and
 jobs carry their owner; everyone else sees and acts only on their own. Quotas per user
 (CNNLAB_QUOTA_RUNNING, CNNLAB_QUOTA_QUEUED, CNNLAB_QUOTA_GB; unset or 0: no limit) bind everyone
-but admins. The core records the owner of the work it does from `acting_as` (a job's thread) or
-CNNLAB_RUN_OWNER (a job's child process).
+but admins. The core records the owner of the work it does through `owner` (a job's thread or
+child process says whose it is).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +26,15 @@ from typing import Any
 
 from filelock import FileLock
 
-from . import workspace
+from . import ownership, runs, workspace
 from .errors import CnnlabError
 
 HEADER_ENV = "CNNLAB_USER_HEADER"
 PROXIES_ENV = "CNNLAB_TRUSTED_PROXIES"
 ADMINS_ENV = "CNNLAB_ADMINS"
-OWNER_ENV = "CNNLAB_RUN_OWNER"  # the owner of a job's child process's runs
 QUOTA_RUNNING_ENV = "CNNLAB_QUOTA_RUNNING"
 QUOTA_QUEUED_ENV = "CNNLAB_QUOTA_QUEUED"
 QUOTA_GB_ENV = "CNNLAB_QUOTA_GB"
-SINGLE_USER = "local"
 PUBLIC = "*"  # owner of what everyone shares (the demo digits)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -103,7 +100,7 @@ def identify(
     no header, or a header from an untrusted peer)."""
     how = mode(oidc)
     if how == "single":
-        return User(SINGLE_USER, admin=True)
+        return User(ownership.SINGLE_USER, admin=True)
     if how == "oidc":
         return make_user(oidc_name) if oidc_name else None
     if not header_trusted(bound_address, peer):
@@ -130,26 +127,6 @@ def check_can_act(user: User, owner: str | None, what: str) -> None:
 def visible(user: User, items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The summaries (dicts with an 'owner') user may see."""
     return [i for i in items if can_see(user, i.get("owner"))]
-
-
-# ------------------------------------------------------------------ who the core works for
-_acting = threading.local()
-
-
-@contextlib.contextmanager
-def acting_as(owner: str):
-    """Record `owner` as the owner of the runs made in this thread during the block."""
-    before = getattr(_acting, "owner", None)
-    _acting.owner = owner
-    try:
-        yield
-    finally:
-        _acting.owner = before
-
-
-def current_owner() -> str:
-    """Who the runs made now belong to: acting_as, else CNNLAB_RUN_OWNER, else the single user."""
-    return getattr(_acting, "owner", None) or os.environ.get(OWNER_ENV) or SINGLE_USER
 
 
 # ------------------------------------------------------------------ data sets
@@ -208,7 +185,7 @@ def check_dataset(user: User, path: str | Path) -> None:
 def own_study(user: User, name: str) -> str:
     """The study name a user's study is stored under: with users, prefixed by their name, so
     nobody adds trials to (or reads) another's study by typing its name."""
-    if user.name == SINGLE_USER or name.startswith(f"{user.name}/"):
+    if user.name == ownership.SINGLE_USER or name.startswith(f"{user.name}/"):
         return name
     return f"{user.name}/{name}"
 
@@ -234,8 +211,6 @@ def usage_bytes(owner: str) -> int:
     total = 0
     folders = []
     try:
-        from . import runs
-
         folders += [Path(r["run_dir"]) for r in runs.list_runs() if r.get("owner") == owner]
         table = _read_owners()
         folders += [workspace.datasets_dir() / k for k, v in table.items() if owner in v]
@@ -328,8 +303,6 @@ class UserJobs:
 
     def resume(self, run_id: str):
         """manager.resume of a run this user may act on, under their name, within their quota."""
-        from . import runs  # runs records owners through this module
-
         run = runs.load_run(run_id)
         check_can_act(self.user, runs.read_summary(run).get("owner"), f"run {run.run_id}")
         self._check_quota()

@@ -11,6 +11,7 @@ import streamlit as st
 from cnnlab import archive, data, demo, duplicates, plots, splits, users, workspace
 from cnnlab.config import DataConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.scan_result import ScanResult
 from pages import labels, ui
 
 SOURCES = (
@@ -180,7 +181,7 @@ def _choose_csv() -> str | None:
     return None
 
 
-def _show_samples(result: data.ScanResult) -> None:
+def _show_samples(result: ScanResult) -> None:
     st.subheader("Samples")
     firsts: dict[int, list[Path]] = {}
     for f, label in zip(result.files, result.labels, strict=True):
@@ -194,7 +195,7 @@ def _show_samples(result: data.ScanResult) -> None:
         st.caption(f"… and {len(result.classes) - MAX_CLASSES_SHOWN} more classes.")
 
 
-def _show_duplicates(result: data.ScanResult) -> tuple[bool, bool]:
+def _show_duplicates(result: ScanResult) -> tuple[bool, bool]:
     """The groups of copies with thumbnails; returns the chosen (drop duplicates, drop conflicts)."""
     st.subheader("Duplicates")
     groups = result.duplicate_groups()

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from cnnlab import data, kfold, label_check, learning_curve, overrides, plots
+from cnnlab import kfold, label_check, learning_curve, overrides, plots
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
+from cnnlab.scan_result import ScanResult
 from pages import ui
 
 REPORT = "_label_check"  # session key: (data set path, check-labels report)
@@ -45,7 +46,7 @@ def fix_buttons(path: str, rel: str, suggested: str, key: str) -> None:
                   help="Leave this image out of scans and runs (the file stays)")  # fmt: skip
 
 
-def fixes_bar(path: str, result: data.ScanResult | None = None) -> None:
+def fixes_bar(path: str, result: ScanResult | None = None) -> None:
     """How many images are relabelled / excluded, with Undo, Clear and the corrected CSV."""
     ov = overrides.load(path)
     if not ov and not ov.history:
@@ -72,7 +73,7 @@ def _check_config(path: str) -> RunConfig:
     return kfold.quick(cfg)
 
 
-def check_panel(path: str, result: data.ScanResult) -> None:
+def check_panel(path: str, result: ScanResult) -> None:
     """The label check: K quick models, then the suspects with one-click fixes."""
     st.subheader("Label check")
     st.caption(

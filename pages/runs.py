@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -52,7 +51,7 @@ def _compare(summaries: list[dict[str, Any]]) -> None:
     with_curves = [
         s["run_id"]
         for s in summaries
-        if runs.Run(s["run_id"], Path(s["run_dir"])).metrics_path.is_file()
+        if runs.Run(s["run_id"], workspace.runs_dir() / s["run_id"]).metrics_path.is_file()
     ]
     if not with_curves:
         st.caption("Runs get curves once they finish an epoch.")

@@ -30,6 +30,7 @@ from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import CnnlabError, DataError
 from cnnlab.predict import Predictor
 from cnnlab.progress import queued_line
+from cnnlab.scan_result import ScanResult
 
 DATASET_PATH = "dataset_path"
 DATA_CONFIG = "data_config"
@@ -185,7 +186,7 @@ def csv_options(path: str) -> dict[str, str]:
     return dict(st.session_state.get(DATA_CSV) or {}) if scan_cache.is_csv(path) else {}
 
 
-def scan_dataset(path: str, progress: data.Progress | None = None) -> data.ScanResult:
+def scan_dataset(path: str, progress: data.Progress | None = None) -> ScanResult:
     """data.scan through the process-wide cache keyed by path + mtimes (cnnlab.scan_cache).
 
     Not st.cache_data: that would copy the result per call and could not report progress.

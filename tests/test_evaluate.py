@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cnnlab import cli, evaluate, runs
@@ -33,8 +32,6 @@ def test_test_accuracy_equals_the_run_summary(trained, home: Path) -> None:
 
 def test_result_details_are_consistent(trained, home: Path) -> None:
     result = evaluate.evaluate_run(trained[0]["run_dir"])  # a run folder works like an id
-    norm = result.confusion_normalized()
-    assert np.allclose(norm.sum(axis=1), 1.0)
     worst = result.worst(5)
     assert [w["loss"] for w in worst] == sorted((w["loss"] for w in worst), reverse=True)
     assert worst[0]["loss"] == pytest.approx(float(result.losses.max()))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab import predict_api, runs, users
+from cnnlab import ownership, predict_api, runs, users
 from cnnlab.predict import Predictor
 
 
@@ -56,7 +56,7 @@ def test_find_run_takes_a_workspace_run_id_and_nothing_else(home: Path, trained,
 def test_a_user_reaches_only_their_own_runs(home: Path, trained, monkeypatch) -> None:
     """Issue 27 over the API: another user's run answers like a missing one; admins reach all."""
     run_id = trained[0]["run_id"]
-    owner = runs.read_summary(runs.load_run(run_id)).get("owner") or users.SINGLE_USER
+    owner = runs.read_summary(runs.load_run(run_id)).get("owner") or ownership.SINGLE_USER
     monkeypatch.setenv(users.ADMINS_ENV, "root")
     assert predict_api.find_run(run_id, users.make_user(owner)).run_id == run_id
     assert predict_api.find_run(run_id, users.make_user("root")).run_id == run_id

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import jobs, runs, session, users
+from cnnlab import jobs, ownership, runs, session, users
 from cnnlab.config import RunConfig
 from cnnlab.users import User
 
@@ -31,7 +31,7 @@ def header_mode(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_single_user_mode_needs_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(users.HEADER_ENV, raising=False)
     who = users.identify({"X-Forwarded-User": "mallory"}, "10.1.2.3", "0.0.0.0")
-    assert who == User(users.SINGLE_USER, admin=True)  # a header means nothing here
+    assert who == User(ownership.SINGLE_USER, admin=True)  # a header means nothing here
     assert users.mode() == "single"
 
 
@@ -131,7 +131,7 @@ def test_a_user_at_their_running_quota_queues_without_holding_others_up(
 def test_the_workspace_share_is_a_quota(
     workspace: Path, header_mode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with users.acting_as("alice"):
+    with ownership.acting_as("alice"):
         run = runs.create_run(RunConfig(), ["a", "b"])
     (run.run_dir / "best.pt").write_bytes(bytes(20_000))
     assert users.usage_bytes("alice") > 20_000 and users.usage_bytes("bob") == 0
@@ -171,7 +171,7 @@ def test_cnnlab_runs_shows_owners_and_filters_by_user(workspace: Path, capsys) -
     from cnnlab import cli
 
     for who in ("alice", "bob"):
-        with users.acting_as(who):
+        with ownership.acting_as(who):
             runs.create_run(RunConfig(), ["a", "b"])
     assert cli.main(["runs", "--user", "alice", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -185,4 +185,4 @@ def test_studies_are_stored_under_their_users_name() -> None:
     assert users.own_study(User("alice"), "digits") == "alice/digits"
     assert users.own_study(User("alice"), "alice/digits") == "alice/digits"
     assert users.own_study(User("bob"), "alice/digits") == "bob/alice/digits"  # never alice's
-    assert users.own_study(User(users.SINGLE_USER, True), "digits") == "digits"  # as before
+    assert users.own_study(User(ownership.SINGLE_USER, True), "digits") == "digits"  # as before
