@@ -106,7 +106,7 @@ def inspect_report(
         "duplicates": duplicates.describe(groups, paths, class_of, split.of()),
         "excluded_classes": list(exclude_classes or []),
         "n_dropped": full.n_images - scan.n_images,
-        "min_per_class": splits.images_needed(scan, val_fraction, test_fraction),
+        "min_per_class": splits.readiness(scan, val_fraction, test_fraction).need,
         "warnings": scan.warnings + data.split_warnings(val_fraction, test_fraction, scan),
         "overrides": {**full.overrides.report(), "file": str(overrides.file_for(path))},
     }

@@ -93,17 +93,8 @@ def _data_problems(
         scan = data.filter_scan(scan, d.exclude_classes, d.drop_duplicates, d.drop_conflicts)
     except CnnlabError as exc:
         return [Problem("data", str(exc))], None
-    problems = []
-    if len(scan.classes) < 2:
-        problems.append(
-            Problem("data", f"{scan.root} has {len(scan.classes)} usable class(es): a classifier "
-                    "needs at least 2 class folders with images")
-        )  # fmt: skip
-    small = splits.too_small(scan, d.val_fraction, d.test_fraction)
-    if small:
-        need = splits.images_needed(scan, d.val_fraction, d.test_fraction)
-        problems.append(Problem("data", splits.too_small_message(small, need)))
-    return problems, scan
+    ready = splits.readiness(scan, d.val_fraction, d.test_fraction)
+    return [Problem("data", message) for message in ready.problems], scan
 
 
 def _meta_model(config: RunConfig, n_classes: int) -> torch.nn.Module:
