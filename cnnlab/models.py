@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import runs, weights
+from . import registry, runs, weights
 from .cnn import ConvBlock, CustomCNN, SimpleCNN  # noqa: F401  (re-exported)
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import ConfigError, WeightsError
@@ -276,6 +276,16 @@ def summary(model: nn.Module, image_size: int) -> ModelSummary:
     spec = spec_of(model)
     stages = block_modules(_unwrap(model), spec) if spec is not None else []
     return summarize(model, image_size, {id(m) for stage in stages for m in stage})
+
+
+def describe(spec: ModelSpec) -> dict[str, Any]:
+    """One model zoo row for `cnnlab models` and the Model page (JSON-able)."""
+    return registry.describe(spec)
+
+
+def timm_available() -> bool:
+    """True when the optional timm extra is installed (timm/<name> models can be built)."""
+    return registry.timm_available()
 
 
 # ------------------------------------------------------------------ trained runs
