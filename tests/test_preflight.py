@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab import cli, data, preflight, runs
+from cnnlab import cli, data, preflight, reports, runs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
@@ -116,7 +116,7 @@ def test_one_rule_for_images_needed_honours_given_splits(tmp_path: Path) -> None
     assert splits.readiness(scan, 0.15, 0.15).need == 3
     assert splits.readiness(scan, 0.15, 0.15).too_small == {"a": 2}
     assert splits.readiness(scan, 0.15, 0.0).too_small == {}
-    report = cli.inspect_report(str(root))
+    report = reports.inspect_report(str(root))
     assert report["min_per_class"] == 1
 
 
