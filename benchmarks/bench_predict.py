@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from cnnlab import models
-from cnnlab.config import ModelConfig
-from cnnlab.device import DEVICE_CHOICES, configure_cpu_threads, describe_device, resolve_device
+from cnnlab.config import DEVICES, ModelConfig
+from cnnlab.device import configure_cpu_threads, describe_device, resolve_device
 from cnnlab.predict import Predictor
 
 SETTINGS = [("simple_cnn", 64), ("custom", 32), ("resnet18", 224)]
@@ -71,7 +71,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="batch-1 predictions per model")
     parser.add_argument("--batches", type=int, default=5, help="batches of 64 per model")
-    parser.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
     args = parser.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":

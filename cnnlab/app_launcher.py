@@ -59,6 +59,21 @@ def serve_command(run_id: str, port: int = 8502, address: str = "127.0.0.1") -> 
     return f"cnnlab serve {shlex.quote(run_id)} --port {port}{extra}"
 
 
+def app_env(environ) -> dict[str, str]:
+    """A copy of environ with CNNLAB_HOME and CNNLAB_DATA_ROOTS made absolute (from this cwd), so
+    they keep their meaning whatever folder Streamlit resolves from."""
+    env = dict(environ)
+    if env.get("CNNLAB_HOME"):
+        env["CNNLAB_HOME"] = str(Path(env["CNNLAB_HOME"]).expanduser().resolve())
+    if env.get("CNNLAB_DATA_ROOTS"):
+        env["CNNLAB_DATA_ROOTS"] = os.pathsep.join(
+            str(Path(p).expanduser().resolve())
+            for p in env["CNNLAB_DATA_ROOTS"].split(os.pathsep)
+            if p.strip()
+        )
+    return env
+
+
 def serve(port: int, address: str, script: str = "server.py") -> int:
     """Serve the dashboard (or `script`, e.g. demo_server.py) until Streamlit exits; returns its
     exit status.

@@ -22,6 +22,7 @@ NORMALIZE = ("dataset", "imagenet", "none")
 STRATEGIES = ("feature_extraction", "fine_tune")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "val", "test")  # the three splits of a data set, in this order everywhere
+EVAL_SPLITS = tuple(reversed(SPLITS))  # what evaluation offers: the held-out test split first
 
 
 def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:

@@ -1,4 +1,6 @@
-"""What the CLI shows on a terminal: JSON output, the live progress bar, summaries, trial rows.
+"""What the CLI shows on a terminal: JSON output, the live progress bar, run summaries, trial rows.
+
+Per-command text tables are in console_tables.
 
 Only the CLI prints; the core reports through events and logging.
 """
@@ -117,6 +119,24 @@ def print_summary(summary: dict) -> None:
     line = baseline.comparison(summary)
     if line:
         print(line)
+
+
+def print_run(summary: dict, as_json: bool) -> None:
+    """A finished `train` or `resume` run: its summary as JSON, or its key fields."""
+    if as_json:
+        print_json(summary)
+    else:
+        print_summary(summary)
+
+
+def print_folds(summary: dict, as_json: bool, final: bool) -> None:
+    """`train --folds`: the summary as JSON, or the cross-validation then the final run's fields."""
+    if as_json:
+        print_json(summary)
+        return
+    print_cross_validation(summary["cross_validation"])
+    if final:
+        print_summary(summary)
 
 
 def print_cross_validation(cv: dict) -> None:

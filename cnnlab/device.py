@@ -9,17 +9,16 @@ import sys
 
 import torch
 
+from .config import DEVICES
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Turn 'auto'/'cpu'/'cuda'/'mps' into an available torch.device, or say why not."""
-    if name not in DEVICE_CHOICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICE_CHOICES)}, got {name!r}")
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

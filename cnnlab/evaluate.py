@@ -24,7 +24,7 @@ from torch import nn
 
 from . import data as data_mod
 from . import models, runs
-from .config import SPLITS, RunConfig
+from .config import EVAL_SPLITS, RunConfig
 from .device import resolve_device
 from .diagnosis import SUGGESTIONS, Diagnosis, Finding, diagnose
 from .epoch import BatchContext, predict_logits
@@ -51,7 +51,6 @@ __all__ = [
     "usable_runs",
 ]  # fmt: skip  (diagnosis names re-exported: pages use evaluate.diagnose)
 
-SPLIT_CHOICES = tuple(reversed(SPLITS))  # test first: the held-out split is the one to score
 N_WORST = 12  # worst predictions kept for the gallery (highest per-image loss)
 N_CONFUSED = 10  # most-confused (true, predicted) pairs reported
 
@@ -277,8 +276,8 @@ def evaluate_run(
     run: str | Path | runs.Run, split: str = "test", device: str | None = None
 ) -> EvalResult:
     """Score a run's best checkpoint on one of its own splits (default: the held-out test split)."""
-    if split not in SPLIT_CHOICES:
-        raise DataError(f"split must be one of {', '.join(SPLIT_CHOICES)}, got {split!r}")
+    if split not in EVAL_SPLITS:
+        raise DataError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     loaded = load_for_eval(run, device)
     prepared = prepare_run_data(loaded)
     images, labels = prepared.subset(split)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import job_queue, ownership
+from . import job_queue, memory, ownership
 from .errors import CnnlabError
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ POLL_S = 0.25  # how often a follower reads the events file and the row
 STOP_POLL_S = 0.5  # how often a job process checks the queue's stop flag
 EXIT_GRACE_S = 60.0  # a job process that ended its row has this long to exit (e.g. flush logs)
 JOB_NICE = 10  # niceness added to job processes: the server's pages come first
-MEMORY_RESERVE = 512 * 2**20  # left to the server and the system when the limit is automatic
 _PR_SET_PDEATHSIG = 1
 
 
@@ -61,42 +60,6 @@ def job_threads() -> int:
         return int(env)
     n = cores()
     return n if n <= 2 else n - 1
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5g', '1000000' -> bytes; CnnlabError on anything else."""
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(float(t))
-    except ValueError:
-        raise CnnlabError(f"{text!r} is not a memory size: use e.g. 2G or 512M") from None
-
-
-def available_memory() -> int:
-    """Bytes a new job may use: CNNLAB_JOB_MEMORY when set, else the memory available now
-    (MemAvailable, or the cgroup's limit when lower) minus a reserve for the server."""
-    env = os.environ.get("CNNLAB_JOB_MEMORY", "").strip()
-    if env:
-        return parse_size(env)
-    avail = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    if avail is None:
-        avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        with contextlib.suppress(OSError, ValueError):
-            limit = int(Path(path).read_text().strip())
-            current_path = Path(path).with_name(
-                "memory.current" if path.endswith("max") else "memory.usage_in_bytes"
-            )
-            used = int(current_path.read_text().strip())
-            avail = min(avail, max(0, limit - used))
-    return max(0, avail - MEMORY_RESERVE)
 
 
 # ---------------------------------------------------------------- the parent side
@@ -376,7 +339,7 @@ def _train(row: dict[str, Any], stop: threading.Event, emit: _EventWriter) -> di
     if row["nproc"] > 1:  # the launcher's ranks die with it (distributed.launch guards them)
         return child_run.follow(config, row["nproc"], stop, emit)
     if config.train.device in ("cpu", "auto") and not _uses_cuda(config):
-        limit_memory(available_memory())
+        limit_memory(memory.available_memory())
     if row["resume_run"]:
         return train.resume(row["resume_run"], callbacks=(emit,), stop_event=stop)
     return train.fit(config, callbacks=(emit,), stop_event=stop)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import runs, weights
+from . import registry, runs, weights
 from .cnn import ConvBlock, CustomCNN, SimpleCNN  # noqa: F401  (re-exported)
 from .config import ModelConfig, RunConfig, TrainConfig
 from .errors import ConfigError, WeightsError
@@ -278,6 +278,11 @@ def summary(model: nn.Module, image_size: int) -> ModelSummary:
     return summarize(model, image_size, {id(m) for stage in stages for m in stage})
 
 
+def timm_available() -> bool:
+    """True when the optional timm extra is installed (timm/<name> models can be built)."""
+    return registry.timm_available()
+
+
 # ------------------------------------------------------------------ trained runs
 
 
@@ -301,6 +306,4 @@ def load_trained(
 
 def describe(name: str) -> dict[str, Any]:
     """Model `name`'s registry row as `cnnlab models` and the Model page show it (JSON-able)."""
-    from . import registry  # imported here: the module-level names come from it one by one
-
     return registry.describe(get_spec(name))

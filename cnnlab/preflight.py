@@ -7,7 +7,7 @@ Start and show the list. `ensure(config)` raises them as one PreflightError.
 
 The memory guard rail is one of them: `estimate_memory` sums what training holds at its peak
 (parameters, gradients and optimizer state, activations at the batch and input size, the decoded
-image cache) and a config over what the machine can give a job (cnnlab.job_process.
+image cache) and a config over what the machine can give a job (cnnlab.memory.
 available_memory) is refused with the numbers and what to change, unless forced.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, job_process, models, recipe, splits, weights
+from . import data, memory, models, recipe, splits, weights
 from .config import RunConfig
 from .errors import CnnlabError
 from .scan_result import ScanResult
@@ -94,17 +94,8 @@ def _data_problems(
         scan = data.filter_scan(scan, d.exclude_classes, d.drop_duplicates, d.drop_conflicts)
     except CnnlabError as exc:
         return [Problem("data", str(exc))], None
-    problems = []
-    if len(scan.classes) < 2:
-        problems.append(
-            Problem("data", f"{scan.root} has {len(scan.classes)} usable class(es): a classifier "
-                    "needs at least 2 class folders with images")
-        )  # fmt: skip
-    small = splits.too_small(scan, d.val_fraction, d.test_fraction)
-    if small:
-        need = splits.images_needed(scan, d.val_fraction, d.test_fraction)
-        problems.append(Problem("data", splits.too_small_message(small, need)))
-    return problems, scan
+    ready = splits.readiness(scan, d.val_fraction, d.test_fraction)
+    return [Problem("data", message) for message in ready.problems], scan
 
 
 def _meta_model(config: RunConfig, n_classes: int) -> torch.nn.Module:
@@ -194,7 +185,7 @@ def estimate_memory(config: RunConfig, n_classes: int, n_images: int) -> MemoryE
         return None
     states = OPTIMIZER_STATES.get(config.train.optimizer, 2)
     device = _job_device(config)
-    available = job_process.available_memory()
+    available = memory.available_memory()
     if device == "cuda":
         free, _total = torch.cuda.mem_get_info()
         available = free

@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import duplicates
+from .config import SPLITS
 from .errors import DataError
 
 if TYPE_CHECKING:
     from .scan_result import ScanResult
-
-SPLIT_NAMES = ("train", "val", "test")
 
 
 @dataclass
@@ -44,7 +43,7 @@ class Split:
 
     def of(self) -> dict[int, str]:
         """{file index: split name}."""
-        return {i: name for name in SPLIT_NAMES for i in getattr(self, name)}
+        return {i: name for name in SPLITS for i in getattr(self, name)}
 
     def to_dict(self) -> dict[str, list[int]]:
         """Plain dict for split.json."""
@@ -99,43 +98,61 @@ def filter_scan(
     return out
 
 
-def _min_per_class(val_fraction: float, test_fraction: float) -> int:
-    return 1 + (val_fraction > 0) + (test_fraction > 0)
-
-
 def _carved_fractions(scan: ScanResult, val_fraction: float, test_fraction: float):
     """The (val, test) fractions split() carves from train: 0 for a split the layout gives."""
     given = set(scan.given)
     return (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
 
 
-def images_needed(scan: ScanResult, val_fraction: float, test_fraction: float) -> int:
-    """Images each class needs in its training pool: one to train on, one per carved split
-    (a split the layout gives is not carved, so it costs nothing)."""
-    return _min_per_class(*_carved_fractions(scan, val_fraction, test_fraction))
-
-
-def too_small(scan: ScanResult, val_fraction: float, test_fraction: float) -> dict[str, int]:
-    """{class: images in its training pool} of the classes split() would refuse, for the scan as
-    filtered (excluded classes and dropped copies already left out). The one size rule the
-    pre-flight, the CLI and the pages all use."""
-    need = images_needed(scan, val_fraction, test_fraction)
-    pool = dict.fromkeys(scan.classes, 0)
-    for i, label in enumerate(scan.labels):
-        if not scan.given or scan.given[i] in ("", "train"):
-            pool[scan.classes[label]] += 1
-    # a class only in a given val/test split is not carved (scan warned about it)
-    return {c: n for c, n in pool.items() if 0 < n < need}
-
-
-def too_small_message(small: dict[str, int], need: int) -> str:
-    """What too_small() found and what to do, in one line."""
+def _too_small_message(small: dict[str, int], need: int) -> str:
+    """What the size rule found and what to do, in one line."""
     listed = ", ".join(f"{c!r} ({n})" for c, n in small.items())
     return (
         f"class(es) with too few usable images to split: {listed}; each needs at least {need} "
         "(one to train on, one per validation/test split carved from it) — add images, exclude "
         "the class (--exclude-class / the Data page), or set the validation/test fractions to 0"
     )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a filtered scan can be split and trained on, and what each class needs."""
+
+    need: int  # images each class needs in its training pool
+    carve_val: bool  # a validation split is carved from train (not given, fraction > 0)
+    carve_test: bool  # a test split is carved from train
+    too_small: dict[str, int]  # {class: images in its training pool} of the classes under need
+    problems: tuple[str, ...]  # what blocks a run, one line each with what to do
+
+    @property
+    def ready(self) -> bool:
+        """True when nothing blocks training on this scan."""
+        return not self.problems
+
+
+def readiness(scan: ScanResult, val_fraction: float, test_fraction: float) -> Readiness:
+    """The one data-readiness rule, on the scan as filtered (excluded classes and dropped copies
+    already left out): split, the pre-flight, `cnnlab inspect` and the Data page all use it.
+
+    A class needs one image to train on plus one per split carved from its training pool (a split
+    the layout gives is not carved, so it costs nothing); a classifier needs two classes."""
+    carve_val, carve_test = _carved_fractions(scan, val_fraction, test_fraction)
+    need = 1 + (carve_val > 0) + (carve_test > 0)
+    pool = dict.fromkeys(scan.classes, 0)
+    for i, label in enumerate(scan.labels):
+        if not scan.given or scan.given[i] in ("", "train"):
+            pool[scan.classes[label]] += 1
+    # a class only in a given val/test split is not carved (scan warned about it)
+    small = {c: n for c, n in pool.items() if 0 < n < need}
+    problems = []
+    if len(scan.classes) < 2:
+        problems.append(
+            f"{scan.root} has {len(scan.classes)} usable class(es): a classifier needs at least 2 "
+            "class folders with images"
+        )
+    if small:
+        problems.append(_too_small_message(small, need))
+    return Readiness(need, carve_val > 0, carve_test > 0, small, tuple(problems))
 
 
 def _units(scan: ScanResult) -> dict[int, list[int]]:
@@ -182,7 +199,7 @@ def _carve(
                 out.train += group[j]
         out.val += val
         out.test += test
-    for name in SPLIT_NAMES:
+    for name in SPLITS:
         getattr(out, name).sort()
     return out
 
@@ -200,13 +217,13 @@ def split(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be >= 0 "
             "and leave some images for training"
         )
-    small = too_small(scan, val_fraction, test_fraction)
-    if small:
-        raise DataError(too_small_message(small, images_needed(scan, val_fraction, test_fraction)))
+    ready = readiness(scan, val_fraction, test_fraction)
+    if ready.too_small:
+        raise DataError(_too_small_message(ready.too_small, ready.need))
     units = _units(scan)
     if not scan.given:
         return _carve(scan, list(range(scan.n_images)), units, val_fraction, test_fraction, seed)
-    parts = {name: [i for i, s in enumerate(scan.given) if s == name] for name in SPLIT_NAMES}
+    parts = {name: [i for i, s in enumerate(scan.given) if s == name] for name in SPLITS}
     parts["train"] += [i for i, s in enumerate(scan.given) if not s]  # CSV rows with no split
     carved = _carve(
         scan, sorted(parts["train"]), units,

@@ -338,16 +338,13 @@ def _show_dataset(path: str) -> None:
     try:
         cfg.validate()
         kept = data.filter_scan(result, exclude, drop_dups, drop_conflicts)
-        given = set(kept.given)  # a split the layout gives is not carved from train
-        carve_val, carve_test = val > 0 and "val" not in given, test > 0 and "test" not in given
-        need = splits.images_needed(kept, val, test)
-        small = splits.too_small(kept, val, test)
+        ready = splits.readiness(kept, val, test)  # a split the layout gives is not carved
         st.caption(
-            f"Each class needs at least {need} images: one to train on"
-            + (", one for validation" if carve_val else "")
-            + (", one for the test" if carve_test else "")
-            + (f". Too small now: {', '.join(small)} — exclude them or set a fraction to 0."
-               if small else ".")
+            f"Each class needs at least {ready.need} images: one to train on"
+            + (", one for validation" if ready.carve_val else "")
+            + (", one for the test" if ready.carve_test else "")
+            + (f". Too small now: {', '.join(ready.too_small)} — exclude them or set a fraction "
+               "to 0." if ready.too_small else ".")
         )  # fmt: skip
         parts = data.split(kept, val, test, seed)
     except CnnlabError:

@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from cnnlab import evaluate, explain, export, plots, runs
+from cnnlab.config import EVAL_SPLITS
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import Predictor
 from pages import labels, ui
@@ -177,7 +178,7 @@ def main() -> None:
     st.title("Evaluate")
     left, right = st.columns([3, 1])
     run_id = ui.choose_trained_run(left, "ev_run")
-    split = right.selectbox("Split", evaluate.SPLIT_CHOICES, key="ev_split")
+    split = right.selectbox("Split", EVAL_SPLITS, key="ev_split")
     try:
         run = runs.load_run(run_id)
         stamp = runs.checkpoint_path(run).stat().st_mtime  # RunNotFoundError if it was deleted

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cnnlab import cli
+from cnnlab import cli_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_FILES = [
@@ -44,5 +44,5 @@ def test_readme_command_list_names_every_command() -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Command line", 1)[1].split("```", 2)[1]
     listed = set(re.findall(r"^cnnlab ([a-z-]+)", block, flags=re.M))
-    subparsers = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    subparsers = next(a for a in cli_parser.build_parser()._actions if a.dest == "command")
     assert set(subparsers.choices) <= listed, set(subparsers.choices) - listed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import job_process, job_queue, jobs, runs
+from cnnlab import job_process, job_queue, jobs, memory, runs
 from cnnlab.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,10 +132,10 @@ def test_cli_submit_list_cancel_and_a_worker_runs_the_queue(
 
 
 def test_sizes_and_thread_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert job_process.parse_size("1.5G") == int(1.5 * 2**30)
-    assert job_process.parse_size("512M") == 512 * 2**20
+    assert memory.parse_size("1.5G") == int(1.5 * 2**30)
+    assert memory.parse_size("512M") == 512 * 2**20
     monkeypatch.setenv("CNNLAB_JOB_MEMORY", "2G")
-    assert job_process.available_memory() == 2 * 2**30
+    assert memory.available_memory() == 2 * 2**30
     monkeypatch.setenv("CNNLAB_JOB_THREADS", "3")
     env = job_process.child_env({})
     assert env["CNNLAB_THREADS"] == env["OMP_NUM_THREADS"] == "3"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import archive, cli, data
+from cnnlab import archive, data, reports
 from cnnlab.config import DataConfig, RunConfig
 from cnnlab.errors import ConfigError, DataError
 
@@ -49,7 +49,7 @@ def test_split_folders_in_any_case_are_the_split(tmp_path: Path) -> None:
         {"TRAIN": {"cat": 10, "dog": 10}, "Valid": {"cat": 3, "dog": 3}, "test": {"cat": 4}},
     )
     (root / "sample_submission.csv").write_text("id,label\n")
-    report = cli.inspect_report(str(root))
+    report = reports.inspect_report(str(root))
     assert report["split_source"] == "folders"
     assert report["classes"] == ["cat", "dog"]  # the union, not "TRAIN", "Valid", "test"
     assert report["split_per_class"] == {
@@ -120,7 +120,7 @@ def test_csv_with_ids_without_extension_and_a_split_column(tmp_path: Path) -> No
         rows.append([f"img{i:03d}", ["ant", "bee"][i % 2], "TEST" if i >= 18 else "train"])
     rows += [["img999", "ant", "train"], ["img001", "", "train"], ["img002", "bee", "holdout"]]
     labels = _csv(folder / "labels.csv", ["Image_ID", "Category", "split"], rows)
-    report = cli.inspect_report(str(labels))
+    report = reports.inspect_report(str(labels))
     assert report["split_source"] == "csv"
     assert report["counts"] == {"ant": 12, "bee": 12}
     assert report["split_per_class"]["ant"]["test"] == 3
@@ -145,7 +145,7 @@ def test_csv_rows_outside_the_data_folders_all_read_the_same(tmp_path: Path, wor
         "linked.png",  # a link inside the folder leading out
     ]
     labels = _csv(folder / "labels.csv", ["path", "label"], rows + [[p, "ant"] for p in probes])
-    report = cli.inspect_report(str(labels))
+    report = reports.inspect_report(str(labels))
     reasons = {p["path"]: p["reason"] for p in report["problems"]}
     texts = {reasons[p].split(": ", 1)[1] for p in probes}
     assert len(texts) == 1, texts
@@ -170,10 +170,10 @@ def test_a_visitors_csv_reads_only_its_own_images_folder(
     labels = _csv(workspace / "datasets" / "labels-0123456789ab.csv", ["path", "label"], rows)
     rows.append(["../theirs-ba9876543210/private.png", "ant"])
     labels = _csv(labels, ["path", "label"], rows)
-    report = cli.inspect_report(str(labels), images=str(mine))
+    report = reports.inspect_report(str(labels), images=str(mine))
     assert not report["problems"]  # the CLI reads inside the data roots
     monkeypatch.setenv(reach.DASHBOARD_ENV, "1")
-    report = cli.inspect_report(str(labels), images=str(mine))
+    report = reports.inspect_report(str(labels), images=str(mine))
     (problem,) = report["problems"]
     assert "outside the allowed data folders" in problem["reason"]
 
@@ -216,7 +216,7 @@ def test_duplicates_across_splits_and_classes_are_reported(tmp_path: Path, works
     root = _split_set(tmp_path / "s", {"train": {"cat": 8, "dog": 8}, "test": {"cat": 3, "dog": 3}})
     shutil.copy(root / "train/cat/cat0.png", root / "test/cat/leak.png")
     shutil.copy(root / "train/cat/cat1.png", root / "train/dog/mislabelled.png")
-    report = cli.inspect_report(str(root))
+    report = reports.inspect_report(str(root))
     groups = {tuple(sorted(g["paths"])): g for g in report["duplicates"]}
     leak = groups[("test/cat/leak.png", "train/cat/cat0.png")]
     assert dict(zip(leak["paths"], leak["splits"], strict=True)) == {
@@ -229,7 +229,7 @@ def test_duplicates_across_splits_and_classes_are_reported(tmp_path: Path, works
     assert conflict["classes"] == ["cat", "dog"] and conflict["label_conflict"]
 
     # dropping: recorded in the config, never touching the files
-    dropped = cli.inspect_report(str(root), drop_duplicates=True, drop_conflicts=True)
+    dropped = reports.inspect_report(str(root), drop_duplicates=True, drop_conflicts=True)
     assert dropped["duplicates"] == [] and dropped["n_dropped"] == 3
     assert (root / "train/cat/cat0.png").is_file() and (
         root / "train/dog/mislabelled.png"
@@ -297,11 +297,11 @@ def test_too_small_classes_can_be_excluded(tmp_path: Path, workspace) -> None:
         for i in range(n):
             _img(root / c / f"{i}.png", sum(map(ord, c)) * 100 + i)
     with pytest.raises(DataError, match=r"'tiny' \(2\); each needs at least 3.*--exclude-class"):
-        cli.inspect_report(str(root))
-    report = cli.inspect_report(str(root), exclude_classes=["tiny"])
+        reports.inspect_report(str(root))
+    report = reports.inspect_report(str(root), exclude_classes=["tiny"])
     assert report["classes"] == ["big", "other"] and report["min_per_class"] == 3
     with pytest.raises(DataError, match="not in the data set"):
-        cli.inspect_report(str(root), exclude_classes=["nope"])
+        reports.inspect_report(str(root), exclude_classes=["nope"])
     cfg = RunConfig.from_dict({"data": {"path": str(root), "exclude_classes": "tiny"}}).data
     assert cfg.exclude_classes == ["tiny"]
     with pytest.raises(ConfigError, match="only apply to a .csv"):
@@ -309,10 +309,10 @@ def test_too_small_classes_can_be_excluded(tmp_path: Path, workspace) -> None:
 
 
 def test_zero_val_or_test_fraction_warns(colour_classes: Path, workspace) -> None:
-    report = cli.inspect_report(str(colour_classes), 0.0, 0.0)
+    report = reports.inspect_report(str(colour_classes), 0.0, 0.0)
     text = " ".join(report["warnings"])
     assert "no early stopping" in text and "no test accuracy" in text
-    assert cli.inspect_report(str(colour_classes))["warnings"] == []
+    assert reports.inspect_report(str(colour_classes))["warnings"] == []
 
 
 # ---------------------------------------------------------------- issue 28 item 6: CSVs as they come

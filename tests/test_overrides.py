@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import cli, data, evaluate, overrides, runs, train
+from cnnlab import cli, data, evaluate, overrides, reports, runs, train
 from cnnlab.errors import DataError
 
 
@@ -46,7 +46,7 @@ def test_relabel_exclude_undo_round_trip(colours: Path) -> None:
     # files stay grouped by class, as a plain scan's
     assert scan.labels == sorted(scan.labels)
 
-    report = cli.inspect_report(str(colours))
+    report = reports.inspect_report(str(colours))
     assert report["overrides"]["relabelled"] == 1 and report["overrides"]["excluded"] == 1
     assert report["overrides"]["relabel"] == {"red/00.png": "blue"}
     assert report["n_images"] == 89

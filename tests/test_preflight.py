@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnlab import cli, data, preflight, runs
+from cnnlab import cli, data, preflight, reports, runs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 
@@ -108,15 +108,15 @@ def test_one_rule_for_images_needed_honours_given_splits(tmp_path: Path) -> None
                     "RGB", (12, 12), (j * 30, 80 if cls == "a" else 160, hash(split) % 255)
                 ).save(root / split / cls / f"{j}.png")
     scan = data.scan(root)
-    assert splits.too_small(scan, 0.15, 0.15) == {}
-    assert splits.images_needed(scan, 0.15, 0.15) == 1
+    assert splits.readiness(scan, 0.15, 0.15).too_small == {}
+    assert splits.readiness(scan, 0.15, 0.15).need == 1
     assert preflight.check(_config(root)) == []
     flat = _folder(tmp_path / "flat", {"a": 2, "b": 6})
     scan = data.scan(flat)
-    assert splits.images_needed(scan, 0.15, 0.15) == 3
-    assert splits.too_small(scan, 0.15, 0.15) == {"a": 2}
-    assert splits.too_small(scan, 0.15, 0.0) == {}
-    report = cli.inspect_report(str(root))
+    assert splits.readiness(scan, 0.15, 0.15).need == 3
+    assert splits.readiness(scan, 0.15, 0.15).too_small == {"a": 2}
+    assert splits.readiness(scan, 0.15, 0.0).too_small == {}
+    report = reports.inspect_report(str(root))
     assert report["min_per_class"] == 1
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab import cli, data, lr_finder, runs, train, workspace
+from cnnlab import app_launcher, cli, data, lr_finder, runs, train, workspace
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cnnlab.errors import ConfigError, TrainingError
 
@@ -292,7 +292,9 @@ def test_lr_find_refuses_too_few_steps(workspace: Path, colour_classes: Path, ca
 
 def test_app_resolves_relative_workspace_settings_once(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    env = cli.app_env({"CNNLAB_HOME": "rel-home", "CNNLAB_DATA_ROOTS": f"d1{os.pathsep}~/d2"})
+    env = app_launcher.app_env(
+        {"CNNLAB_HOME": "rel-home", "CNNLAB_DATA_ROOTS": f"d1{os.pathsep}~/d2"}
+    )
     assert env["CNNLAB_HOME"] == str(tmp_path / "rel-home")
     assert env["CNNLAB_DATA_ROOTS"].split(os.pathsep) == [
         str(tmp_path / "d1"),
