@@ -28,7 +28,15 @@ from . import overrides as overrides_mod
 from .archive import safe_extract_zip, save_uploaded_files, save_uploaded_zip
 from .config import SPLITS, DataConfig
 from .errors import DataError, UnsafeArchiveError
-from .layouts import IMAGE_EXTENSIONS, Problem, is_ignored, read_layout, resolve_dataset
+from .layouts import (
+    IMAGE_EXTENSIONS,
+    Entry,
+    Layout,
+    Problem,
+    is_ignored,
+    read_layout,
+    resolve_dataset,
+)
 from .override_set import Overrides
 from .scan_result import ScanResult
 from .splits import Split, filter_scan, split, split_warnings
@@ -124,15 +132,46 @@ def scan(
     layout = read_layout(
         path, progress, path_column=path_column, label_column=label_column, images=images
     )
-    root, problems = layout.root, list(layout.problems)
     checked = _verify_cached([e.path for e in layout.entries], progress)
-    names = sorted({e.label for e in layout.entries})
     good = [(e, checked[e.path]) for e in layout.entries if checked[e.path][0] is None]
+    problems = list(layout.problems) + _unreadable(layout, checked)
+    classes = _usable_classes(layout, good, problems)
+    index = {c: i for i, c in enumerate(classes)}
+    good.sort(key=lambda pair: (index[pair[0].label], SPLITS.index(pair[0].split or "train"),
+                                str(pair[0].path)))  # fmt: skip
+    given = [e.split for e, _ in good] if layout.source != "random" else []
+    result = ScanResult(
+        layout.root, classes, [e.path for e, _ in good], [index[e.label] for e, _ in good],
+        problems, layout.source, given, [v[1] for _, v in good], [v[2] for _, v in good],
+        list(layout.warnings),
+    )  # fmt: skip
+    result.warnings.extend(_given_split_warnings(result))
+    # the one hook where label fixes enter: every scan, inspect, train and evaluation sees them
+    result = overrides_mod.apply(
+        result, overrides_mod.load(path) if overrides is None else overrides
+    )
+    log.info("scanned %s: %d classes, %d images, %d problems", layout.root, len(classes),
+             result.n_images, len(problems))  # fmt: skip
+    return result
+
+
+def _unreadable(layout: Layout, checked: dict[Path, Verified]) -> list[Problem]:
+    """A Problem per listed file that failed verification (with its CSV row when it has one)."""
+    out = []
     for e in layout.entries:
         reason = checked[e.path][0]
         if reason:
-            rel = os.path.relpath(e.path, root).replace(os.sep, "/")
-            problems.append(Problem(rel, f"row {e.row}: {reason}" if e.row else reason))
+            rel = os.path.relpath(e.path, layout.root).replace(os.sep, "/")
+            out.append(Problem(rel, f"row {e.row}: {reason}" if e.row else reason))
+    return out
+
+
+def _usable_classes(
+    layout: Layout, good: list[tuple[Entry, Verified]], problems: list[Problem]
+) -> list[str]:
+    """The sorted classes with at least one usable image; the others become Problems. Fewer
+    than two usable classes is a DataError: a classifier needs two."""
+    names = sorted({e.label for e in layout.entries})
     usable = {e.label for e, _ in good}
     for name in names:
         if name not in usable:
@@ -144,35 +183,24 @@ def scan(
     if len(classes) < 2:
         found = f"only {classes[0]!r}" if classes else "none"
         raise DataError(
-            f"{root} has {len(classes)} usable class folder(s) ({found}); a classifier needs at "
-            "least 2 — add one sub-folder of images per class"
+            f"{layout.root} has {len(classes)} usable class folder(s) ({found}); a classifier "
+            "needs at least 2 — add one sub-folder of images per class"
         )
-    index = {c: i for i, c in enumerate(classes)}
-    good.sort(key=lambda pair: (index[pair[0].label], SPLITS.index(pair[0].split or "train"),
-                                str(pair[0].path)))  # fmt: skip
-    given = [e.split for e, _ in good] if layout.source != "random" else []
-    result = ScanResult(
-        root, classes, [e.path for e, _ in good], [index[e.label] for e, _ in good], problems,
-        layout.source, given, [v[1] for _, v in good], [v[2] for _, v in good],
-        list(layout.warnings),
-    )  # fmt: skip
-    if given:
-        for name in SPLITS:
-            present = {result.labels[i] for i, s in enumerate(given) if s == name}
-            if not present and name != "train":
-                result.warnings.append(f"the layout gives no {name} split: it is carved from "
-                                       f"train with data.{name}_fraction")  # fmt: skip
-            if present and len(present) < len(classes):
-                missing = [c for i, c in enumerate(classes) if i not in present]
-                result.warnings.append(f"the given {name} split has no images of class(es) "
-                                       f"{', '.join(missing)}")  # fmt: skip
-    # the one hook where label fixes enter: every scan, inspect, train and evaluation sees them
-    result = overrides_mod.apply(
-        result, overrides_mod.load(path) if overrides is None else overrides
-    )
-    log.info("scanned %s: %d classes, %d images, %d problems", root, len(classes),
-             result.n_images, len(problems))  # fmt: skip
-    return result
+    return classes
+
+
+def _given_split_warnings(result: ScanResult) -> list[str]:
+    """What a layout's own splits lack: a split not given (carved from train), or classes missing."""
+    out: list[str] = []
+    for name in SPLITS if result.given else ():
+        present = {result.labels[i] for i, s in enumerate(result.given) if s == name}
+        if not present and name != "train":
+            out.append(f"the layout gives no {name} split: it is carved from "
+                       f"train with data.{name}_fraction")  # fmt: skip
+        if present and len(present) < len(result.classes):
+            missing = [c for i, c in enumerate(result.classes) if i not in present]
+            out.append(f"the given {name} split has no images of class(es) {', '.join(missing)}")
+    return out
 
 
 def _verify_all(paths: list[Path], progress: Progress | None) -> dict[Path, Verified]:
