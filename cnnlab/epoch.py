@@ -252,3 +252,16 @@ def evaluate(
     loss = loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
     acc = (logits.argmax(1) == y).float().mean()
     return float(loss), float(acc)
+
+
+def train_batch(images: torch.Tensor, idx: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
+    """images[idx] on ctx's device, augmented and normalised as a training step takes them."""
+    return augment.prepare_batch(
+        images[idx].to(ctx.device, non_blocking=True),
+        ctx.mean,
+        ctx.std,
+        cfg=ctx.aug,
+        train=True,
+        generator=ctx.generator,
+        channels_last=ctx.channels_last,
+    )
