@@ -19,7 +19,7 @@ import torch
 
 from cnnlab import (
     evaluate,
-    jobs,
+    job_state,
     kfold,
     live_feed,
     lr_finder,
@@ -136,7 +136,7 @@ def _lr_progress(job_id: str) -> None:
     st.progress(done / total if total else 0.0, text=text)
 
 
-def _lr_job() -> jobs.JobSnapshot | None:
+def _lr_job() -> job_state.JobSnapshot | None:
     """The LR sweep this tab started (named in the URL), finished results taken in once."""
     job_id = st.query_params.get(QUERY_LR)
     snap = ui.job_manager().snapshot(job_id) if job_id else None
@@ -220,7 +220,7 @@ def _start(cfg: RunConfig, gpus: int = 1, folds: int = 0) -> None:
     st.rerun()
 
 
-def _run_caption(snap: jobs.JobSnapshot) -> None:
+def _run_caption(snap: job_state.JobSnapshot) -> None:
     """What the shown job trains: the run's own saved settings, not this session's form (read
     once per run: the live fragment calls this every second)."""
     if not snap.run_id:
@@ -235,12 +235,12 @@ def _run_caption(snap: jobs.JobSnapshot) -> None:
     st.caption(ui.literal(memo[snap.run_id]))
 
 
-def _progress(snap: jobs.JobSnapshot) -> None:
+def _progress(snap: job_state.JobSnapshot) -> None:
     frac, text = progress.progress_line(snap)
     st.progress(frac, text=text)
 
 
-def _figures(snap: jobs.JobSnapshot, live: bool):
+def _figures(snap: job_state.JobSnapshot, live: bool):
     """The loss and accuracy figures, rebuilt only when the job has new points: the accuracy
     figure at epoch ends, the loss figure at most every LOSS_REDRAW_S while the job runs. An
     unchanged figure is sent as it was, which the browser does not redraw; a changed one is
@@ -263,7 +263,7 @@ def _figures(snap: jobs.JobSnapshot, live: bool):
     return cached["loss"], cached["acc"]
 
 
-def _curves(snap: jobs.JobSnapshot, live: bool) -> None:
+def _curves(snap: job_state.JobSnapshot, live: bool) -> None:
     if not snap.epochs and not snap.curve:
         st.caption("The loss curve appears with the first batches.")
         return
@@ -304,7 +304,7 @@ def _live(job_id: str) -> None:
     _curves(snap, live=True)
 
 
-def _result(snap: jobs.JobSnapshot) -> None:
+def _result(snap: job_state.JobSnapshot) -> None:
     """The finished job: error, or the summary with links onwards."""
     _run_caption(snap)
     if snap.status == "failed":
@@ -358,7 +358,7 @@ def _result(snap: jobs.JobSnapshot) -> None:
         st.page_link("pages/predict.py", label="Predict with it", icon=":material/image_search:")
 
 
-def _interrupted(snap: jobs.JobSnapshot) -> None:
+def _interrupted(snap: job_state.JobSnapshot) -> None:
     """A job whose process died (the server restarted): say so, offer to resume its run."""
     done = len(snap.epochs)
     st.warning(
