@@ -707,17 +707,19 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(console.trial_line(event), file=table, flush=True)
 
     study = tune.tune(
-        base,
-        space,
-        study_name=study_name,
-        storage=args.storage,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        n_trials=args.trials,
-        timeout=args.timeout,
-        seed=args.seed,
+        tune.TuneConfig(
+            base,
+            space,
+            study_name=study_name,
+            storage=args.storage,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            n_trials=args.trials,
+            timeout=args.timeout,
+            seed=args.seed,
+            heartbeat=args.heartbeat,
+        ),
         on_trial=show,
-        heartbeat=args.heartbeat,
     )
     summary = tune.tune_summary(study)
     if args.json:
