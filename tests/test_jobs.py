@@ -282,6 +282,7 @@ def test_the_running_loss_is_the_epoch_mean_at_each_epoch_end(
     """Issue 28 item 5: a batch larger than the training split (one step per epoch): the running
     curve and the epoch means are one quantity, and a resumed run keeps the earlier curve."""
     from cnnlab import train
+    from cnnlab.events import RunStarted
 
     job = job_state.Job(job_id="j", kind="train", status="running")
     summary = train.fit(tiny_config(colours_dir, epochs=3, batch_size=64), callbacks=[job.record])
@@ -292,5 +293,5 @@ def test_the_running_loss_is_the_epoch_mean_at_each_epoch_end(
     assert at_ends == pytest.approx(means)
     resumed = job_state.Job(job_id="k", kind="train", status="running")
     run = runs.load_run(summary["run_id"])
-    resumed.record(train.RunStarted(run.run_id, str(run.run_dir), 5, 1, 1, 1, "CPU", ["a"]))
+    resumed.record(RunStarted(run.run_id, str(run.run_dir), 5, 1, 1, 1, "CPU", ["a"]))
     assert dict(resumed.snapshot().curve) == pytest.approx({float(e): m for e, m in means.items()})
