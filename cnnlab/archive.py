@@ -145,6 +145,19 @@ def _move_into_place(tmp: Path, target: Path) -> Path:
     return target
 
 
+# Damaged members fail inside zipfile/zlib with many types (bad offsets, unknown compression,
+# corrupt deflate streams, undecodable names): each one means "this zip cannot be used".
+_DAMAGED = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    zlib.error,
+)
+
+
 def safe_extract_zip(
     zip_path: str | Path,
     target: str | Path,
@@ -160,6 +173,28 @@ def safe_extract_zip(
     if target.exists():
         raise DataError(f"{target} already exists; remove it or extract somewhere else")
     target.parent.mkdir(parents=True, exist_ok=True)
+    zf = _open_zip(zip_path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        with zf:
+            infos = zf.infolist()
+            _check_zip_members(infos, max_total_bytes, max_ratio, max_members, max_depth)
+            _extract_members(zf, infos, tmp.resolve(), max_depth, progress)
+    except UnsafeArchiveError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except _DAMAGED as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{zip_path.name} is damaged and cannot be extracted ({exc})") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("extracted %d members of %s into %s", len(infos), zip_path.name, target)
+    return _move_into_place(tmp, target)
+
+
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    """zip_path opened as a zip holding at least one file (DataError otherwise)."""
     try:
         zf = zipfile.ZipFile(zip_path)
     # a mangled central directory surfaces as any of these, depending on which field is bad
@@ -171,41 +206,25 @@ def safe_extract_zip(
             f"{zip_path.name} holds no files: zip the folder that holds one sub-folder of images "
             "per class (or the train/val/test folders)"
         )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        with zf:
-            infos = zf.infolist()
-            _check_zip_members(infos, max_total_bytes, max_ratio, max_members, max_depth)
-            base = tmp.resolve()
-            for i, info in enumerate(infos):
-                dest = _inside(base, _check_member_name(info.filename, max_depth))
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                else:
-                    _write_member(dest, info.filename, lambda d, i=info: _copy_member(zf, i, d))
-                if progress is not None:
-                    progress(i + 1, len(infos), "extract")
-    except UnsafeArchiveError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    # Damaged members fail inside zipfile/zlib with many types (bad offsets, unknown compression,
-    # corrupt deflate streams, undecodable names): each one means "this zip cannot be used".
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        EOFError,
-        OSError,
-        ValueError,
-        NotImplementedError,
-        zlib.error,
-    ) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{zip_path.name} is damaged and cannot be extracted ({exc})") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("extracted %d members of %s into %s", len(infos), zip_path.name, target)
-    return _move_into_place(tmp, target)
+    return zf
+
+
+def _extract_members(
+    zf: zipfile.ZipFile,
+    infos: list[zipfile.ZipInfo],
+    base: Path,
+    max_depth: int,
+    progress: Progress | None,
+) -> None:
+    """Write every (already checked) member under base, each name checked again on the way."""
+    for i, info in enumerate(infos):
+        dest = _inside(base, _check_member_name(info.filename, max_depth))
+        if info.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            _write_member(dest, info.filename, lambda d, i=info: _copy_member(zf, i, d))
+        if progress is not None:
+            progress(i + 1, len(infos), "extract")
 
 
 _COPY_SUFFIX = re.compile(r"-[0-9a-f]{12}$")  # what the workspace adds to an upload's copy

@@ -385,10 +385,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             print(console.trial_line(event), file=table, flush=True)
 
     study = tune.tune(
-        base, space, study_name=study_name, storage=args.storage, sampler=args.sampler,
-        pruner=args.pruner, n_trials=args.trials, timeout=args.timeout, seed=args.seed,
-        on_trial=show, heartbeat=args.heartbeat,
-    )  # fmt: skip
+        tune.TuneConfig(
+            base,
+            space,
+            study_name=study_name,
+            storage=args.storage,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            n_trials=args.trials,
+            timeout=args.timeout,
+            seed=args.seed,
+            heartbeat=args.heartbeat,
+        ),
+        on_trial=show,
+    )
     return _output(args, tune.tune_summary(study), console_tables.print_study)
 
 

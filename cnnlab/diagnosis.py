@@ -11,6 +11,7 @@ synthetic curves of each kind; `evaluate.diagnose_run` applies them to a run on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,116 +191,197 @@ def _plateau_start(val: np.ndarray, tr: np.ndarray) -> int | None:
     return None
 
 
-def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
-    """Read per-epoch metrics rows (runs.read_metrics) and give one verdict with its evidence."""
-    rows = [r for r in rows if math.isfinite(_num(r, "val_loss"))]
-    epochs = [int(r["epoch"]) for r in rows]
-    val = np.array([_num(r, "val_loss") for r in rows])
-    tr = np.array([_num(r, "train_loss") for r in rows])
-    tr_acc = np.array([_num(r, "train_acc") for r in rows])
-    va_acc = np.array([_num(r, "val_acc") for r in rows])
-    if not rows:
-        return Diagnosis(None, 0, None, None, None, "too_early", [
-            Finding("too_early", _too_early([], val, tr), SUGGESTIONS["too_early"])
-        ])  # fmt: skip
-    b = int(np.argmin(val))
-    best_epoch, last = epochs[b], len(rows) - 1
-    gap, final_gap = float(tr_acc[b] - va_acc[b]), float(tr_acc[last] - va_acc[last])
-    gap_or_none = None if math.isnan(gap) else gap
-    final_gap_or_none = None if math.isnan(final_gap) else final_gap
+@dataclass(frozen=True)
+class _Curves:
+    """A run's epochs with a finite val loss, as arrays, and where its lowest val loss is."""
 
-    def verdict(kind: str, message: str, suggestion: str, from_epoch: int | None = None):
-        return Diagnosis(
-            best_epoch,
-            epochs[last],
-            gap_or_none,
-            final_gap_or_none,
-            from_epoch,
-            kind,
-            [Finding(kind, message, suggestion, from_epoch)],
-        )
+    epochs: list[int]
+    val: np.ndarray  # val loss per epoch
+    tr: np.ndarray  # train loss
+    tr_acc: np.ndarray
+    va_acc: np.ndarray
+    b: int  # index of the lowest val loss
+    last: int  # index of the last epoch
 
-    if len(rows) < MIN_EPOCHS:
-        return verdict("too_early", _too_early(epochs, val, tr), SUGGESTIONS["too_early"])
+    @property
+    def final_gap(self) -> float:
+        """Train minus val accuracy at the last epoch (NaN when either is missing)."""
+        return float(self.tr_acc[self.last] - self.va_acc[self.last])
 
-    level = float(np.median(val))
-    val_noise = noise(val)
+
+Rule = Callable[[_Curves], Finding | None]
+
+
+def _too_few(c: _Curves) -> Finding | None:
+    """Fewer than MIN_EPOCHS epochs: too early to tell."""
+    if len(c.epochs) >= MIN_EPOCHS:
+        return None
+    return Finding("too_early", _too_early(c.epochs, c.val, c.tr), SUGGESTIONS["too_early"])
+
+
+def _unstable(c: _Curves) -> Finding | None:
+    """Val loss jumping by more than UNSTABLE_NOISE of its level, with val accuracy jumping too."""
+    level = float(np.median(c.val))
+    val_noise = noise(c.val)
     acc_jumps = (
-        not np.all(np.isfinite(va_acc))
-        or noise(va_acc) > UNSTABLE_ACC_NOISE
-        or float(np.max(-np.diff(va_acc))) > UNSTABLE_ACC_DROP
+        not np.all(np.isfinite(c.va_acc))
+        or noise(c.va_acc) > UNSTABLE_ACC_NOISE
+        or float(np.max(-np.diff(c.va_acc))) > UNSTABLE_ACC_DROP
     )
-    if level > 0 and val_noise > UNSTABLE_NOISE * level and acc_jumps:
-        ups = int(np.sum(np.diff(val) > 0))
-        return verdict(
-            "unstable",
-            f"validation loss jumps by about ±{val_noise:.3f} from epoch to epoch "
-            f"({val_noise / level:.0%} of its level {level:.3f}) and rose in {ups} of "
-            f"{len(rows) - 1} epochs.",
-            SUGGESTIONS["unstable"],
-        )
+    if not (level > 0 and val_noise > UNSTABLE_NOISE * level and acc_jumps):
+        return None
+    ups = int(np.sum(np.diff(c.val) > 0))
+    return Finding(
+        "unstable",
+        f"validation loss jumps by about ±{val_noise:.3f} from epoch to epoch "
+        f"({val_noise / level:.0%} of its level {level:.3f}) and rose in {ups} of "
+        f"{len(c.epochs) - 1} epochs.",
+        SUGGESTIONS["unstable"],
+    )
 
+
+def _val_rising(c: _Curves) -> Finding | None:
+    """Overfitting: val loss rose beyond its noise after its best epoch, train loss not rising."""
+    val, tr, b, last = c.val, c.tr, c.b, c.last
     sval, str_ = smooth(val), smooth(tr)
     rise = float(sval[last] - sval[b])
     after = last - b
-    train_word, _, _ = trend(tr)
-    if after >= MIN_RISE_EPOCHS and rise > threshold(val):
-        train_fell = str_[last] < str_[b] - threshold(tr)
-        train_rose = str_[last] > str_[b] + threshold(tr)
-        if not train_rose:
-            from_epoch = epochs[b + 1]
-            return verdict(
-                "overfitting",
-                f"validation loss was lowest at epoch {best_epoch} ({val[b]:.3f}), then rose "
-                f"over {after} epochs to {val[last]:.3f} (smoothed +{rise:.3f}, more than "
-                f"the ±{val_noise:.3f} noise between epochs) while the training loss "
-                f"{'kept falling' if train_fell else 'stayed flat'} ({tr[b]:.3f} -> "
-                f"{tr[last]:.3f}): the model memorises the training images from epoch "
-                f"{from_epoch}.",
-                SUGGESTIONS["overfitting"],
-                from_epoch,
-            )
-    val_word, val_first, val_last = trend(val)
-    if final_gap > GAP and val_word != "falling":
-        return verdict(
-            "overfitting",
-            f"train accuracy {tr_acc[last]:.1%} vs validation {va_acc[last]:.1%} at the last "
-            f"epoch (a gap of {final_gap:.1%}) while the validation loss is {val_word} "
-            f"({val_first:.3f} -> {val_last:.3f}).",
-            SUGGESTIONS["gap"],
-        )
-    accs = [a for a in (tr_acc[last], va_acc[last]) if math.isfinite(a)]
-    if accs and max(accs) < LOW_ACCURACY:
-        _, tr_first, tr_last = trend(tr)
-        more = {
-            "falling": f"The training loss is still falling ({tr_first:.3f} -> {tr_last:.3f} "
-            "over the last epochs), so more epochs come first.",
-            "flat": f"The training loss has levelled off ({tr_first:.3f} -> {tr_last:.3f}): "
-            "a bigger model or a higher learning rate comes first.",
-            "rising": f"The training loss is rising ({tr_first:.3f} -> {tr_last:.3f}): lower "
-            "the learning rate first.",
-        }[train_word]
-        return verdict(
-            "underfitting",
-            f"both accuracies are low at the end (train {tr_acc[last]:.1%}, validation "
-            f"{va_acc[last]:.1%}; train loss {tr[last]:.3f}).",
-            f"{SUGGESTIONS['underfitting']} {more}",
-        )
+    if after < MIN_RISE_EPOCHS or rise <= threshold(val):
+        return None
+    train_fell = str_[last] < str_[b] - threshold(tr)
+    train_rose = str_[last] > str_[b] + threshold(tr)
+    if train_rose:
+        return None
+    from_epoch = c.epochs[b + 1]
+    return Finding(
+        "overfitting",
+        f"validation loss was lowest at epoch {c.epochs[b]} ({val[b]:.3f}), then rose "
+        f"over {after} epochs to {val[last]:.3f} (smoothed +{rise:.3f}, more than "
+        f"the ±{noise(val):.3f} noise between epochs) while the training loss "
+        f"{'kept falling' if train_fell else 'stayed flat'} ({tr[b]:.3f} -> "
+        f"{tr[last]:.3f}): the model memorises the training images from epoch "
+        f"{from_epoch}.",
+        SUGGESTIONS["overfitting"],
+        from_epoch,
+    )
+
+
+def _accuracy_gap(c: _Curves) -> Finding | None:
+    """Overfitting: train accuracy GAP above val at the end while val loss is not falling."""
+    val_word, val_first, val_last = trend(c.val)
+    final_gap = c.final_gap
+    if not (final_gap > GAP and val_word != "falling"):
+        return None
+    return Finding(
+        "overfitting",
+        f"train accuracy {c.tr_acc[c.last]:.1%} vs validation {c.va_acc[c.last]:.1%} at the last "
+        f"epoch (a gap of {final_gap:.1%}) while the validation loss is {val_word} "
+        f"({val_first:.3f} -> {val_last:.3f}).",
+        SUGGESTIONS["gap"],
+    )
+
+
+def _underfitting(c: _Curves) -> Finding | None:
+    """Both accuracies under LOW_ACCURACY at the end; what comes first follows the train loss."""
+    tr_acc, va_acc, last = c.tr_acc[c.last], c.va_acc[c.last], c.last
+    accs = [a for a in (tr_acc, va_acc) if math.isfinite(a)]
+    if not accs or max(accs) >= LOW_ACCURACY:
+        return None
+    train_word, tr_first, tr_last = trend(c.tr)
+    more = {
+        "falling": f"The training loss is still falling ({tr_first:.3f} -> {tr_last:.3f} "
+        "over the last epochs), so more epochs come first.",
+        "flat": f"The training loss has levelled off ({tr_first:.3f} -> {tr_last:.3f}): "
+        "a bigger model or a higher learning rate comes first.",
+        "rising": f"The training loss is rising ({tr_first:.3f} -> {tr_last:.3f}): lower "
+        "the learning rate first.",
+    }[train_word]
+    return Finding(
+        "underfitting",
+        f"both accuracies are low at the end (train {tr_acc:.1%}, validation "
+        f"{va_acc:.1%}; train loss {c.tr[last]:.3f}).",
+        f"{SUGGESTIONS['underfitting']} {more}",
+    )
+
+
+def _plateau(c: _Curves) -> Finding | None:
+    """Val loss flat within its noise while train loss falls, at a val accuracy under
+    PLATEAU_ACCURACY."""
+    val, tr, last = c.val, c.tr, c.last
     start = _plateau_start(val, tr)
-    if start is not None and math.isfinite(va_acc[last]) and va_acc[last] < PLATEAU_ACCURACY:
-        return verdict(
-            "plateau",
-            f"validation loss has hardly moved since epoch {epochs[start]} ({val[start]:.3f} -> "
-            f"{val[last]:.3f}, within its ±{threshold(val):.3f} noise) while the training loss "
-            f"kept falling ({tr[start]:.3f} -> {tr[last]:.3f}); validation accuracy "
-            f"{va_acc[last]:.1%} at the end.",
-            SUGGESTIONS["plateau"],
-        )
+    if start is None or not math.isfinite(c.va_acc[last]) or c.va_acc[last] >= PLATEAU_ACCURACY:
+        return None
+    return Finding(
+        "plateau",
+        f"validation loss has hardly moved since epoch {c.epochs[start]} ({val[start]:.3f} -> "
+        f"{val[last]:.3f}, within its ±{threshold(val):.3f} noise) while the training loss "
+        f"kept falling ({tr[start]:.3f} -> {tr[last]:.3f}); validation accuracy "
+        f"{c.va_acc[last]:.1%} at the end.",
+        SUGGESTIONS["plateau"],
+    )
+
+
+def _healthy(c: _Curves) -> Finding:
+    """None of the above: healthy, saying so when val loss was still falling at the end."""
+    val_word, val_first, val_last = trend(c.val)
     message = (
-        f"validation loss fell to its lowest at epoch {best_epoch} ({val[b]:.3f}) and the "
-        f"train/validation accuracy gap is {final_gap:.1%} at the end."
+        f"validation loss fell to its lowest at epoch {c.epochs[c.b]} ({c.val[c.b]:.3f}) and the "
+        f"train/validation accuracy gap is {c.final_gap:.1%} at the end."
     )
     if val_word == "falling":
         message += f" It was still falling at the end ({val_first:.3f} -> {val_last:.3f})."
-        return verdict("healthy", message, SUGGESTIONS["still_improving"])
-    return verdict("healthy", message, SUGGESTIONS["healthy"])
+        return Finding("healthy", message, SUGGESTIONS["still_improving"])
+    return Finding("healthy", message, SUGGESTIONS["healthy"])
+
+
+# The ladder: the first rule that finds something is the verdict (_healthy always does).
+RULES: tuple[Rule, ...] = (
+    _too_few,
+    _unstable,
+    _val_rising,
+    _accuracy_gap,
+    _underfitting,
+    _plateau,
+    _healthy,
+)
+
+
+def _curves(rows: list[dict[str, Any]]) -> _Curves:
+    """The rows' metrics as arrays (rows with a finite val loss, at least one)."""
+    val = np.array([_num(r, "val_loss") for r in rows])
+    return _Curves(
+        epochs=[int(r["epoch"]) for r in rows],
+        val=val,
+        tr=np.array([_num(r, "train_loss") for r in rows]),
+        tr_acc=np.array([_num(r, "train_acc") for r in rows]),
+        va_acc=np.array([_num(r, "val_acc") for r in rows]),
+        b=int(np.argmin(val)),
+        last=len(rows) - 1,
+    )
+
+
+def _or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def diagnose(rows: list[dict[str, Any]]) -> Diagnosis:
+    """Read per-epoch metrics rows (runs.read_metrics) and give one verdict with its evidence:
+    the first of RULES that finds something."""
+    rows = [r for r in rows if math.isfinite(_num(r, "val_loss"))]
+    if not rows:
+        empty = np.array([])
+        return Diagnosis(None, 0, None, None, None, "too_early", [
+            Finding("too_early", _too_early([], empty, empty), SUGGESTIONS["too_early"])
+        ])  # fmt: skip
+    c = _curves(rows)
+    finding = next(f for f in (rule(c) for rule in RULES) if f is not None)
+    gap = float(c.tr_acc[c.b] - c.va_acc[c.b])
+    return Diagnosis(
+        c.epochs[c.b],
+        c.epochs[c.last],
+        _or_none(gap),
+        _or_none(c.final_gap),
+        finding.from_epoch,
+        finding.kind,
+        [finding],
+    )

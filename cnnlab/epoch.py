@@ -180,15 +180,7 @@ def _epoch_order(inputs: EpochInputs) -> tuple[torch.Tensor, int]:
 def _train_step(inputs: EpochInputs, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on images[idx]: (the loss to report, on the device; correct count)."""
     ctx, loss_fn, optimizer = inputs.ctx, inputs.loss_fn, inputs.optimizer
-    x = augment.prepare_batch(
-        inputs.images[idx].to(ctx.device, non_blocking=True),
-        ctx.mean,
-        ctx.std,
-        cfg=ctx.aug,
-        train=True,
-        generator=ctx.generator,
-        channels_last=ctx.channels_last,
-    )
+    x = train_batch(inputs.images, idx, ctx)
     y = inputs.labels[idx].to(ctx.device, non_blocking=True)
     if ctx.mixup > 0:
         x, y_partner, lam = mix(x, y, ctx.mixup, ctx.generator)
@@ -271,3 +263,16 @@ def evaluate_split(
     loss = loss_fn(logits, y) if loss_fn is not None else F.cross_entropy(logits, y)
     acc = (logits.argmax(1) == y).float().mean()
     return float(loss), float(acc)
+
+
+def train_batch(images: torch.Tensor, idx: torch.Tensor, ctx: BatchContext) -> torch.Tensor:
+    """images[idx] on ctx's device, augmented and normalised as a training step takes them."""
+    return augment.prepare_batch(
+        images[idx].to(ctx.device, non_blocking=True),
+        ctx.mean,
+        ctx.std,
+        cfg=ctx.aug,
+        train=True,
+        generator=ctx.generator,
+        channels_last=ctx.channels_last,
+    )

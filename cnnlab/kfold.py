@@ -32,6 +32,7 @@ from .device import configure_cpu_threads, resolve_device
 from .epoch import StopRequested, nan_error, predict_logits, train_one_epoch
 from .errors import ConfigError, DataError
 from .events import Callback, FoldEnd, Preparing
+from .fit_setup import Setup, setup
 from .scan_result import ScanResult
 from .splits import Split
 
@@ -104,7 +105,7 @@ def train_quick(
     held_rows: Sequence[int] = (),
     emit: Callback | None = None,
     stop_event: threading.Event | None = None,
-) -> train.Setup:
+) -> Setup:
     """Train config's model on train_rows for config.train.epochs (no early stopping, no run folder).
 
     Raises StopRequested when stop_event is set. held_rows only serve as the Setup's "val" rows.
@@ -113,19 +114,16 @@ def train_quick(
     device = resolve_device(config.train.device)
     if device.type == "cpu":
         configure_cpu_threads()
-    s = train.setup(config, sub, device)
+    s = setup(config, sub, device)
     for epoch in range(1, config.train.epochs + 1):
         models.set_phase(s.model, config.model, epoch)
-        loss, _, _ = train_one_epoch(
-            s.net, s.images, s.labels, s.optimizer, s.scheduler, s.loss_fn, s.ctx, s.batch_size,
-            epoch, emit, stop_event, rows=s.rows["train"],
-        )  # fmt: skip
+        loss, _, _ = train_one_epoch(s.epoch_inputs(), epoch, emit, stop_event)
         if not math.isfinite(loss):
             raise nan_error(epoch, s.optimizer)
     return s
 
 
-def probabilities(s: train.Setup, rows: Sequence[int]) -> np.ndarray:
+def probabilities(s: Setup, rows: Sequence[int]) -> np.ndarray:
     """Softmax probabilities (len(rows), classes) of the trained model on images[rows]."""
     index = torch.as_tensor(list(rows), dtype=torch.long, device=s.images.device)
     logits = predict_logits(s.model, s.images, s.ctx, rows=index)
@@ -264,39 +262,64 @@ def cross_validate(
     models.fetch_weights(config.model, lambda d, t, what: emit(Preparing(d, t, what)))
     pool = None if scope == "all" else data.split.train + data.split.val
     folds = assign_folds(data.scan, k, config.data.seed, pool)
-    folder: Path | None = _state_dir(config, data, folds, scope)
-    try:
-        if not resume and folder.is_dir():
-            for old in folder.glob("fold-*.npz"):
-                old.unlink()
-    except OSError:
-        folder = None
+    folder = _fold_folder(config, data, folds, scope, resume)
     indices = sorted(i for f in folds for i in f)
     pos = {i: j for j, i in enumerate(indices)}
     probs = np.zeros((len(indices), len(data.classes)), dtype=np.float64)
     accuracy: list[float] = []
     resumed = 0
     for f, held in enumerate(folds):
-        t_fold = time.perf_counter()
-        saved = _load_fold(folder, f, held)
-        if saved is not None:
-            p, secs = saved
-            resumed += 1
-        else:
-            rest = [i for g, other in enumerate(folds) if g != f for i in other]
-            # cross-validation estimates the final run's model, so the folds get its recipe too
-            fold_config = recipe.resolve(config, len(rest))[0] if scope == "trainval" else config
-            s = train_quick(fold_config, data, rest, held, emit, stop_event)
-            p = probabilities(s, held)
-            secs = time.perf_counter() - t_fold
-            _save_fold(folder, f, held, p, secs)
+        p, secs, reused = _fold(config, data, folds, f, scope, folder, emit, stop_event)
+        resumed += reused
         probs[[pos[i] for i in held]] = p
         y = np.asarray([data.scan.labels[i] for i in held])
         accuracy.append(float((p.argmax(1) == y).mean()))
-        emit(FoldEnd(stage, f + 1, k, accuracy[-1], secs, saved is not None))
+        emit(FoldEnd(stage, f + 1, k, accuracy[-1], secs, reused))
         log.info("fold %d/%d: held-out accuracy %.4f", f + 1, k, accuracy[-1])
     return KFoldResult(data, folds, indices, probs, accuracy, time.perf_counter() - t0, resumed,
                        folder)  # fmt: skip
+
+
+def _fold_folder(
+    config: RunConfig, data: PreparedData, folds: list[list[int]], scope: str, resume: bool
+) -> Path | None:
+    """The folder keeping this check's finished folds (emptied unless resuming); None when the
+    workspace cannot hold them (the folds are then trained, not saved)."""
+    folder = _state_dir(config, data, folds, scope)
+    try:
+        if not resume and folder.is_dir():
+            for old in folder.glob("fold-*.npz"):
+                old.unlink()
+    except OSError:
+        return None
+    return folder
+
+
+def _fold(
+    config: RunConfig,
+    data: PreparedData,
+    folds: list[list[int]],
+    f: int,
+    scope: str,
+    folder: Path | None,
+    emit: Callback,
+    stop_event: threading.Event | None,
+) -> tuple[np.ndarray, float, bool]:
+    """Fold f's held-out probabilities, its seconds, and whether they were saved ones (else a
+    quick model is trained on the other folds and its probabilities saved)."""
+    t_fold = time.perf_counter()
+    held = folds[f]
+    saved = _load_fold(folder, f, held)
+    if saved is not None:
+        return saved[0], saved[1], True
+    rest = [i for g, other in enumerate(folds) if g != f for i in other]
+    # cross-validation estimates the final run's model, so the folds get its recipe too
+    fold_config = recipe.resolve(config, len(rest))[0] if scope == "trainval" else config
+    s = train_quick(fold_config, data, rest, held, emit, stop_event)
+    p = probabilities(s, held)
+    secs = time.perf_counter() - t_fold
+    _save_fold(folder, f, held, p, secs)
+    return p, secs, False
 
 
 def train_with_folds(

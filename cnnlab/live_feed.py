@@ -19,7 +19,8 @@ from typing import Any
 from . import plots, progress, runs, workspace
 from .archive import dataset_name
 from .errors import CnnlabError
-from .jobs import JobManager, JobSnapshot
+from .job_state import JobSnapshot
+from .jobs import JobManager
 
 REDRAW_S = 2.0  # the figures are rebuilt (and redrawn by the pages) at most this often
 # Streamlit draws its charts in "Source Sans" on a white page with light grid lines; figures drawn

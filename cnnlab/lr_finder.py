@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from . import augment, models, recipe, train
+from . import models, recipe
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .device import configure_cpu_threads, resolve_device
+from .epoch import train_batch
 from .errors import ConfigError, TrainingError
+from .fit_setup import Setup, setup
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def find_lr(
     config.validate()
     if steps < 2:
         raise ConfigError(f"lr-find needs at least 2 steps to compare losses, got {steps}")
-    tc = config.train
+    tc = config.train  # the lr and seed as given: group ratios and batch order follow them
     device = resolve_device(tc.device)
     if device.type == "cpu":
         configure_cpu_threads()
@@ -104,57 +106,10 @@ def find_lr(
     if len(data.split.train) == 0:
         raise TrainingError("the training split is empty: the LR finder needs training images")
     config = recipe.resolve(config, len(data.split.train))[0]  # the model fit() would train
-    s = train.setup(config, data, device)  # fit's own model, batches, loss and groups
-    model, optimizer, loss_fn, ctx = s.model, s.optimizer, s.loss_fn, s.ctx
-    train_rows = s.rows["train"]
+    s = setup(config, data, device)  # fit's own model, batches, loss and groups
     # Keep each group's ratio to train.lr (e.g. a fine-tuned backbone at backbone_lr).
     ratios = [lr / tc.lr for lr in s.base_lrs]
-    bs = s.batch_size
-    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
-    lrs, smooth, raw = [], [], []
-    avg, best = 0.0, math.inf
-    cpu_gen = torch.Generator().manual_seed(tc.seed)
-    perm, pos = torch.randperm(len(train_rows), generator=cpu_gen), 0
-    stopped = False
-    model.train()
-    models.freeze_bn_stats(model)
-    for step in range(steps):
-        lr = start_lr * factor**step
-        for g, ratio in zip(optimizer.param_groups, ratios, strict=True):
-            g["lr"] = lr * ratio
-        if pos + bs > perm.numel():  # next epoch: a new permutation, as fit does
-            perm, pos = torch.randperm(len(train_rows), generator=cpu_gen), 0
-        idx = train_rows[perm[pos : pos + bs].to(train_rows.device)]
-        pos += bs
-        x = augment.prepare_batch(
-            s.images[idx].to(device),
-            ctx.mean,
-            ctx.std,
-            cfg=config.augment,
-            train=True,
-            generator=ctx.generator,
-            channels_last=ctx.channels_last,
-        )
-        y = s.labels[idx].to(device)
-        loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()  # one host sync per step is fine for a 100-step sweep
-        if not math.isfinite(value):
-            stopped = True
-            break
-        avg = BETA * avg + (1 - BETA) * value
-        smoothed = avg / (1 - BETA ** (step + 1))
-        lrs.append(lr)
-        raw.append(value)
-        smooth.append(smoothed)
-        best = min(best, smoothed)
-        if progress is not None:
-            progress(step + 1, steps, "lr sweep")
-        if step > 10 and smoothed > DIVERGE * best:
-            stopped = True
-            break
+    lrs, smooth, raw, stopped = _sweep(s, ratios, tc.seed, steps, start_lr, end_lr, progress)
     if len(lrs) < 5:
         raise TrainingError(
             f"the loss diverged after {len(lrs)} LR-finder steps even at lr {start_lr:g}: check the "
@@ -170,3 +125,64 @@ def find_lr(
         min_lr,
     )
     return LRFinderResult(lrs, smooth, raw, suggestion, min_lr, stopped, steepest)
+
+
+def _sweep(
+    s: Setup,
+    ratios: list[float],
+    seed: int,
+    steps: int,
+    start_lr: float,
+    end_lr: float,
+    progress: Callable[[int, int, str], None] | None,
+) -> tuple[list[float], list[float], list[float], bool]:
+    """One batch per step at an lr growing geometrically from start_lr to end_lr, until the
+    loss diverges: (lrs, smoothed losses, raw losses, stopped early)."""
+    factor = (end_lr / start_lr) ** (1 / max(steps - 1, 1))
+    batches = _batches(s.rows["train"], s.batch_size, seed)
+    lrs: list[float] = []
+    smooth: list[float] = []
+    raw: list[float] = []
+    avg, best = 0.0, math.inf
+    s.model.train()
+    models.freeze_bn_stats(s.model)
+    for step in range(steps):
+        lr = start_lr * factor**step
+        for g, ratio in zip(s.optimizer.param_groups, ratios, strict=True):
+            g["lr"] = lr * ratio
+        value = _train_step(s, next(batches))
+        if not math.isfinite(value):
+            return lrs, smooth, raw, True
+        avg = BETA * avg + (1 - BETA) * value
+        smoothed = avg / (1 - BETA ** (step + 1))
+        lrs.append(lr)
+        raw.append(value)
+        smooth.append(smoothed)
+        best = min(best, smoothed)
+        if progress is not None:
+            progress(step + 1, steps, "lr sweep")
+        if step > 10 and smoothed > DIVERGE * best:
+            return lrs, smooth, raw, True
+    return lrs, smooth, raw, False
+
+
+def _batches(rows: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Row indices of one batch after another; a new permutation when one runs out, as fit does."""
+    generator = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(len(rows), generator=generator), 0
+    while True:
+        if pos + batch_size > perm.numel():
+            perm, pos = torch.randperm(len(rows), generator=generator), 0
+        yield rows[perm[pos : pos + batch_size].to(rows.device)]
+        pos += batch_size
+
+
+def _train_step(s: Setup, idx: torch.Tensor) -> float:
+    """One optimizer step on the batch idx of fit's images; its loss."""
+    x = train_batch(s.images, idx, s.ctx)
+    y = s.labels[idx].to(s.ctx.device)
+    loss = s.loss_fn(s.model(x), y)
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    s.optimizer.step()
+    return loss.item()  # one host sync per step is fine for a 100-step sweep

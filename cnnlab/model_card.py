@@ -114,14 +114,25 @@ def _pct(value: Any) -> str:
 
 def card_markdown(card: dict[str, Any], files: list[str] | None = None) -> str:
     """The README text: YAML front matter, then the card and how to use the exported files."""
-    size = card["image_size"]
-    sizes = card["dataset_size"]
-    split_text = ", ".join(f"{k} {v}" for k, v in sizes.items() if k != "total")
     lines = [
         "---",
         yaml.safe_dump(front_matter(card), sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
+        *_summary_lines(card),
+        *_class_lines(card),
+        *_file_lines(files or []),
+        *_usage_lines(card["run_id"]),
+    ]
+    return "\n".join(lines)
+
+
+def _summary_lines(card: dict[str, Any]) -> list[str]:
+    """The title and the card's key facts: model, accuracy, when trained, data set, input."""
+    size = card["image_size"]
+    sizes = card["dataset_size"]
+    split_text = ", ".join(f"{k} {v}" for k, v in sizes.items() if k != "total")
+    return [
         f"# {card['name']}",
         "",
         f"An image classifier ({card['model']}) trained with cnnlab {__version__}: it sorts "
@@ -134,22 +145,33 @@ def card_markdown(card: dict[str, Any], files: list[str] | None = None) -> str:
         f"- **Data set:** {card['dataset']}, {sizes['total']} images ({split_text})",
         f"- **Input:** {size} x {size} px RGB, normalised as `preprocess.json` says",
         "",
-        "## Classes",
-        "",
-        "| class | test recall |",
-        "|---|---|",
     ]
+
+
+def _class_lines(card: dict[str, Any]) -> list[str]:
+    """The classes with their test recall (or why it is not shown)."""
+    lines = ["## Classes", "", "| class | test recall |", "|---|---|"]
     recall = card["per_class_recall"] or {}
     lines += [f"| {c} | {_pct(recall.get(c))} |" for c in card["classes"]]
     if card["per_class_recall_note"]:
         lines += ["", f"Per-class recall is not shown: {card['per_class_recall_note']}."]
-    lines += ["", "## Files", ""]
-    present = files or []
+    return lines
+
+
+def _file_lines(present: list[str]) -> list[str]:
+    """The exported files beside the card, and what the two JSON files say."""
+    lines = ["", "## Files", ""]
     lines += [f"- `{f}`" for f in present] or ["- (no exported model yet: `cnnlab export RUN`)"]
-    lines += [
+    return lines + [
         "",
         "`labels.json` lists the classes in output order; `preprocess.json` says how an image "
         "becomes the model's input (resize, mean/std, layout).",
+    ]
+
+
+def _usage_lines(run_id: str) -> list[str]:
+    """How to run the exported model (onnxruntime) and how to serve it."""
+    return [
         "",
         "## Use",
         "",
@@ -166,10 +188,9 @@ def card_markdown(card: dict[str, Any], files: list[str] | None = None) -> str:
         "print(labels[int(logits.argmax())])",
         "```",
         "",
-        f"Or serve it as a demo with a predict API: `cnnlab serve {card['run_id']}`.",
+        f"Or serve it as a demo with a predict API: `cnnlab serve {run_id}`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_card(run: str | Path | runs.Run, out_dir: str | Path | None = None) -> Path:

@@ -1,7 +1,7 @@
 """What a training job's progress reads as, for any front end: one line of text and a fraction,
 durations in words, and curves thinned to a bounded number of points.
 
-Pure functions of a jobs.JobSnapshot (or plain rows), so the dashboard only renders them.
+Pure functions of a job_state.JobSnapshot (or plain rows), so the dashboard only renders them.
 """
 
 from __future__ import annotations

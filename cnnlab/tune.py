@@ -13,33 +13,29 @@ an SQLite file, a PostgreSQL advisory lock, a MySQL named lock), so workers star
 instant neither crash nor overshoot. Each worker draws from its own sampler seed (the seed plus the
 worker's registration number in the study) and TPE uses constant_liar, so workers do not duplicate
 each other. A killed worker's trial stops sending heartbeats, is marked failed after the grace period
-and retried (optuna's RetryFailedTrialCallback). Passwords in storage URLs are never shown.
+and retried (optuna's RetryFailedTrialCallback). Passwords in storage URLs are never shown. The
+ask/run/tell loop is cnnlab.trial_runner's; `TuneConfig` holds one study's settings.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import logging
 import math
 import statistics
 import threading
-import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-from filelock import FileLock
-from optuna.trial import TrialState
 
 from . import runs, train, workspace
 from .config import RunConfig
 from .data import PreparedData, prepare
 from .errors import CnnlabError, ConfigError
+from .events import Callback, Event, RunStarted
 from .search_space import SearchSpace, apply_params, suggest
 from .study_storage import (  # re-exported: callers use tune.open_storage, tune.safe_url
     HEARTBEAT_S,
@@ -49,8 +45,7 @@ from .study_storage import (  # re-exported: callers use tune.open_storage, tune
     storage_lock,
     with_retries,
 )
-
-log = logging.getLogger(__name__)
+from .trial_runner import TrialEvent, run_trials
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
@@ -150,11 +145,6 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
         ) from exc
 
 
-def list_studies(storage: str | None = None) -> list[str]:
-    """Names of the studies in a storage, newest last."""
-    return [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage))]
-
-
 # ---------------------------------------------------------------- objective
 class TrialStopped(CnnlabError):
     """The user stopped the study while this trial was training."""
@@ -165,7 +155,7 @@ def make_objective(
     space: SearchSpace,
     data: PreparedData,
     stop_event: threading.Event | None = None,
-    fit_callbacks: tuple[train.Callback, ...] = (),
+    fit_callbacks: tuple[Callback, ...] = (),
 ) -> Callable[[optuna.Trial], float]:
     """objective(trial) -> best val accuracy, training with train.fit and pruning per epoch."""
 
@@ -177,8 +167,8 @@ def make_objective(
         trial.set_user_attr("config", config.to_dict())
         best = -math.inf
 
-        def link(event: train.Event) -> None:
-            if isinstance(event, train.RunStarted):  # link both ways, before the first epoch
+        def link(event: Event) -> None:
+            if isinstance(event, RunStarted):  # link both ways, before the first epoch
                 trial.set_user_attr("run_id", event.run_id)
                 run = runs.Run(event.run_id, Path(event.run_dir))
                 runs.update_summary(run, study=trial.study.study_name, trial=trial.number)
@@ -208,202 +198,51 @@ def make_objective(
     return objective
 
 
-# ---------------------------------------------------------------- running a study
 @dataclass
-class TrialEvent:
-    """A trial finished (complete, pruned or fail); what the CLI table and the UI show."""
-
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    duration: float
-    run_id: str | None = None
-    error: str | None = None
-    kind: str = field(default="TrialFinished", init=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict with a 'kind' key (a jobs.Job event)."""
-        return dataclasses.asdict(self)
-
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-WAIT_POLL_S = 1.0  # how often a worker whose budget others are finishing looks again
-WAIT_STALL_S = 600.0  # ... and when it gives up if nothing finishes (a trial left RUNNING by an
-# old crash has no heartbeat row, so optuna never fails it: do not wait for it forever)
-
-
-def _next_trial(
-    study: optuna.Study,
-    n_trials: int | None,
-    lock_path: Path | None | str,
-    stop_event: threading.Event | None = None,
-) -> optuna.Trial | None:
-    """Ask for a trial while the study lacks finished ones; None when it has n_trials.
-
-    While other workers' running trials would fill the budget, wait: one of them may die, and its
-    trial (failed after the heartbeat grace period, then retried) then needs a worker.
-    """
-    url = storage_url(study)
-    last, since = None, time.monotonic()
-    while True:
-        with _ask_lock(lock_path, url):
-            if _heartbeats_on(study):
-                with warnings.catch_warnings():
-                    # fail_stale_trials is marked experimental; optuna's own optimize() calls it.
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            trials = study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)  # enqueued: run first
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            if n_trials is None or waiting or finished + running < n_trials:
-                return _ask(study)
-            if finished >= n_trials:
-                return None
-        if (finished, running) != last:
-            last, since = (finished, running), time.monotonic()
-        elif time.monotonic() - since > WAIT_STALL_S:
-            log.warning(
-                "%d trial(s) still running elsewhere and none finished for %.0f s: leaving them",
-                running,
-                WAIT_STALL_S,
-            )
-            return None
-        if stop_event is not None and stop_event.is_set():
-            return None
-        time.sleep(WAIT_POLL_S)
-
-
-def storage_url(study: optuna.Study) -> str | None:
-    """The URL of the study's RDB storage, or None for in-memory and other storages."""
-    storage = study._storage  # noqa: SLF001 (optuna exposes no public getter)
-    # create_study wraps an RDBStorage in a _CachedStorage, which has no `url` of its own:
-    # reading only the outer object left PostgreSQL workers asking without the lock.
-    backend = getattr(storage, "_backend", storage)
-    return getattr(backend, "url", None)
-
-
-def _ask(study: optuna.Study) -> optuna.Trial:
-    with warnings.catch_warnings():
-        # optuna warns that heartbeats are meant for optimize(); run_trials records them itself.
-        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-        return study.ask()
-
-
-def _heartbeats_on(study: optuna.Study) -> bool:
-    return bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())  # noqa: SLF001
-
-
-def _ask_lock(lock_path: Path | None | str, url: str | None):
-    if isinstance(lock_path, Path):
-        return FileLock(lock_path, timeout=60)
-    if url and ask_lock_path(url) is None:
-        return storage_lock(url)  # server databases: an advisory / named lock
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _heartbeat(study: optuna.Study, trial: optuna.Trial):
-    """Record the trial's heartbeat while it runs (what study.optimize does; ask/tell must too)."""
-    from optuna.storages._heartbeat import get_heartbeat_thread  # optuna's own thread
-
-    with get_heartbeat_thread(trial._trial_id, study._storage):  # noqa: SLF001
-        yield
-
-
-def run_trials(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    stop_event: threading.Event | None = None,
-    on_trial: Callable[[TrialEvent], None] | None = None,
-    lock_path: Path | None = None,
-) -> int:
-    """Ask/run/tell until the study holds n_trials, timeout passes or stop_event is set.
-
-    `lock_path` (see ask_lock_path) makes processes sharing an SQLite file take turns to ask.
-    Returns how many trials this call ran. A trial's CnnlabError marks it FAIL and the study goes
-    on; any other exception marks it FAIL and propagates (a bug should not be retried N times).
-    """
-    if n_trials is None and timeout is None and stop_event is None:
-        raise ConfigError("give a trial budget (n_trials) or a timeout, or the study never ends")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    ran = 0
-    while not (stop_event is not None and stop_event.is_set()):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        trial = _next_trial(study, n_trials, lock_path, stop_event)
-        if trial is None:
-            break
-        t0 = time.perf_counter()
-        value, state, error = None, TrialState.COMPLETE, None
-        try:
-            with _heartbeat(study, trial):
-                value = objective(trial)
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-        except CnnlabError as exc:
-            state, error = TrialState.FAIL, str(exc)
-            log.warning("trial %d failed: %s", trial.number, exc)
-        except BaseException as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        if error is not None:
-            trial.set_user_attr("error", error)
-        frozen = study.tell(trial, value, state=None if value is not None else state)
-        ran += 1
-        if on_trial is not None:
-            on_trial(
-                TrialEvent(
-                    number=frozen.number,
-                    state=frozen.state.name.lower(),
-                    value=frozen.value,
-                    params=dict(frozen.params),
-                    duration=time.perf_counter() - t0,
-                    run_id=frozen.user_attrs.get("run_id"),
-                    error=error,
-                )
-            )
-    return ran
-
-
-def tune(
-    base: RunConfig,
-    space: SearchSpace | None = None,
-    *,
-    study_name: str = "cnnlab",
-    storage: str | optuna.storages.BaseStorage | None = None,
-    sampler: str = "tpe",
-    pruner: str = "median",
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    seed: int | None = 0,
-    data: PreparedData | None = None,
-    stop_event: threading.Event | None = None,
-    on_trial: Callable[[TrialEvent], None] | None = None,
-    fit_callbacks: tuple[train.Callback, ...] = (),
-    heartbeat: int | None = HEARTBEAT_S,
-) -> optuna.Study:
-    """Open (or resume) a study and run trials of train.fit on data prepared once; returns it.
+class TuneConfig:
+    """One study's settings: the base config, the search space and how the study searches.
 
     `n_trials` counts finished (complete + pruned) trials; `heartbeat` (seconds) is how often a
     running trial proves its worker alive (a dead worker's trial fails after 3 and is retried).
     """
+
+    base: RunConfig
+    space: SearchSpace | None = None
+    study_name: str = "cnnlab"
+    storage: str | optuna.storages.BaseStorage | None = None
+    sampler: str = "tpe"
+    pruner: str = "median"
+    n_trials: int | None = None
+    timeout: float | None = None
+    seed: int | None = 0
+    heartbeat: int | None = HEARTBEAT_S
+
+
+def tune(
+    config: TuneConfig,
+    *,
+    data: PreparedData | None = None,
+    stop_event: threading.Event | None = None,
+    on_trial: Callable[[TrialEvent], None] | None = None,
+    fit_callbacks: tuple[Callback, ...] = (),
+) -> optuna.Study:
+    """Open (or resume) the study `config` names and run trials of train.fit on data prepared
+    once (`data`, else prepared here); returns the study."""
+    base, storage = config.base, config.storage
     base.validate()
     if base.data.val_fraction <= 0:
         raise ConfigError("data.val_fraction must be > 0 for tuning: trials compare val accuracy")
-    space = (space or SearchSpace.default_for(base.model.name)).validate(base.model.name)
-    study = open_study(study_name, storage, sampler, pruner, seed, heartbeat)
+    space = (config.space or SearchSpace.default_for(base.model.name)).validate(base.model.name)
+    study = open_study(
+        config.study_name, storage, config.sampler, config.pruner, config.seed, config.heartbeat
+    )
     study.set_user_attr("space", space.to_dict())
     study.set_user_attr("base_config", base.to_dict())
     if data is None:
         data = prepare(base.data)
     objective = make_objective(base, space, data, stop_event, fit_callbacks)
     lock_path = None if isinstance(storage, optuna.storages.BaseStorage) else ask_lock_path(storage)
-    run_trials(study, objective, n_trials, timeout, stop_event, on_trial, lock_path)
+    run_trials(study, objective, config.n_trials, config.timeout, stop_event, on_trial, lock_path)
     return study
 
 

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from cnnlab import evaluate, jobs, live_feed, plots, progress, users
-from cnnlab.jobs import JobSnapshot
+from cnnlab.job_state import JobSnapshot
 from pages import ui
 
 INTERVAL_MS = 1000  # how often a watching page polls

@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from cnnlab import app_launcher, evaluate, jobs, plots, run_table, runs, train, workspace
+from cnnlab import app_launcher, evaluate, job_state, plots, run_table, runs, train, workspace
 from cnnlab.config import RunConfig
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import format_seconds
@@ -74,7 +74,7 @@ def _compare(summaries: list[dict[str, Any]]) -> None:
     c2.plotly_chart(plots.overlay_figure(rows, f"{prefix}_acc", labels), key="runs_overlay_acc")
 
 
-def _live_job(run_id: str) -> jobs.JobSnapshot | None:
+def _live_job(run_id: str) -> job_state.JobSnapshot | None:
     """This server's job training run_id, if it is still going."""
     snap = ui.job_manager().snapshot(run_id)
     return snap if snap is not None and snap.active else None

@@ -17,7 +17,7 @@ import streamlit as st
 import torch
 
 from cnnlab import (
-    jobs,
+    job_state,
     kfold,
     lr_finder,
     plots,
@@ -131,7 +131,7 @@ def _lr_progress(job_id: str) -> None:
     st.progress(done / total if total else 0.0, text=text)
 
 
-def _lr_job() -> jobs.JobSnapshot | None:
+def _lr_job() -> job_state.JobSnapshot | None:
     """The LR sweep this tab started (named in the URL), finished results taken in once."""
     job_id = st.query_params.get(QUERY_LR)
     snap = ui.job_manager().snapshot(job_id) if job_id else None
@@ -215,7 +215,7 @@ def _start(cfg: RunConfig, gpus: int = 1, folds: int = 0) -> None:
     st.rerun()
 
 
-def _result(snap: jobs.JobSnapshot) -> None:
+def _result(snap: job_state.JobSnapshot) -> None:
     """The finished job: error, or the summary with links onwards."""
     live.caption(snap)
     if snap.status == "failed":
@@ -269,7 +269,7 @@ def _result(snap: jobs.JobSnapshot) -> None:
         st.page_link("pages/predict.py", label="Predict with it", icon=":material/image_search:")
 
 
-def _interrupted(snap: jobs.JobSnapshot) -> None:
+def _interrupted(snap: job_state.JobSnapshot) -> None:
     """A job whose process died (the server restarted): say so, offer to resume its run."""
     done = len(snap.epochs)
     st.warning(

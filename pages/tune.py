@@ -133,7 +133,7 @@ def _start(args: dict[str, Any]) -> None:
     study_storage.visitor_storage(args["storage"])  # the one rule, checked again at the door
 
     def run(stop_event: threading.Event, emit: jobs.Emit) -> dict[str, Any]:
-        study = tune.tune(**args, stop_event=stop_event, on_trial=emit)
+        study = tune.tune(tune.TuneConfig(**args), stop_event=stop_event, on_trial=emit)
         return tune.tune_summary(study)
 
     job = ui.job_manager().start_callable(run, kind="tune", name=args["study_name"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import evaluate, jobs, runs
+from cnnlab import evaluate, job_state, jobs, runs
 from cnnlab.config import RunConfig
 from cnnlab.errors import ConfigError, DataError
 
@@ -176,7 +176,7 @@ def test_a_resumed_run_keeps_its_history_and_the_curve_moves_within_epochs(
         runs.append_metrics(run, {"epoch": epoch, "train_loss": 1.0, "train_acc": 0.5,
                                   "val_loss": 1.0, "val_acc": 0.5, "lr": 0.1, "seconds": 4.0,
                                   "images_per_s": 10.0, "best_epoch": epoch, "is_best": True})  # fmt: skip
-    job = jobs.Job(job_id="j", kind="train", status="running")
+    job = job_state.Job(job_id="j", kind="train", status="running")
     job.record(RunStarted(run.run_id, str(run.run_dir), 5, 10, 2, 2, "CPU", ["a", "b"]))
     snap = job.snapshot()
     assert [r["epoch"] for r in snap.epochs] == [1, 2] and snap.prior_epochs == 2
@@ -194,9 +194,9 @@ def test_a_resumed_run_keeps_its_history_and_the_curve_moves_within_epochs(
     job.record(EpochEnd(3, 0.7, 0.6, 0.9, 0.6, 0.1, 4.0, 10.0, 3, True))
     snap = job.snapshot()
     assert [r["epoch"] for r in snap.epochs] == [1, 2, 3] and snap.curve_version > version
-    for i in range(2 * jobs.MAX_CURVE):
+    for i in range(2 * job_state.MAX_CURVE):
         job.record(Progress(4, i + 1, 10**6, 0.5, 50.0))
-    assert len(job.snapshot().curve) <= jobs.MAX_CURVE
+    assert len(job.snapshot().curve) <= job_state.MAX_CURVE
 
 
 def test_queue_runs_k_at_a_time_and_a_cancelled_queued_job_never_starts(
@@ -282,15 +282,16 @@ def test_the_running_loss_is_the_epoch_mean_at_each_epoch_end(
     """Issue 28 item 5: a batch larger than the training split (one step per epoch): the running
     curve and the epoch means are one quantity, and a resumed run keeps the earlier curve."""
     from cnnlab import train
+    from cnnlab.events import RunStarted
 
-    job = jobs.Job(job_id="j", kind="train", status="running")
+    job = job_state.Job(job_id="j", kind="train", status="running")
     summary = train.fit(tiny_config(colours_dir, epochs=3, batch_size=64), callbacks=[job.record])
     snap = job.snapshot()
     means = {r["epoch"]: r["train_loss"] for r in snap.epochs}
     assert len(means) == 3
     at_ends = {round(x): y for x, y in snap.curve if x == round(x)}
     assert at_ends == pytest.approx(means)
-    resumed = jobs.Job(job_id="k", kind="train", status="running")
+    resumed = job_state.Job(job_id="k", kind="train", status="running")
     run = runs.load_run(summary["run_id"])
-    resumed.record(train.RunStarted(run.run_id, str(run.run_dir), 5, 1, 1, 1, "CPU", ["a"]))
+    resumed.record(RunStarted(run.run_id, str(run.run_dir), 5, 1, 1, 1, "CPU", ["a"]))
     assert dict(resumed.snapshot().curve) == pytest.approx({float(e): m for e, m in means.items()})

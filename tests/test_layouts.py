@@ -355,7 +355,7 @@ def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
     """Reading holds about one row at a time, not the file (and its decoded copies) whole."""
     import tracemalloc
 
-    from cnnlab import layouts
+    from cnnlab import labels_csv
 
     rows = _two_class_images(tmp_path)
     # 20 MB of rows naming missing files, each a short problem
@@ -364,10 +364,12 @@ def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
         tmp_path, ["path", "label", "notes"], [*([*r, "n" * 10] for r in rows), *gone]
     )
     tracemalloc.start()
-    layout = layouts.read_csv(path)
+    layout = labels_csv.read_csv(path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert len(layout.entries) == 6 and len(layout.problems) == layouts.MAX_LISTED_ROW_PROBLEMS + 1
+    assert (
+        len(layout.entries) == 6 and len(layout.problems) == labels_csv.MAX_LISTED_ROW_PROBLEMS + 1
+    )
     assert layout.problems[-1].reason.startswith("1,000 more row(s) from row 1008 on")
     assert peak < 8 * 2**20, (
         f"peak {peak / 2**20:.1f} MB for a {path.stat().st_size / 2**20:.0f} MB CSV"
@@ -376,7 +378,7 @@ def test_a_big_csv_is_streamed(tmp_path: Path) -> None:
 
 def test_a_million_problem_rows_are_counted_not_listed(tmp_path: Path) -> None:
     """1,000 problems are listed; the rest is one line per kind with its count."""
-    from cnnlab import layouts
+    from cnnlab import labels_csv
 
     rows = _two_class_images(tmp_path)
     body = [
@@ -387,7 +389,7 @@ def test_a_million_problem_rows_are_counted_not_listed(tmp_path: Path) -> None:
         ["cat/1.png", "cat", "holdout"],
     ]
     path = _write_csv(tmp_path, ["path", "label", "split"], body)
-    layout = layouts.read_csv(path)
+    layout = labels_csv.read_csv(path)
     assert len(layout.entries) == 6
     listed, more = layout.problems[:1000], layout.problems[1000:]
     assert all("no such image file" in p.reason for p in listed)

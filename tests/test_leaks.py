@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab import jobs, runs
+from cnnlab import job_state, jobs, runs
 from cnnlab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -104,8 +104,8 @@ def test_a_chatty_job_keeps_bounded_events() -> None:
 
     snap = manager.wait(manager.start_callable(chatty).job_id, 30)
     assert snap.result == "done"
-    assert len(snap.events) == jobs.MAX_EVENTS
-    assert snap.events[-1]["step"] == 4999 and snap.events[0]["step"] == 5000 - jobs.MAX_EVENTS
+    assert len(snap.events) == job_state.MAX_EVENTS
+    assert snap.events[-1]["step"] == 4999 and snap.events[0]["step"] == 5000 - job_state.MAX_EVENTS
     assert snap.progress == {
         "kind": "Progress",
         "epoch": 1,

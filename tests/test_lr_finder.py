@@ -86,12 +86,10 @@ def test_the_sweep_reports_progress(colour_classes: Path, workspace) -> None:
 
 def test_the_sweep_trains_the_model_fit_would(colours_dir: Path, monkeypatch) -> None:
     """Issue 29: on a small set, auto sweeps the small-data recipe's model, not the plain one."""
-    from cnnlab import train
-
     built = []
-    real_setup = train.setup
+    real_setup = lr_finder.setup
     monkeypatch.setattr(
-        train, "setup", lambda c, *a, **k: built.append(c) or real_setup(c, *a, **k)
+        lr_finder, "setup", lambda c, *a, **k: built.append(c) or real_setup(c, *a, **k)
     )
     config = RunConfig(
         data=DataConfig(path=str(colours_dir), image_size=16),

@@ -15,9 +15,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cnnlab import cli, plots, runs, train, tune
+from cnnlab import cli, plots, runs, trial_runner, tune
 from cnnlab.data import prepare
 from cnnlab.errors import ConfigError
+from cnnlab.events import EpochEnd, Event
 from cnnlab.search_space import Choices, Range, SearchSpace, apply_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,9 +63,11 @@ def pruned_study(base, prepared):
     study = tune.open_study("pruning", sampler="tpe")
     for lr in (3e-3, 5e-3, 1e-5):  # two good trials set the median, the third is far below it
         study.enqueue_trial({"lr": lr})
-    events: list[tune.TrialEvent] = []
+    events: list[trial_runner.TrialEvent] = []
     study = tune.tune(
-        base, LR_ONLY, study_name="pruning", n_trials=4, data=prepared, on_trial=events.append
+        tune.TuneConfig(base, LR_ONLY, study_name="pruning", n_trials=4),
+        data=prepared,
+        on_trial=events.append,
     )
     return study, events
 
@@ -169,17 +172,24 @@ def test_tune_figures(pruned_study):
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_samplers_run_and_resume_continues_numbering(sampler, base, prepared):
     name = f"resume-{sampler}"
-    kwargs = dict(study_name=name, sampler=sampler, pruner="none", data=prepared)
+    kwargs = dict(study_name=name, sampler=sampler, pruner="none")
     small = apply_params(base, LR_ONLY, {})
     small.train.epochs = 1
-    study = tune.tune(small, LR_ONLY, n_trials=2, **kwargs)
+    study = tune.tune(tune.TuneConfig(small, LR_ONLY, n_trials=2, **kwargs), data=prepared)
     assert [t.number for t in study.trials] == [0, 1]
-    study = tune.tune(small, LR_ONLY, n_trials=3, **kwargs)  # resumes: one more trial
+    study = tune.tune(
+        tune.TuneConfig(small, LR_ONLY, n_trials=3, **kwargs), data=prepared
+    )  # resumes: one more trial
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert len({t.params["lr"] for t in study.trials}) == 3  # a resumed seed does not replay
     assert len({t.user_attrs["run_id"] for t in study.trials}) == 3
-    assert tune.tune(small, LR_ONLY, n_trials=3, **kwargs).trials[-1].number == 2  # full: no-op
+    assert (
+        tune.tune(tune.TuneConfig(small, LR_ONLY, n_trials=3, **kwargs), data=prepared)
+        .trials[-1]
+        .number
+        == 2
+    )  # full: no-op
 
 
 def test_failed_trial_is_recorded_and_study_goes_on(base, prepared):
@@ -189,7 +199,9 @@ def test_failed_trial_is_recorded_and_study_goes_on(base, prepared):
     study.enqueue_trial({"lr": 3e-3, "n_blocks": 2})
     short = apply_params(base, LR_ONLY, {})
     short.train.epochs = 1
-    study = tune.tune(short, space, study_name="failing", n_trials=2, data=prepared)
+    study = tune.tune(
+        tune.TuneConfig(short, space, study_name="failing", n_trials=2), data=prepared
+    )
     first, *rest = study.trials  # --trials counts finished trials: a failure is made up for
     assert first.state == optuna.trial.TrialState.FAIL and "12 px" in first.user_attrs["error"]
     assert runs.read_summary(runs.load_run(first.user_attrs["run_id"]))["status"] == "failed"
@@ -200,15 +212,12 @@ def test_failed_trial_is_recorded_and_study_goes_on(base, prepared):
 def test_stop_event_ends_the_study_and_marks_the_running_trial(base, prepared):
     stop = threading.Event()
 
-    def stop_after_first_epoch(event: train.Event) -> None:
-        if isinstance(event, train.EpochEnd):
+    def stop_after_first_epoch(event: Event) -> None:
+        if isinstance(event, EpochEnd):
             stop.set()
 
     study = tune.tune(
-        base,
-        LR_ONLY,
-        study_name="stopping",
-        n_trials=5,
+        tune.TuneConfig(base, LR_ONLY, study_name="stopping", n_trials=5),
         data=prepared,
         stop_event=stop,
         fit_callbacks=(stop_after_first_epoch,),
@@ -224,7 +233,7 @@ def test_tune_needs_a_budget_and_valid_names(base):
     with pytest.raises(ConfigError, match="pruner"):
         tune.make_pruner("hyperband")
     with pytest.raises(ConfigError, match="budget"):
-        tune.run_trials(tune.open_study("nobudget"), lambda t: 0.0)
+        trial_runner.run_trials(tune.open_study("nobudget"), lambda t: 0.0)
     with pytest.raises(ConfigError, match="storage"):
         tune.open_storage("nosuchdb://x")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cnnlab import study_storage, tune
+from cnnlab import study_storage, trial_runner, tune
 from cnnlab.data import prepare
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def test_two_workers_at_once_on_a_fresh_database(home, digits_dir, fresh_db):
         assert PASSWORD not in out + err
         assert json.loads(out)["study"] == "pg"
     trials = tune.load_study("pg", fresh_db).trials
-    finished = [t for t in trials if t.state in tune.FINISHED]
+    finished = [t for t in trials if t.state in trial_runner.FINISHED]
     assert sorted(t.number for t in finished) == list(range(n)), [t.state for t in trials]
     assert len(trials) == n  # nothing extra, nothing failed
     assert len({t.params["lr"] for t in finished}) == n  # n distinct configurations
@@ -144,10 +144,12 @@ def test_asking_for_a_trial_waits_for_the_advisory_lock(fresh_db):
     # The overshoot seen once (5 trials of 4): workers asked without the lock, because the
     # storage URL was read from optuna's cache wrapper, which has none.
     study = optuna.create_study(storage=fresh_db, study_name="lockcheck")
-    assert tune.storage_url(study) == fresh_db
+    assert trial_runner.storage_url(study) == fresh_db
     asked: list = []
     with study_storage.storage_lock(fresh_db):
-        worker = threading.Thread(target=lambda: asked.append(tune._next_trial(study, 1, None)))
+        worker = threading.Thread(
+            target=lambda: asked.append(trial_runner._next_trial(study, 1, None))
+        )
         worker.start()
         worker.join(2)
         assert worker.is_alive() and not study.trials  # held by another connection: it waits
@@ -181,7 +183,7 @@ def test_a_killed_workers_trial_fails_and_is_retried(home, digits_dir, fresh_db)
     trials = tune.load_study("pg", fresh_db).trials
     states = [t.state for t in trials]
     assert states[0] == optuna.trial.TrialState.FAIL, states  # the dead worker's trial
-    assert sum(s in tune.FINISHED for s in states) == n  # the study still reaches n
+    assert sum(s in trial_runner.FINISHED for s in states) == n  # the study still reaches n
     assert trials[1].params == trials[0].params  # ... and retried the failed configuration
     assert trials[1].system_attrs.get("failed_trial") == trials[0].number
 
