@@ -28,13 +28,14 @@ from . import overrides as overrides_mod
 from .archive import safe_extract_zip, save_uploaded_files, save_uploaded_zip
 from .config import SPLITS, DataConfig
 from .errors import DataError, UnsafeArchiveError
+from .labels_csv import read_csv
 from .layouts import (
     IMAGE_EXTENSIONS,
     Entry,
     Layout,
     Problem,
     is_ignored,
-    read_layout,
+    read_folders,
     resolve_dataset,
 )
 from .override_set import Overrides
@@ -129,9 +130,7 @@ def scan(
     folders, a CSV split column) are kept per file in `given`. The data set's label overrides
     (the workspace's file, or `overrides` when given, e.g. a run's) are applied last.
     """
-    layout = read_layout(
-        path, progress, path_column=path_column, label_column=label_column, images=images
-    )
+    layout = _read_layout(path, progress, path_column, label_column, images)
     checked = _verify_cached([e.path for e in layout.entries], progress)
     good = [(e, checked[e.path]) for e in layout.entries if checked[e.path][0] is None]
     problems = list(layout.problems) + _unreadable(layout, checked)
@@ -153,6 +152,20 @@ def scan(
     log.info("scanned %s: %d classes, %d images, %d problems", layout.root, len(classes),
              result.n_images, len(problems))  # fmt: skip
     return result
+
+
+def _read_layout(
+    path: str | Path, progress: Progress | None, path_column: str, label_column: str, images: str
+) -> Layout:
+    """The entries of a class-folder / split-folder data set, a .zip of one, or a labels .csv."""
+    root = resolve_dataset(path, progress)
+    if root.is_file():
+        return read_csv(root, path_column, label_column, images)
+    if path_column or label_column or images:
+        raise DataError(
+            f"{root} is a folder; --path-column, --label-column and --images only apply to a .csv"
+        )
+    return read_folders(root)
 
 
 def _unreadable(layout: Layout, checked: dict[Path, Verified]) -> list[Problem]:

@@ -29,6 +29,13 @@ class RunStarted(Event):
     device: str
     classes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any]) -> RunStarted:
+        """The event a run's summary.json stands for, once it holds the split sizes."""
+        s = summary
+        return cls(s["run_id"], s["run_dir"], s.get("epochs_planned", 0), s["n_train"],
+                   s["n_val"], s["n_test"], s.get("device", ""), list(s.get("classes", [])))  # fmt: skip
+
 
 @dataclass
 class Preparing(Event):

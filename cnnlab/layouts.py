@@ -1,7 +1,8 @@
 """How a data set is laid out on disk: class folders, split folders, or a CSV of labels.
 
-`read_layout` turns a folder, a .zip or a .csv into a flat list of (file, class, given split)
-entries plus the problems met on the way; `data.scan` then verifies every file. Every entry is
+`resolve_dataset` turns a path (a folder, a .zip) into the folder to read, `read_folders` a class-
+or split-folder data set into a flat list of (file, class, given split) entries plus the problems
+met on the way (`labels_csv.read_csv` does the same for a CSV); `data.scan` then verifies every file. Every entry is
 resolved and checked against the allowed folders (the data set's own folder plus
 CNNLAB_DATA_ROOTS), so a link nested inside a data set cannot read files from elsewhere.
 """
@@ -195,7 +196,8 @@ def _class_dirs(folder: Path, root: Path, roots: list[Path], problems: list[Prob
     return out
 
 
-def _read_folders(root: Path) -> Layout:
+def read_folders(root: Path) -> Layout:
+    """The entries of a class-folder or split-folder data set (train/ val/ test/ of classes)."""
     roots = allowed_roots(root)
     entries = visible(root)
     if not entries:
@@ -231,25 +233,3 @@ def _read_folders(root: Path) -> Layout:
             ]
         layout.problems += loose
     return layout
-
-
-def read_layout(
-    path: str | Path,
-    progress: Progress | None = None,
-    *,
-    path_column: str = "",
-    label_column: str = "",
-    images: str = "",
-) -> Layout:
-    """The entries of a class-folder / split-folder data set, a .zip of one, or a labels .csv."""
-    # labels_csv builds on this module's Entry and Layout: imported here so imports stay one-way
-    from .labels_csv import read_csv
-
-    root = resolve_dataset(path, progress)
-    if root.is_file():
-        return read_csv(root, path_column, label_column, images)
-    if path_column or label_column or images:
-        raise DataError(
-            f"{root} is a folder; --path-column, --label-column and --images only apply to a .csv"
-        )
-    return _read_folders(root)
