@@ -164,7 +164,7 @@ class KFoldResult:
             out[name] = _spread(recalls)
         return out
 
-    def summary(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:
         """`train --folds`' cross-validation report: mean +- sd accuracy, the spread per class."""
         acc = _spread(self.fold_accuracy)
         return {
@@ -342,7 +342,7 @@ def train_with_folds(
 
     try:
         cv = cross_validate(config, k, scope="trainval", stage="cross-validation",
-                            callbacks=[quiet], stop_event=stop_event).summary()  # fmt: skip
+                            callbacks=[quiet], stop_event=stop_event).report()  # fmt: skip
     except StopRequested:  # as fit() stopped before its run exists: the finished folds are kept
         log.info("stopped during cross-validation; no run was created")
         return {"status": "stopped", "run_id": None, "epochs_run": 0, "stopped_early": False}

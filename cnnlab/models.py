@@ -271,7 +271,7 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
     raise ConfigError(f"{type(model).__name__} has no convolution layer")
 
 
-def summary(model: nn.Module, image_size: int) -> ModelSummary:
+def layer_summary(model: nn.Module, image_size: int) -> ModelSummary:
     """Per-layer output shapes and parameter counts; backbone stages also get a row as a whole."""
     spec = spec_of(model)
     stages = block_modules(_unwrap(model), spec) if spec is not None else []

@@ -111,7 +111,7 @@ def _summarise(
         except WeightsError as exc:
             weights_error = _page_words(exc)
             model = models.create_model(twin, n_classes, image_size)
-    s = models.summary(model, image_size)
+    s = models.layer_summary(model, image_size)
     return {
         "rows": s.as_records(),
         "total": s.total_params,

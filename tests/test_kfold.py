@@ -63,7 +63,7 @@ def test_cross_validate_resumes_finished_folds(colour_classes: Path, workspace, 
     assert result.probs.shape == (90, 3)
     np.testing.assert_allclose(result.probs.sum(1), 1.0, atol=1e-5)
     assert result.oof_accuracy > 0.9  # noisy but clearly separable colours
-    cv = result.summary()
+    cv = result.report()
     assert cv["folds"] == 3 and len(cv["fold_accuracies"]) == 3
     assert set(cv["per_class"]) == {"blue", "green", "red"}
     assert 0 <= cv["val_accuracy_sd"] < 0.5

@@ -84,7 +84,7 @@ def test_every_registered_model(name: str) -> None:
     assert heat.shape == (size, size) and np.isfinite(heat).all() and 0 <= cls < CLASSES
     assert registry.module_path(model, spec.cam_layer) in explain.layer_names(model)
 
-    s = models.summary(model, size)
+    s = models.layer_summary(model, size)
     assert s.total_params == _params(model) and s.rows[-1].output_shape == (CLASSES,)
 
 
