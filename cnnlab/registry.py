@@ -249,35 +249,42 @@ def _torchvision(
     )
 
 
-_RESNET = ("conv1,bn1", "layer1", "layer2", "layer3", "layer4")
-# head, backbone stages and Grad-CAM layer of the models built as `features` + `classifier`
-_FEATURES = ("classifier", ("features.*",), "features.-1")
+# head, backbone stages and Grad-CAM layer of each torchvision family
+_RESNET = ("fc", ("conv1,bn1", "layer1", "layer2", "layer3", "layer4"), "layer4")
+_FEATURES = ("classifier", ("features.*",), "features.-1")  # built as features + classifier
 _REGNET = ("fc", ("stem", "trunk_output.*"), "trunk_output")
-_torchvision("resnet18", tvm.ResNet18_Weights.DEFAULT, "fc", _RESNET, "layer4",
-             "the safe first choice: fast, robust, fine on a CPU")  # fmt: skip
-_torchvision("resnet34", tvm.ResNet34_Weights.DEFAULT, "fc", _RESNET, "layer4",
-             "a deeper resnet18 when it underfits and a GPU is at hand")  # fmt: skip
-_torchvision("resnet50", tvm.ResNet50_Weights.DEFAULT, "fc", _RESNET, "layer4",
-             "the classic strong baseline; wants a GPU")  # fmt: skip
-_torchvision("mobilenet_v3_small", tvm.MobileNet_V3_Small_Weights.DEFAULT, *_FEATURES,
-             "tiniest and fastest: CPU-only machines, phones, quick experiments")  # fmt: skip
-_torchvision("mobilenet_v3_large", tvm.MobileNet_V3_Large_Weights.DEFAULT, *_FEATURES,
-             "small and fast with clearly better accuracy than the small one")  # fmt: skip
-_torchvision("efficientnet_b0", tvm.EfficientNet_B0_Weights.DEFAULT, *_FEATURES,
-             "best accuracy per parameter at 224 px; a good default on a GPU")  # fmt: skip
-_torchvision("efficientnet_b1", tvm.EfficientNet_B1_Weights.DEFAULT, *_FEATURES,
-             "b0 scaled up (240 px) when b0 underfits")  # fmt: skip
-_torchvision("efficientnet_b2", tvm.EfficientNet_B2_Weights.DEFAULT, *_FEATURES,
-             "b0 scaled up further (288 px): fine detail, slower")  # fmt: skip
-_torchvision("regnet_y_400mf", tvm.RegNet_Y_400MF_Weights.DEFAULT, *_REGNET,
-             "mobile-sized, strong ImageNet recipe: a fast alternative to resnet18")  # fmt: skip
-_torchvision("regnet_y_800mf", tvm.RegNet_Y_800MF_Weights.DEFAULT, *_REGNET,
-             "twice regnet_y_400mf's compute for a few points more")  # fmt: skip
-_torchvision("convnext_tiny", tvm.ConvNeXt_Tiny_Weights.DEFAULT, *_FEATURES,
-             "modern CNN, top accuracy of the zoo's CNNs; GPU, 100+ images per class")  # fmt: skip
-_torchvision("swin_t", tvm.Swin_T_Weights.DEFAULT, "head", ("features.*", "norm"),
-             "features.-1", "the transformer choice (224 px); data that needs global context",
-             cam_layout="nhwc")  # fmt: skip
+_SWIN = ("head", ("features.*", "norm"), "features.-1")
+# name, ImageNet weights, layout, when to pick it (the zoo's "when to pick it" column)
+_ZOO = (
+    ("resnet18", tvm.ResNet18_Weights.DEFAULT, _RESNET,
+     "the safe first choice: fast, robust, fine on a CPU"),
+    ("resnet34", tvm.ResNet34_Weights.DEFAULT, _RESNET,
+     "a deeper resnet18 when it underfits and a GPU is at hand"),
+    ("resnet50", tvm.ResNet50_Weights.DEFAULT, _RESNET,
+     "the classic strong baseline; wants a GPU"),
+    ("mobilenet_v3_small", tvm.MobileNet_V3_Small_Weights.DEFAULT, _FEATURES,
+     "tiniest and fastest: CPU-only machines, phones, quick experiments"),
+    ("mobilenet_v3_large", tvm.MobileNet_V3_Large_Weights.DEFAULT, _FEATURES,
+     "small and fast with clearly better accuracy than the small one"),
+    ("efficientnet_b0", tvm.EfficientNet_B0_Weights.DEFAULT, _FEATURES,
+     "best accuracy per parameter at 224 px; a good default on a GPU"),
+    ("efficientnet_b1", tvm.EfficientNet_B1_Weights.DEFAULT, _FEATURES,
+     "b0 scaled up (240 px) when b0 underfits"),
+    ("efficientnet_b2", tvm.EfficientNet_B2_Weights.DEFAULT, _FEATURES,
+     "b0 scaled up further (288 px): fine detail, slower"),
+    ("regnet_y_400mf", tvm.RegNet_Y_400MF_Weights.DEFAULT, _REGNET,
+     "mobile-sized, strong ImageNet recipe: a fast alternative to resnet18"),
+    ("regnet_y_800mf", tvm.RegNet_Y_800MF_Weights.DEFAULT, _REGNET,
+     "twice regnet_y_400mf's compute for a few points more"),
+    ("convnext_tiny", tvm.ConvNeXt_Tiny_Weights.DEFAULT, _FEATURES,
+     "modern CNN, top accuracy of the zoo's CNNs; GPU, 100+ images per class"),
+    ("swin_t", tvm.Swin_T_Weights.DEFAULT, _SWIN,
+     "the transformer choice (224 px); data that needs global context"),
+)  # fmt: skip
+for _name, _weights, _layout, _pick in _ZOO:
+    # swin's stages hand out channels-last maps: Grad-CAM reads them as such
+    _torchvision(_name, _weights, *_layout, _pick,
+                 cam_layout="nhwc" if _layout is _SWIN else "nchw")  # fmt: skip
 
 
 # ------------------------------------------------------------------ timm (optional extra)
