@@ -17,9 +17,7 @@ connection, so any thread or process may call any function. The file lives in CN
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import secrets
 import sqlite3
 import threading
@@ -29,7 +27,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from . import per_thread, workspace
+from . import file_lock, per_thread, workspace
 from .config import RunConfig
 from .errors import CnnlabError
 
@@ -265,28 +263,15 @@ def request_stop(job_id: str) -> bool:
 # ---------------------------------------------------------------- is it alive: the lock
 def hold_lock(job_id: str) -> int:
     """Take the job's lock (an fd; it stays held while any process that inherited it lives)."""
-    fd = os.open(job_dir(job_id) / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CnnlabError(f"job {job_id} is already running in another process") from None
+    fd = file_lock.try_lock(job_dir(job_id) / "lock")
+    if fd is None:
+        raise CnnlabError(f"job {job_id} is already running in another process")
     return fd
 
 
 def is_locked(job_id: str) -> bool:
     """True while some process of the job runs (it holds the lock)."""
-    path = home() / "jobs" / job_id / "lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock taken here
-    return False
+    return file_lock.held(home() / "jobs" / job_id / "lock")
 
 
 def recover() -> list[str]:

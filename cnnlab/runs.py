@@ -7,8 +7,6 @@ Every write is atomic (temp file + rename) so a killed process never leaves a ha
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -26,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import atomic, overrides, ownership, reach, workspace
+from . import atomic, file_lock, overrides, ownership, reach, workspace
 from .archive import dataset_name
 from .config import RunConfig
 from .errors import ConfigError, RunNotFoundError, TrainingError
@@ -298,36 +296,9 @@ _ACTIVE_GUARD = threading.Lock()
 LOCK_WAIT_S = 1.0  # a lock probe (listing runs) holds the lock for microseconds: retry that long
 
 
-def _try_lock(path: Path, create: bool) -> int | None:
-    """An fd holding an exclusive flock on path, or None while another holds it."""
-    try:
-        fd = os.open(path, (os.O_RDWR | os.O_CREAT) if create else os.O_RDONLY, 0o644)
-    except FileNotFoundError:
-        if create:
-            raise
-        return -1  # no lock file: nobody ever locked this run
-    deadline = time.monotonic() + (LOCK_WAIT_S if create else 0.0)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.02)
-
-
 def is_locked(run: Run) -> bool:
     """True while some process (this one included) trains the run: its lock file is held."""
-    if run.run_id in _ACTIVE:
-        return True
-    fd = _try_lock(run.lock_path, create=False)
-    if fd is None:
-        return True
-    if fd >= 0:
-        os.close(fd)  # closing drops the probe's lock
-    return False
+    return run.run_id in _ACTIVE or file_lock.held(run.lock_path)
 
 
 def _busy(run: Run) -> TrainingError:
@@ -348,22 +319,12 @@ def mark_active(run: Run, active: bool) -> None:
         if run.run_id in _ACTIVE:
             raise _busy(run)
         try:
-            fd = _try_lock(run.lock_path, create=True)
+            fd = file_lock.try_lock(run.lock_path, LOCK_WAIT_S)
         except OSError as exc:
             raise TrainingError(atomic.write_failure(run.lock_path, exc)) from exc
         if fd is None:
             raise _busy(run)
         _ACTIVE[run.run_id] = fd
-
-
-@contextlib.contextmanager
-def locked(run: Run):
-    """Hold the run's lock for the block (what fit does while training); TrainingError if taken."""
-    mark_active(run, True)
-    try:
-        yield run
-    finally:
-        mark_active(run, False)
 
 
 def effective_status(summary: dict[str, Any], run: Run | None = None) -> str:
@@ -442,7 +403,7 @@ def delete_run(run: str | Path | Run) -> None:
     if r.run_id in _ACTIVE:
         raise _busy(r)
     try:
-        fd = _try_lock(r.lock_path, create=True)
+        fd = file_lock.try_lock(r.lock_path, LOCK_WAIT_S)
     except OSError:
         fd = -1  # a read-only workspace: rmtree below will say so
     if fd is None:
