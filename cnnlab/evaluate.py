@@ -2,7 +2,7 @@
 
 `evaluate_run` rebuilds the run's data exactly as training did (same config, same seed -> same
 split; checked against split.json) and scores the best checkpoint with the same validation
-preprocessing as `epoch.evaluate`, so its accuracy equals the summary's test_accuracy.
+preprocessing as `epoch.evaluate_split`, so its accuracy equals the summary's test_accuracy.
 `diagnose` (in cnnlab.diagnosis, re-exported here) reads the per-epoch metrics and says whether the run overfits, underfits or is healthy,
 with one concrete thing to try per finding.
 """

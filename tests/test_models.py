@@ -17,9 +17,9 @@ from cnnlab.models import (
     first_conv,
     freeze_bn_stats,
     is_transfer,
+    layer_summary,
     list_models,
     param_groups,
-    summary,
     target_layer,
 )
 
@@ -73,7 +73,7 @@ def test_forward_backward_two_sizes(name: str) -> None:
 def test_summary_every_model(name: str) -> None:
     size = _sizes(name)[0]
     model = create_model(_cfg(name, strategy="feature_extraction"), 4, size)
-    s = summary(model, size)
+    s = layer_summary(model, size)
     assert s.rows
     assert s.total_params == sum(p.numel() for p in model.parameters())
     assert sum(r.params for r in s.rows) == s.total_params
@@ -112,7 +112,7 @@ def test_simple_cnn_matches_guide() -> None:
         "fc2.bias": torch.randn(10),
     }
     model.load_state_dict(guide_state, strict=True)
-    rows = [r for r in summary(model, 64).rows if r.kind == "MaxPool2d"]
+    rows = [r for r in layer_summary(model, 64).rows if r.kind == "MaxPool2d"]
     assert [r.output_shape for r in rows] == [(32, 32, 32), (64, 16, 16)]
     # other sizes: the flatten size follows the input
     assert create_model(_cfg("simple_cnn"), 10, 32).fc1.in_features == 64 * 8 * 8
