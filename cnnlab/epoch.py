@@ -141,12 +141,19 @@ def train_one_epoch(
     local = bs if world == 1 else len(torch.arange(bs)[rank::world])  # this rank's share
     loss_sum = torch.zeros((), device=inputs.ctx.device)
     correct = torch.zeros((), device=inputs.ctx.device, dtype=torch.long)
+    # Report plain cross-entropy so train and val curves are comparable (label smoothing and
+    # class weights change the optimised loss's scale, not what the user wants to compare).
+    plain = (
+        not getattr(inputs.loss_fn, "label_smoothing", 0.0)
+        and getattr(inputs.loss_fn, "weight", None) is None
+        and not inputs.ctx.mixup
+    )
     t0 = last_tick = time.perf_counter()
     for b in range(n_batches):
         if stop_event is not None and stop_event.is_set():
             raise StopRequested
         idx = perm[b * bs : (b + 1) * bs]
-        shown, hits = _train_step(inputs, idx[rank::world] if world > 1 else idx)
+        shown, hits = _train_step(inputs, idx[rank::world] if world > 1 else idx, plain)
         loss_sum += shown * local
         correct += hits
         now = time.perf_counter()
@@ -177,8 +184,11 @@ def _epoch_order(inputs: EpochInputs) -> tuple[torch.Tensor, int]:
     return perm, min(inputs.batch_size, n)
 
 
-def _train_step(inputs: EpochInputs, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on images[idx]: (the loss to report, on the device; correct count)."""
+def _train_step(
+    inputs: EpochInputs, idx: torch.Tensor, plain: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on images[idx]: (the loss to report, on the device; correct count);
+    `plain`: the optimised loss is plain cross-entropy, so it is reported as it is."""
     ctx, loss_fn, optimizer = inputs.ctx, inputs.loss_fn, inputs.optimizer
     x = train_batch(inputs.images, idx, ctx)
     y = inputs.labels[idx].to(ctx.device, non_blocking=True)
@@ -198,13 +208,6 @@ def _train_step(inputs: EpochInputs, idx: torch.Tensor) -> tuple[torch.Tensor, t
         loss.backward()
         optimizer.step()
     inputs.scheduler.step()
-    # Report plain cross-entropy so train and val curves are comparable (label smoothing and
-    # class weights change the optimised loss's scale, not what the user wants to compare).
-    plain = (
-        not getattr(loss_fn, "label_smoothing", 0.0)
-        and getattr(loss_fn, "weight", None) is None
-        and not ctx.mixup
-    )
     shown = loss.detach() if plain else F.cross_entropy(logits.detach().float(), y)
     return shown, (logits.detach().argmax(1) == y).sum()
 

@@ -27,13 +27,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from . import file_lock, per_thread, workspace
+from . import file_lock, ownership, per_thread, workspace
 from .config import RunConfig
 from .errors import CnnlabError
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
-DEFAULT_OWNER = "local"  # the single user until the dashboard has accounts
+DEFAULT_OWNER = ownership.SINGLE_USER  # jobs nobody signed in for belong to the single user
 DB_NAME = "jobs.sqlite"
 RECENT_S = 10.0  # a row claimed this recently may not hold its lock yet: not judged dead
 _SCHEMA = """
